@@ -1,0 +1,135 @@
+// Package dialects defines what the idempotency protocol needs from a
+// database, so that each database's SQL, locking and error codes live in one
+// package of their own (postgres, mysql, sqlite) and the root package never
+// branches on a driver name outside the one place that picks a dialect.
+//
+// Most users never import this package: idempotency.New picks the dialect
+// from the driver name. It is exported for idempotency.WithDialect and for
+// drivers registered under other names.
+package dialects
+
+import (
+	"context"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// DefaultTable is the name of the key table the migrations create.
+const DefaultTable = "idempotency_keys"
+
+// Querier is what a dialect runs its statements on: a *sqlx.DB, *sqlx.Conn
+// or *sqlx.Tx.
+type Querier interface {
+	sqlx.ExecerContext
+	sqlx.QueryerContext
+}
+
+var (
+	_ Querier = (*sqlx.DB)(nil)
+	_ Querier = (*sqlx.Tx)(nil)
+	_ Querier = (*sqlx.Conn)(nil)
+)
+
+// Key names one stored record.
+type Key struct {
+	Scope string
+	Key   string
+	// Lock is a 64-bit hash of Scope and Key, for dialects that lock by number.
+	Lock int64
+}
+
+// Record is what is stored under a key.
+type Record struct {
+	Fingerprint []byte // SHA-256 of the call's params
+	Value       []byte // JSON of fn's value, or of the remembered failure
+	Failed      bool   // Value holds a final failure, not a value
+}
+
+// Claim is the result of Dialect.Claim.
+type Claim int
+
+const (
+	// Claimed: the transaction now owns the key until it ends; no twin can
+	// claim it. Record must be called before the transaction commits.
+	Claimed Claim = iota
+	// Found: a live record exists and was returned with the claim. The
+	// transaction must be rolled back; the record is the answer.
+	Found
+	// Taken: a live or expired row holds the key, but the dialect could not
+	// read it safely inside this transaction. Roll back, then Lookup.
+	Taken
+	// Waited: a twin held the key, Claim waited until it finished, and the
+	// transaction now owns the key as with Claimed. The transaction's
+	// snapshot may predate the twin's commit, so the caller must look the
+	// key up outside it first, and replay what it finds.
+	Waited
+)
+
+// Class sorts database errors into what the protocol does with them.
+type Class int
+
+const (
+	// Unknown: no answer from the server (connection lost, driver failure).
+	// After COMMIT this means the outcome is unknown.
+	Unknown Class = iota
+	// Definite: the server answered with an error; the statement (and, for
+	// COMMIT, the transaction) did not take effect.
+	Definite
+	// Retry: serialization failure or deadlock: the transaction was or must
+	// be rolled back, and running it again is safe.
+	Retry
+	// LockTimeout: a lock wait ran out (a twin is still running).
+	LockTimeout
+	// Busy: the database is locked by another writer (SQLite); try again
+	// within the wait bound.
+	Busy
+)
+
+// Dialect is one database's implementation of the key protocol. Every method
+// must be safe for concurrent use.
+type Dialect interface {
+	// Name is the dialect's name: "postgres", "mysql" or "sqlite".
+	Name() string
+
+	// Claim is the first statement of an attempt's transaction. It waits at
+	// most wait for a twin that holds the key; past that it returns an error
+	// that Classify calls LockTimeout.
+	Claim(ctx context.Context, tx Querier, k Key, fingerprint []byte, ttl, wait time.Duration) (Claim, Record, error)
+
+	// Save writes the record in the transaction that claimed the key, to
+	// expire ttl after now by the database clock. It reports false when a
+	// live record already holds the key (a twin won a race the claim could
+	// not see); the attempt then rolls back and starts again.
+	Save(ctx context.Context, tx Querier, k Key, rec Record, ttl time.Duration) (bool, error)
+
+	// Lookup reads the live (unexpired) record of a key outside any
+	// transaction of the caller's.
+	Lookup(ctx context.Context, q Querier, k Key) (Record, bool, error)
+
+	// DeleteExpired removes the key's row if it has expired, so that the
+	// next attempt can claim it.
+	DeleteExpired(ctx context.Context, q Querier, k Key) error
+
+	// Prune deletes at most limit expired rows and returns how many it
+	// deleted.
+	Prune(ctx context.Context, q Querier, limit int) (int64, error)
+
+	// Classify tells what an error returned by the driver means.
+	Classify(err error) Class
+}
+
+// Kind returns the dialect name for a database/sql driver name: "postgres"
+// for postgres, pgx and pgx/v5; "mysql" for mysql; "sqlite" for sqlite and
+// sqlite3. It is the one place that knows driver names.
+func Kind(driverName string) (string, bool) {
+	switch driverName {
+	case "postgres", "pgx", "pgx/v5", "pgx/v4", "cloudsqlpostgres":
+		return "postgres", true
+	case "mysql":
+		return "mysql", true
+	case "sqlite", "sqlite3":
+		return "sqlite", true
+	}
+	return "", false
+}

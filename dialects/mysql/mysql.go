@@ -1,0 +1,201 @@
+// Package mysql is the MySQL and MariaDB dialect of the key protocol, for
+// go-sql-driver/mysql ("mysql").
+//
+// # Protocol
+//
+// InnoDB has no transaction-scoped advisory lock, and a locking read of a
+// missing row takes gap locks that twins share (then both insert and
+// deadlock), so the claim is the row itself: the first statement of the
+// attempt INSERTs the key with no value and its expiry. A twin's INSERT waits
+// on that row's lock for at most the wait bound (innodb_lock_wait_timeout,
+// whole seconds, set for that one statement). When the holder commits, the
+// twin gets a duplicate-key error (1062); when the holder rolls back, one
+// twin's insert goes through and the others may get a deadlock (1213).
+//
+// Every error from the claim ends the attempt: after 1213 the server has
+// already rolled the transaction back, and a statement sent after it would
+// run outside any transaction and commit on its own. Nothing but ROLLBACK is
+// sent after a failed claim. On 1062 the stored row is read after the
+// rollback, by a plain autocommit SELECT, which sees the latest commit at
+// every isolation level.
+//
+// Save fills the claimed row with the value by its primary key. It also
+// checks that the claimed row is still there: when the server ended the
+// transaction under fn (a deadlock inside fn whose error fn ignored), the
+// row is gone and Save fails instead of committing nothing under a key.
+package mysql
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/exactlyonce/idempotency/dialects"
+)
+
+// Dialect implements dialects.Dialect for MySQL 8 and MariaDB 10.5+.
+type Dialect struct {
+	insert, save, lookup, deleteExpired, prune string
+
+	// flavor is 0 until the first claim asks the server, then 1 for MariaDB
+	// (which can bound one statement's lock wait with SET STATEMENT) or 2
+	// for MySQL (which cannot: the session value is set and restored).
+	flavor atomic.Int32
+}
+
+var _ dialects.Dialect = (*Dialect)(nil)
+
+const (
+	flavorMariaDB = 1
+	flavorMySQL   = 2
+)
+
+// New returns the MySQL/MariaDB dialect for the key table named table (a
+// safe identifier, optionally schema-qualified).
+func New(table string) *Dialect {
+	return &Dialect{
+		insert: `INSERT INTO ` + table + ` (scope, ` + "`key`" + `, fingerprint, value, failed, created_at, expires_at)
+VALUES (?, ?, ?, NULL, FALSE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)`,
+		save: `UPDATE ` + table + ` SET value = ?, failed = ?
+WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND value IS NULL`,
+		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
+WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6) AND value IS NOT NULL`,
+		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at <= UTC_TIMESTAMP(6)`,
+		prune:         `DELETE FROM ` + table + ` WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?`,
+	}
+}
+
+// Name returns "mysql".
+func (d *Dialect) Name() string { return "mysql" }
+
+// Claim inserts the key's row with no value; see the package documentation.
+func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, fingerprint []byte, ttl, wait time.Duration) (dialects.Claim, dialects.Record, error) {
+	var none dialects.Record
+	flavor, err := d.detect(ctx, tx)
+	if err != nil {
+		return 0, none, err
+	}
+	// innodb_lock_wait_timeout counts whole seconds; round the bound up.
+	secs := int64(math.Ceil(wait.Seconds()))
+	if secs < 1 {
+		secs = 1
+	}
+	args := []any{k.Scope, k.Key, fingerprint, ttl.Microseconds()}
+	if flavor == flavorMariaDB {
+		_, err = tx.ExecContext(ctx, fmt.Sprintf("SET STATEMENT innodb_lock_wait_timeout = %d FOR ", secs)+d.insert, args...)
+	} else {
+		err = d.claimMySQL(ctx, tx, secs, args)
+	}
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && me.Number == 1062 {
+		return dialects.Taken, none, nil
+	}
+	if err != nil {
+		return 0, none, err
+	}
+	return dialects.Claimed, none, nil
+}
+
+func (d *Dialect) claimMySQL(ctx context.Context, tx dialects.Querier, secs int64, args []any) error {
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(
+		"SET @idempotency_lock_wait = @@SESSION.innodb_lock_wait_timeout, SESSION innodb_lock_wait_timeout = %d", secs)); err != nil {
+		return err
+	}
+	_, err := tx.ExecContext(ctx, d.insert, args...)
+	// Restoring a session variable writes no data, so it is safe even after
+	// a claim error; connections are pooled and must not keep our bound.
+	if _, rerr := tx.ExecContext(ctx, "SET SESSION innodb_lock_wait_timeout = @idempotency_lock_wait"); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+func (d *Dialect) detect(ctx context.Context, q dialects.Querier) (int32, error) {
+	if f := d.flavor.Load(); f != 0 {
+		return f, nil
+	}
+	var version string
+	if err := q.QueryRowxContext(ctx, "SELECT VERSION()").Scan(&version); err != nil {
+		return 0, err
+	}
+	f := int32(flavorMySQL)
+	if strings.Contains(strings.ToLower(version), "mariadb") {
+		f = flavorMariaDB
+	}
+	d.flavor.Store(f)
+	return f, nil
+}
+
+// Save fills the claimed row with the value.
+func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, _ time.Duration) (bool, error) {
+	res, err := tx.ExecContext(ctx, d.save, rec.Value, rec.Failed, k.Scope, k.Key, rec.Fingerprint)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("rows affected: %w", err)
+	}
+	if n != 1 {
+		return false, ErrTransactionEnded
+	}
+	return true, nil
+}
+
+// ErrTransactionEnded reports that the claimed row vanished before Save: the
+// server ended the transaction while fn ran.
+var ErrTransactionEnded = errors.New("the server ended the transaction while fn ran (an error inside fn, such as a deadlock, was not returned); writes fn made after it may have committed on their own")
+
+// Lookup reads the key's live record.
+func (d *Dialect) Lookup(ctx context.Context, q dialects.Querier, k dialects.Key) (dialects.Record, bool, error) {
+	var rec dialects.Record
+	err := q.QueryRowxContext(ctx, d.lookup, k.Scope, k.Key).Scan(&rec.Fingerprint, &rec.Value, &rec.Failed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return rec, false, nil
+	}
+	return rec, err == nil, err
+}
+
+// DeleteExpired removes the key's row if it has expired.
+func (d *Dialect) DeleteExpired(ctx context.Context, q dialects.Querier, k dialects.Key) error {
+	_, err := q.ExecContext(ctx, d.deleteExpired, k.Scope, k.Key)
+	return err
+}
+
+// Prune deletes up to limit expired rows, oldest first.
+func (d *Dialect) Prune(ctx context.Context, q dialects.Querier, limit int) (int64, error) {
+	res, err := q.ExecContext(ctx, d.prune, limit)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// Classify sorts go-sql-driver/mysql errors by server error number.
+func (d *Dialect) Classify(err error) dialects.Class {
+	var me *mysql.MySQLError
+	switch {
+	case errors.As(err, &me):
+		switch me.Number {
+		case 1213: // ER_LOCK_DEADLOCK: the transaction was rolled back
+			return dialects.Retry
+		case 1205: // ER_LOCK_WAIT_TIMEOUT
+			return dialects.LockTimeout
+		case 1053, 1077, 1152, 1153, 1158, 1159, 1160, 1161, 1927, 4031:
+			// Shutdown, aborted or killed connection, packet errors.
+			return dialects.Unknown
+		}
+		return dialects.Definite
+	case errors.Is(err, mysql.ErrInvalidConn), errors.Is(err, driver.ErrBadConn):
+		return dialects.Unknown
+	}
+	return dialects.Unknown
+}

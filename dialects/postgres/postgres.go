@@ -1,0 +1,166 @@
+// Package postgres is the PostgreSQL dialect of the key protocol, for the
+// lib/pq ("postgres") and pgx ("pgx", "pgx/v5") drivers.
+//
+// # Protocol
+//
+// A fresh call costs one write: the claim takes a transaction-scoped advisory
+// lock on a 64-bit hash of (scope, key) and, in the same statement, reads the
+// live record. fn runs, then one INSERT writes the key with its value, and
+// the lock goes away with the transaction. A twin that finds the lock taken
+// waits for it, bounded by lock_timeout, and then holds it (Waited): the
+// caller reads the key again outside the transaction, whose snapshot may be
+// older than the holder's commit, and replays it, or goes on as the owner
+// when the holder rolled back. A twin that slipped past the lock (its
+// snapshot predates the holder's commit) is caught by the INSERT: ON CONFLICT
+// leaves a live row alone, or REPEATABLE READ raises 40001, and the attempt
+// starts over.
+//
+// Advisory locks share one number space per database: an application that
+// takes bigint advisory locks of its own may, very rarely, wait on a key
+// whose hash equals one of its numbers. It never breaks correctness.
+package postgres
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/exactlyonce/idempotency/dialects"
+)
+
+// Dialect implements dialects.Dialect for PostgreSQL.
+type Dialect struct {
+	claim, lock, save, lookup, deleteExpired, prune string
+}
+
+var _ dialects.Dialect = (*Dialect)(nil)
+
+// New returns the PostgreSQL dialect for the key table named table (which
+// may be schema-qualified; it must already be a safe identifier).
+func New(table string) *Dialect {
+	return &Dialect{
+		claim: `SELECT pg_try_advisory_xact_lock($1), k.fingerprint, k.value, k.failed
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN ` + table + ` AS k ON k.scope = $2 AND k.key = $3 AND k.expires_at > now()`,
+		lock: `SELECT pg_advisory_xact_lock($1)`,
+		save: `INSERT INTO ` + table + ` AS k (scope, key, fingerprint, value, failed, created_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, now(), now() + $6::float8 * interval '1 microsecond')
+ON CONFLICT (scope, key) DO UPDATE SET
+	fingerprint = excluded.fingerprint, value = excluded.value, failed = excluded.failed,
+	created_at = excluded.created_at, expires_at = excluded.expires_at
+WHERE k.expires_at <= now()`,
+		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
+WHERE scope = $1 AND key = $2 AND expires_at > now()`,
+		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = $1 AND key = $2 AND expires_at <= now()`,
+		// ctid batches with SKIP LOCKED: a pruner never waits on a row a live
+		// call holds, and two pruners never wait on each other.
+		prune: `DELETE FROM ` + table + ` WHERE ctid IN (
+	SELECT ctid FROM ` + table + ` WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)`,
+	}
+}
+
+// Name returns "postgres".
+func (d *Dialect) Name() string { return "postgres" }
+
+// Claim takes the key's advisory lock and reads its live record in one
+// statement; see the package documentation.
+func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, _ []byte, _, wait time.Duration) (dialects.Claim, dialects.Record, error) {
+	var (
+		locked bool
+		rec    dialects.Record
+		failed sql.NullBool
+	)
+	err := tx.QueryRowxContext(ctx, d.claim, k.Lock, k.Scope, k.Key).Scan(&locked, &rec.Fingerprint, &rec.Value, &failed)
+	if err != nil {
+		return 0, rec, err
+	}
+	if rec.Fingerprint != nil {
+		rec.Failed = failed.Bool
+		return dialects.Found, rec, nil
+	}
+	if locked {
+		return dialects.Claimed, rec, nil
+	}
+	// A twin holds the key. Wait for it with lock_timeout as the bound, then
+	// put lock_timeout back: fn's statements must not inherit our bound.
+	ms := wait.Milliseconds()
+	if ms < 1 {
+		ms = 1
+	}
+	var prev string
+	if err := tx.QueryRowxContext(ctx, `SELECT current_setting('lock_timeout')`).Scan(&prev); err != nil {
+		return 0, rec, err
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, true)`, strconv.FormatInt(ms, 10)+"ms"); err != nil {
+		return 0, rec, err
+	}
+	if _, err := tx.ExecContext(ctx, d.lock, k.Lock); err != nil {
+		return 0, rec, err
+	}
+	if _, err := tx.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, true)`, prev); err != nil {
+		return 0, rec, err
+	}
+	return dialects.Waited, rec, nil
+}
+
+// Save inserts the record, or replaces an expired one.
+func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
+	res, err := tx.ExecContext(ctx, d.save, k.Scope, k.Key, rec.Fingerprint, rec.Value, rec.Failed, ttl.Microseconds())
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("rows affected: %w", err)
+	}
+	return n == 1, nil
+}
+
+// Lookup reads the key's live record.
+func (d *Dialect) Lookup(ctx context.Context, q dialects.Querier, k dialects.Key) (dialects.Record, bool, error) {
+	var rec dialects.Record
+	err := q.QueryRowxContext(ctx, d.lookup, k.Scope, k.Key).Scan(&rec.Fingerprint, &rec.Value, &rec.Failed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return rec, false, nil
+	}
+	return rec, err == nil, err
+}
+
+// DeleteExpired removes the key's row if it has expired.
+func (d *Dialect) DeleteExpired(ctx context.Context, q dialects.Querier, k dialects.Key) error {
+	_, err := q.ExecContext(ctx, d.deleteExpired, k.Scope, k.Key)
+	return err
+}
+
+// Prune deletes up to limit expired rows, skipping rows that are locked.
+func (d *Dialect) Prune(ctx context.Context, q dialects.Querier, limit int) (int64, error) {
+	res, err := q.ExecContext(ctx, d.prune, limit)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// Classify sorts errors of lib/pq and pgx by SQLSTATE.
+func (d *Dialect) Classify(err error) dialects.Class {
+	var coded interface{ SQLState() string }
+	if !errors.As(err, &coded) {
+		return dialects.Unknown
+	}
+	switch state := coded.SQLState(); {
+	case state == "40001", state == "40P01":
+		return dialects.Retry
+	case state == "55P03":
+		return dialects.LockTimeout
+	case len(state) == 5 && (state[:2] == "08" || state[:2] == "57" && state != "57014"):
+		// Connection exceptions and operator intervention (admin shutdown,
+		// crash shutdown, cannot connect now): the server may not have
+		// finished what it was doing. 57014 (query cancelled) is definite.
+		return dialects.Unknown
+	default:
+		return dialects.Definite
+	}
+}

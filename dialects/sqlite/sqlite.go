@@ -1,0 +1,151 @@
+// Package sqlite is the SQLite dialect of the key protocol, for
+// modernc.org/sqlite ("sqlite") and mattn/go-sqlite3 ("sqlite3").
+//
+// # Protocol
+//
+// SQLite has one writer at a time, so the claim is simply the attempt's first
+// write: an INSERT of the key with no value. It takes the database's write
+// lock (waiting up to the connection's busy_timeout) and holds it until the
+// transaction ends, so no twin can run while fn does. When the key is
+// already there the INSERT fails on the primary key, the attempt rolls back,
+// and the stored row is read. Save fills the row with the value.
+//
+// Recommended DSN: _pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)
+// (and _txlock=immediate with modernc.org/sqlite). Without a busy timeout,
+// a writer that finds the database locked gets SQLITE_BUSY at once; Do then
+// retries within its wait bound.
+//
+// Times are integers: milliseconds since 1970 by SQLite's clock.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"reflect"
+	"time"
+
+	"github.com/exactlyonce/idempotency/dialects"
+)
+
+// Dialect implements dialects.Dialect for SQLite.
+type Dialect struct {
+	claim, save, lookup, deleteExpired, prune string
+}
+
+var _ dialects.Dialect = (*Dialect)(nil)
+
+// nowMillis is SQLite's clock in milliseconds since 1970, for any version.
+const nowMillis = `CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)`
+
+// New returns the SQLite dialect for the key table named table.
+func New(table string) *Dialect {
+	return &Dialect{
+		claim: `INSERT INTO ` + table + ` (scope, "key", fingerprint, value, failed, created_at, expires_at)
+VALUES (?, ?, ?, NULL, 0, ` + nowMillis + `, ` + nowMillis + ` + ?)`,
+		save: `UPDATE ` + table + ` SET value = ?, failed = ?
+WHERE scope = ? AND "key" = ? AND fingerprint = ? AND value IS NULL`,
+		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
+WHERE scope = ? AND "key" = ? AND expires_at > ` + nowMillis + ` AND value IS NOT NULL`,
+		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = ? AND "key" = ? AND expires_at <= ` + nowMillis,
+		prune: `DELETE FROM ` + table + ` WHERE rowid IN (
+	SELECT rowid FROM ` + table + ` WHERE expires_at <= ` + nowMillis + ` LIMIT ?)`,
+	}
+}
+
+// Name returns "sqlite".
+func (d *Dialect) Name() string { return "sqlite" }
+
+// Claim inserts the key's row with no value, taking the write lock.
+func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, fingerprint []byte, ttl, _ time.Duration) (dialects.Claim, dialects.Record, error) {
+	var none dialects.Record
+	_, err := tx.ExecContext(ctx, d.claim, k.Scope, k.Key, fingerprint, ttl.Milliseconds())
+	if err != nil {
+		if code(err)&0xff == 19 { // SQLITE_CONSTRAINT: the key's row exists
+			return dialects.Taken, none, nil
+		}
+		return 0, none, err
+	}
+	return dialects.Claimed, none, nil
+}
+
+// Save fills the claimed row with the value.
+func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, _ time.Duration) (bool, error) {
+	res, err := tx.ExecContext(ctx, d.save, rec.Value, rec.Failed, k.Scope, k.Key, rec.Fingerprint)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return false, fmt.Errorf("rows affected: %w", err)
+	}
+	if n != 1 {
+		return false, errors.New("the claimed row vanished before the value was saved")
+	}
+	return true, nil
+}
+
+// Lookup reads the key's live record.
+func (d *Dialect) Lookup(ctx context.Context, q dialects.Querier, k dialects.Key) (dialects.Record, bool, error) {
+	var rec dialects.Record
+	err := q.QueryRowxContext(ctx, d.lookup, k.Scope, k.Key).Scan(&rec.Fingerprint, &rec.Value, &rec.Failed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return rec, false, nil
+	}
+	return rec, err == nil, err
+}
+
+// DeleteExpired removes the key's row if it has expired.
+func (d *Dialect) DeleteExpired(ctx context.Context, q dialects.Querier, k dialects.Key) error {
+	_, err := q.ExecContext(ctx, d.deleteExpired, k.Scope, k.Key)
+	return err
+}
+
+// Prune deletes up to limit expired rows by rowid.
+func (d *Dialect) Prune(ctx context.Context, q dialects.Querier, limit int) (int64, error) {
+	res, err := q.ExecContext(ctx, d.prune, limit)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// Classify sorts SQLite result codes.
+func (d *Dialect) Classify(err error) dialects.Class {
+	c := code(err)
+	if c == -1 {
+		return dialects.Unknown
+	}
+	switch c & 0xff {
+	case 5, 6: // SQLITE_BUSY, SQLITE_LOCKED
+		return dialects.Busy
+	case 10, 11, 13: // SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL: durability in doubt
+		return dialects.Unknown
+	}
+	return dialects.Definite
+}
+
+// code returns the (extended) SQLite result code carried by err, or -1. It
+// knows modernc.org/sqlite's *Error (a Code method) and mattn/go-sqlite3's
+// Error (Code and ExtendedCode fields) without importing either.
+func code(err error) int {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if c, ok := e.(interface{ Code() int }); ok {
+			return c.Code()
+		}
+		v := reflect.ValueOf(e)
+		if v.Kind() == reflect.Pointer {
+			v = v.Elem()
+		}
+		if v.Kind() == reflect.Struct && v.Type().PkgPath() == "github.com/mattn/go-sqlite3" {
+			if f := v.FieldByName("ExtendedCode"); f.IsValid() && f.CanInt() && f.Int() != 0 {
+				return int(f.Int())
+			}
+			if f := v.FieldByName("Code"); f.IsValid() && f.CanInt() {
+				return int(f.Int())
+			}
+		}
+	}
+	return -1
+}
