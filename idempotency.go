@@ -59,6 +59,7 @@ type config struct {
 	table      string
 	dialect    dialects.Dialect
 	logger     *slog.Logger
+	hooks      Hooks
 }
 
 // Option configures a Store.
@@ -256,7 +257,7 @@ func ValidateKey(key string) error {
 func Fingerprint(params any) ([]byte, error) {
 	b, err := json.Marshal(params)
 	if err != nil {
-		return nil, fmt.Errorf("idempotency: params cannot be encoded as JSON: %w", err)
+		return nil, badParams(err)
 	}
 	sum := sha256.Sum256(b)
 	return sum[:], nil

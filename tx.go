@@ -72,13 +72,24 @@ func RunTx[T any](ctx context.Context, tx *sqlx.Tx, s *Store, key string, params
 	return run(ctx, s, tx, key, params, fn)
 }
 
-func run[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, params any, fn func(context.Context, *sqlx.Tx) (T, error)) (Result[T], error) {
-	var res Result[T]
+func run[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, params any, fn func(context.Context, *sqlx.Tx) (T, error)) (res Result[T], err error) {
 	if s == nil {
 		return res, errors.New("idempotency: nil *Store: create one with idempotency.New")
 	}
 	if fn == nil {
 		return res, errors.New("idempotency: nil fn: pass the function that does the work")
+	}
+	h := s.cfg.hooks
+	if h.CallStart != nil {
+		ctx = h.CallStart(ctx, s.scope, key)
+	}
+	var retries int
+	if h.CallEnd != nil {
+		start := time.Now()
+		defer func() {
+			h.CallEnd(ctx, CallEvent{Scope: s.scope, Key: key, Outcome: outcomeOf(res.Replayed, err),
+				Retries: retries, Duration: time.Since(start), Err: err})
+		}()
 	}
 	k, err := s.key(key)
 	if err != nil {
@@ -108,7 +119,7 @@ func run[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, param
 		}
 		return b, false, nil
 	}
-	rec, replayed, err := s.call(ctx, u, k, fp, work)
+	rec, replayed, err := s.call(ctx, u, k, fp, work, &retries)
 	if err != nil {
 		return res, err
 	}
@@ -144,11 +155,11 @@ const maxRestarts = 100
 
 // call is the protocol's loop: it runs attempts until one commits, finds a
 // record to replay, or fails for good.
-func (s *Store) call(ctx context.Context, u unit, k dialects.Key, fp []byte, work work) (dialects.Record, bool, error) {
+func (s *Store) call(ctx context.Context, u unit, k dialects.Key, fp []byte, work work, retries *int) (dialects.Record, bool, error) {
 	deadline := time.Now().Add(s.cfg.wait)
 	var (
-		retries, restarts int
-		stored            []byte // a final failure to store instead of calling fn
+		restarts int
+		stored   []byte // a final failure to store instead of calling fn
 	)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -169,12 +180,15 @@ func (s *Store) call(ctx context.Context, u unit, k dialects.Key, fp []byte, wor
 		case again:
 			restarts++
 		case retry:
-			retries++
-			if u.joined() || retries > s.cfg.maxRetries {
-				return dialects.Record{}, false, fmt.Errorf("idempotency: gave up after %d attempts: %w", retries, err)
+			*retries++
+			if u.joined() {
+				return dialects.Record{}, false, fmt.Errorf("idempotency: the caller's transaction must be retried: %w", err)
 			}
-			s.cfg.logger.DebugContext(ctx, "idempotency: retrying after a conflict", "key", k.Key, "attempt", retries, "err", err)
-			if err := sleep(ctx, backoff(retries)); err != nil {
+			if *retries > s.cfg.maxRetries {
+				return dialects.Record{}, false, fmt.Errorf("idempotency: gave up after %d retries: %w", s.cfg.maxRetries, err)
+			}
+			s.cfg.logger.DebugContext(ctx, "idempotency: retrying after a conflict", "key", k.Key, "retry", *retries, "err", err)
+			if err := sleep(ctx, backoff(*retries)); err != nil {
 				return dialects.Record{}, false, err
 			}
 			continue
