@@ -223,3 +223,29 @@ func mysqlDatabase(t testing.TB, dsn string) string {
 	cfg.DBName = name
 	return cfg.FormatDSN()
 }
+
+// Rehost returns dsn with its server address replaced by addr, and the
+// address it had: for sending a connection through a proxy.
+func Rehost(t testing.TB, kind, dsn, addr string) (rehosted, target string) {
+	t.Helper()
+	switch kind {
+	case "postgres":
+		u, err := url.Parse(dsn)
+		if err != nil || u.Host == "" {
+			t.Fatalf("want a postgres:// URL to rehost, got %q", dsn)
+		}
+		target = u.Host
+		u.Host = addr
+		return u.String(), target
+	case "mysql":
+		cfg, err := mysql.ParseDSN(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		target = cfg.Addr
+		cfg.Addr = addr
+		return cfg.FormatDSN(), target
+	}
+	t.Fatalf("cannot rehost a %s DSN", kind)
+	return "", ""
+}
