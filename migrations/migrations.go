@@ -60,7 +60,8 @@ func Up(ctx context.Context, db *sqlx.DB) error {
 	return nil
 }
 
-// Status lists the migrations and whether each is applied.
+// Status lists the migrations and whether each is applied. On MySQL the DSN
+// needs parseTime=true.
 func Status(ctx context.Context, db *sqlx.DB) ([]*goose.MigrationStatus, error) {
 	p, err := Provider(db)
 	if err != nil {
@@ -68,6 +69,9 @@ func Status(ctx context.Context, db *sqlx.DB) ([]*goose.MigrationStatus, error) 
 	}
 	st, err := p.Status(ctx)
 	if err != nil {
+		if db.DriverName() == "mysql" && strings.Contains(err.Error(), "time.Time") {
+			return nil, fmt.Errorf("idempotency/migrations: status: add parseTime=true to the MySQL DSN (goose reads its timestamps as times): %w", err)
+		}
 		return nil, fmt.Errorf("idempotency/migrations: status: %w", err)
 	}
 	return st, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -68,11 +69,13 @@ func TestUpLeavesTheApplicationsGooseAlone(t *testing.T) {
 
 func versions(t *testing.T, db *sqlx.DB, table string) string {
 	t.Helper()
-	var v []string
-	if err := db.Select(&v, `SELECT CAST(version_id AS CHAR(20)) FROM `+table+` ORDER BY id`); err != nil {
-		if err := db.Select(&v, `SELECT CAST(version_id AS TEXT) FROM `+table+` ORDER BY id`); err != nil {
-			t.Fatalf("read %s: %v", table, err)
-		}
+	var ids []int64
+	if err := db.Select(&ids, `SELECT version_id FROM `+table+` ORDER BY id`); err != nil {
+		t.Fatalf("read %s: %v", table, err)
+	}
+	v := make([]string, len(ids))
+	for i, id := range ids {
+		v[i] = strconv.FormatInt(id, 10)
 	}
 	return strings.Join(v, ",")
 }

@@ -221,6 +221,7 @@ func mysqlDatabase(t testing.TB, dsn string) string {
 		_, _ = admin.Exec("DROP DATABASE " + name)
 	})
 	cfg.DBName = name
+	cfg.ParseTime = true
 	return cfg.FormatDSN()
 }
 
