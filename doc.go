@@ -1,0 +1,62 @@
+/*
+Package idempotency makes a retried request run its business operation
+exactly once, by writing the idempotency key in the same SQL transaction as
+the operation, in the application's own database.
+
+Either the operation's writes and its key commit together, or neither does.
+A retry after a success replays the stored answer; a retry after a failure
+or a crash runs the operation again, because nothing of the first try is
+left behind. There is no "in progress" row to clean up and no clock to trust
+but the database's.
+
+# Quick start
+
+Create the key table once (see package migrations), then wrap the operation:
+
+	store, err := idempotency.New(db) // db is a *sqlx.DB: postgres, pgx, mysql or sqlite
+	if err != nil { ... }
+
+	charge, err := idempotency.Do(ctx, store, key, req,
+		func(ctx context.Context, tx *sqlx.Tx) (Charge, error) {
+			// Every write goes through tx: it commits with the key.
+			return insertCharge(ctx, tx, req)
+		})
+
+The first call with a key runs fn and stores its value as JSON with a
+fingerprint of req. Later calls with the key return the stored value without
+running fn, or ErrParamsMismatch when req differs. Run does the same and also
+reports whether the value was replayed.
+
+# What Do guarantees
+
+  - fn's writes and the key commit in one transaction, or neither does.
+  - A twin (a concurrent call with the same key) waits for the running call
+    (WithWait), then replays its value, or runs if that call rolled back. Past
+    the wait it gets ErrInProgress, and nothing is stored.
+  - fn's error rolls everything back and is returned unchanged; a retry runs
+    fn again. A FinalError (see Final) is stored and replayed instead: use it
+    for answers that must not change on retry, such as a declined card.
+  - Serialization failures and deadlocks roll the attempt back and run it
+    again, at most WithMaxRetries times.
+  - A connection lost during COMMIT gives ErrOutcomeUnknown; a retry with the
+    same key resolves it.
+  - Keys expire after WithTTL by the database's clock; Prune deletes them.
+
+fn may run more than once when an attempt is rolled back (a retry after a
+deadlock, a lost race), which is why all its effects must go through tx. A
+call to another system inside fn is not undone by a rollback: write an outbox
+row through tx instead, and send it after the commit.
+
+# Joining a transaction
+
+DoTx runs the same protocol inside a transaction the caller holds, under a
+savepoint, so a service layer's unit of work and the key commit together.
+
+# Databases
+
+PostgreSQL (lib/pq and pgx), MySQL 8 and MariaDB (go-sql-driver/mysql), and
+SQLite (modernc.org/sqlite, mattn/go-sqlite3), at the isolation levels each
+offers from READ COMMITTED up. How each dialect claims a key is described in
+its package under dialects/.
+*/
+package idempotency
