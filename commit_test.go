@@ -2,9 +2,13 @@ package idempotency_test
 
 import (
 	"errors"
+	"io"
+	"log"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/go-sql-driver/mysql"
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency"
@@ -18,6 +22,7 @@ import (
 // times Do says the outcome is unknown, and a retry with the same key
 // resolves it: a replay when it committed, a run when it did not.
 func TestCommitOutcomeUnknown(t *testing.T) {
+	_ = mysql.SetLogger(log.New(io.Discard, "", 0)) // the driver logs the cut connections
 	for _, b := range testdb.Backends() {
 		if b.Kind == "sqlite" {
 			continue // no connection to lose
@@ -69,8 +74,14 @@ func TestCommitOutcomeUnknown(t *testing.T) {
 				if !errors.Is(err, idempotency.ErrOutcomeUnknown) {
 					t.Fatalf("%s: got %v, want ErrOutcomeUnknown", c.key, err)
 				}
-				if got := e.charges(t, c.key); got != map[bool]int{true: 1, false: 0}[c.committed] {
-					t.Fatalf("%s: %d charges after the cut", c.key, got)
+				// The client learns of the cut before the server has finished
+				// the COMMIT it was sent; give the server a moment to settle.
+				want := map[bool]int{true: 1, false: 0}[c.committed]
+				for i := 0; i < 100 && e.charges(t, c.key) != want; i++ {
+					time.Sleep(20 * time.Millisecond)
+				}
+				if got := e.charges(t, c.key); got != want {
+					t.Fatalf("%s: %d charges after the cut, want %d", c.key, got, want)
 				}
 				r, err := idempotency.Run(ctx, s, c.key, nil, charge(c.key, 1, &calls))
 				if err != nil {
