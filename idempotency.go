@@ -111,7 +111,7 @@ func WithMaxRetries(n int) Option {
 func WithIsolation(level sql.IsolationLevel) Option {
 	return func(c *config) error {
 		switch level {
-		case sql.LevelDefault, sql.LevelReadCommitted, sql.LevelRepeatableRead, sql.LevelSerializable, sql.LevelSnapshot:
+		case sql.LevelDefault, sql.LevelReadCommitted, sql.LevelRepeatableRead, sql.LevelSerializable:
 			c.txOptions = &sql.TxOptions{Isolation: level}
 			return nil
 		}
