@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -488,7 +489,7 @@ func TestStorm(t *testing.T) {
 					if i >= calls {
 						return
 					}
-					key := fmt.Sprintf("storm-%d", (i*7919)%keys)
+					key := fmt.Sprintf("storm-%d", rand.IntN(keys))
 					r, err := idempotency.Do(ctx, s, key, key, charge(key, 1, &ran))
 					if err != nil {
 						t.Errorf("%s: %v", key, err)
@@ -509,8 +510,8 @@ func TestStorm(t *testing.T) {
 		if err := e.db.Get(&distinct, `SELECT COUNT(DISTINCT k) FROM charges`); err != nil {
 			t.Fatal(err)
 		}
-		if rows != keys || distinct != keys || e.keys(t) != keys {
-			t.Errorf("%d charges over %d keys, %d key rows; want %d each", rows, distinct, e.keys(t), keys)
+		if rows != distinct || distinct != e.keys(t) || distinct < keys*9/10 {
+			t.Errorf("%d charges over %d keys, %d key rows; want one charge per key row, nearly all %d keys", rows, distinct, e.keys(t), keys)
 		}
 		t.Logf("%d calls, %d keys: fn ran %d times (rolled-back attempts included)", calls, keys, ran.Load())
 	})
