@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/exactlyonce/idempotency/internal/testdb"
+)
+
+// TestDefault runs the program as `go run ./examples/quickstart` does: on a
+// new SQLite file.
+func TestDefault(t *testing.T) {
+	t.Parallel()
+	db, closeDB, err := openDB("sqlite", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeDB()
+	check(t, db)
+}
+
+func TestBackends(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			check(t, b.Open(t))
+		})
+	}
+}
+
+func check(t *testing.T, db *sqlx.DB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, &out, db); err != nil {
+		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
+	}
+	text := out.String()
+	t.Logf("output:\n%s", text)
+	if n := strings.Count(text, "\n"); n > 25 {
+		t.Errorf("output has %d lines, want at most 25", n)
+	}
+	for _, want := range []string{
+		"1. key order-1, $10: fn ran 1 time, charged ch_",
+		"(replayed=false)",
+		"2. retry order-1, $10: fn ran 0 times, same charge ch_",
+		"(replayed=true)",
+		"params mismatch (ErrParamsMismatch), fn ran 0 times",
+		"4. two concurrent calls, key order-2: fn ran 1 time; one replayed",
+		`retry order-3: "card declined" again (code card_declined), fn ran 0 times (replayed=true)`,
+		"Charges per key: order-1=1 order-2=1 order-3=0 (fn ran 3 times for 7 calls)",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	// The database agrees: two charges, three keys (the declined card's
+	// failure is stored under its key, with no charge).
+	var charges, keys int
+	if err := db.GetContext(ctx, &charges, `SELECT COUNT(*) FROM charges`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.GetContext(ctx, &keys, `SELECT COUNT(*) FROM idempotency_keys`); err != nil {
+		t.Fatal(err)
+	}
+	if charges != 2 || keys != 3 {
+		t.Errorf("charges = %d, keys = %d; want 2 and 3", charges, keys)
+	}
+}

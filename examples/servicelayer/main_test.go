@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/internal/testdb"
+)
+
+func TestDefault(t *testing.T) {
+	t.Parallel()
+	db, closeDB, err := openDB("sqlite", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeDB()
+	check(t, db)
+}
+
+func TestBackends(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			check(t, b.Open(t))
+		})
+	}
+}
+
+func check(t *testing.T, db *sqlx.DB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, &out, db); err != nil {
+		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
+	}
+	text := out.String()
+	t.Logf("output:\n%s", text)
+	for _, want := range []string{
+		"(10 in stock)",
+		"reserve step ran (replayed=false); stock 7",
+		"2. retry order-1: reserve step replayed (replayed=true), same order ord_",
+		"all rolled back; keys stored 1 (order-1's); stock 7",
+		"4. retry order-2: reserve step ran again (replayed=false), committed order ord_",
+		"orders=2 reservations=2 audit=2 keys=2; stock 5",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	// The database agrees, counted over every row, not just the run's.
+	counts := map[string]int{}
+	for _, table := range []string{"orders", "reservations", "audit_log", "idempotency_keys"} {
+		var n int
+		if err := db.GetContext(ctx, &n, "SELECT COUNT(*) FROM "+table); err != nil {
+			t.Fatal(err)
+		}
+		counts[table] = n
+	}
+	var stock int
+	if err := db.GetContext(ctx, &stock, `SELECT SUM(available) FROM products`); err != nil {
+		t.Fatal(err)
+	}
+	if counts["orders"] != 2 || counts["reservations"] != 2 || counts["audit_log"] != 2 || counts["idempotency_keys"] != 2 || stock != 5 {
+		t.Errorf("counts %v, stock %d; want 2 of each and stock 5", counts, stock)
+	}
+}
+
+// TestConcurrentRetries sends the same PlaceOrder from several goroutines at
+// once: one unit of work commits, the others replay it and roll back.
+func TestConcurrentRetries(t *testing.T) {
+	t.Parallel()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			db := b.Open(t)
+			for _, ddl := range schema {
+				if _, err := db.ExecContext(ctx, ddl); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := db.ExecContext(ctx, `INSERT INTO products (sku, available) VALUES ('sku_1', 10)`); err != nil {
+				t.Fatal(err)
+			}
+			store, err := idempotency.New(db)
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc := &Service{db: db, store: store}
+			order := Order{Customer: "cus_1", SKU: "sku_1", Qty: 1}
+
+			const n = 4
+			var (
+				wg       sync.WaitGroup
+				placed   [n]Placed
+				replayed [n]bool
+				errs     [n]error
+			)
+			for i := range n {
+				wg.Go(func() { placed[i], replayed[i], errs[i] = svc.PlaceOrder(ctx, "order-1", order) })
+			}
+			wg.Wait()
+			fresh := 0
+			for i := range n {
+				if errs[i] != nil {
+					t.Fatalf("call %d: %v", i, errs[i])
+				}
+				if placed[i] != placed[0] {
+					t.Errorf("call %d answered %+v, call 0 %+v", i, placed[i], placed[0])
+				}
+				if !replayed[i] {
+					fresh++
+				}
+			}
+			var orders, reservations, stock int
+			for q, dst := range map[string]*int{
+				`SELECT COUNT(*) FROM orders`:       &orders,
+				`SELECT COUNT(*) FROM reservations`: &reservations,
+				`SELECT available FROM products`:    &stock,
+			} {
+				if err := db.GetContext(ctx, dst, q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if fresh != 1 || orders != 1 || reservations != 1 || stock != 9 {
+				t.Errorf("fresh answers=%d orders=%d reservations=%d stock=%d; want 1, 1, 1, 9", fresh, orders, reservations, stock)
+			}
+		})
+	}
+}
