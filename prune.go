@@ -9,26 +9,41 @@ import (
 // Prune deletes expired keys in batches (WithPruneBatch) and returns how
 // many it deleted. Each batch is its own short statement, so live calls are
 // never stalled behind a long delete; on Postgres a batch skips rows that
-// are locked. Many instances may prune at once.
-func (s *Store) Prune(ctx context.Context) (total int64, err error) {
+// are locked. Many instances may prune at once. RunPruner does this on a
+// schedule, with a pause between batches.
+func (s *Store) Prune(ctx context.Context) (int64, error) {
+	total, _, _, err := s.prunePaced(ctx, 0)
+	return total, err
+}
+
+// prunePaced deletes expired keys batch by batch, pausing between batches,
+// and reports to the Pruned hook.
+func (s *Store) prunePaced(ctx context.Context, pause time.Duration) (total int64, batches int, d time.Duration, err error) {
 	start := time.Now()
-	batches := 0
-	if h := s.cfg.hooks.Pruned; h != nil {
-		defer func() {
-			h(ctx, PruneEvent{Rows: total, Batches: batches, Duration: time.Since(start), Err: err})
-		}()
-	}
+	defer func() {
+		d = time.Since(start)
+		if h := s.cfg.hooks.Pruned; h != nil {
+			h(ctx, PruneEvent{Rows: total, Batches: batches, Duration: d, Err: err})
+		}
+	}()
 	for {
 		batches++
 		began := time.Now()
 		n, err := s.dialect.Prune(ctx, s.db, s.cfg.pruneBatch)
 		total += n
 		if err != nil {
-			return total, fmt.Errorf("idempotency: prune batch %d (after %d rows): %w", batches, total, err)
+			return total, batches, 0, fmt.Errorf("idempotency: prune batch %d (after %d rows): %w", batches, total, err)
 		}
 		s.cfg.logger.DebugContext(ctx, "idempotency: pruned a batch", "batch", batches, "rows", n, "duration", time.Since(began))
 		if n < int64(s.cfg.pruneBatch) {
-			return total, nil
+			return total, batches, 0, nil
+		}
+		if pause > 0 {
+			select {
+			case <-ctx.Done():
+				return total, batches, 0, ctx.Err()
+			case <-time.After(pause):
+			}
 		}
 	}
 }

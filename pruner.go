@@ -17,6 +17,7 @@ type prunerConfig struct {
 	jitter   float64
 	logger   *slog.Logger
 	initial  bool
+	pause    time.Duration
 }
 
 // PruneEvery sets how often RunPruner prunes; the default is 5 minutes.
@@ -58,6 +59,21 @@ func PruneLogger(l *slog.Logger) PrunerOption {
 	}
 }
 
+// PrunePause sets a pause between the batches of one run; the default is
+// 50ms. Deleting a large backlog without a pause halved MariaDB's throughput
+// and doubled Postgres's p99 latency for live calls in internal/prunebench;
+// with 50ms both stayed near their baselines. 0 deletes as fast as the
+// database allows.
+func PrunePause(d time.Duration) PrunerOption {
+	return func(c *prunerConfig) error {
+		if d < 0 {
+			return fmt.Errorf("idempotency: PrunePause(%v): the pause must not be negative", d)
+		}
+		c.pause = d
+		return nil
+	}
+}
+
 // PruneAtStart makes RunPruner prune once at once instead of waiting an
 // interval first. It is off by default so that a fleet restarted together
 // does not prune together.
@@ -81,7 +97,7 @@ func PruneAtStart() PrunerOption {
 //
 //	go func() { _ = store.RunPruner(ctx, idempotency.PruneEvery(time.Minute)) }()
 func (s *Store) RunPruner(ctx context.Context, opts ...PrunerOption) error {
-	cfg := prunerConfig{interval: 5 * time.Minute, jitter: 0.2, logger: s.cfg.logger}
+	cfg := prunerConfig{interval: 5 * time.Minute, jitter: 0.2, logger: s.cfg.logger, pause: 50 * time.Millisecond}
 	for _, opt := range opts {
 		if opt == nil {
 			continue
@@ -102,25 +118,21 @@ func (s *Store) RunPruner(ctx context.Context, opts ...PrunerOption) error {
 			return nil
 		case <-timer.C:
 		}
-		s.pruneOnce(ctx, cfg.logger, run)
+		s.pruneOnce(ctx, &cfg, run)
 		timer.Reset(cfg.next())
 	}
 }
 
-// pruneOnce runs one Prune and logs it. Prune stops at its first short
-// batch, so a run that deleted rows took rows/batch full batches and one
-// short one; that is the exact count, without a hook of its own.
-func (s *Store) pruneOnce(ctx context.Context, log *slog.Logger, run int) {
-	start := time.Now()
-	rows, err := s.Prune(ctx)
-	batches := int(rows/int64(s.cfg.pruneBatch)) + 1
-	d := time.Since(start)
+// pruneOnce runs one prune and logs it.
+func (s *Store) pruneOnce(ctx context.Context, cfg *prunerConfig, run int) {
+	log := cfg.logger
+	rows, batches, d, err := s.prunePaced(ctx, cfg.pause)
 	switch {
 	case err != nil && ctx.Err() != nil:
 		// Stopping: the cancelled statement is not a failure.
-		log.InfoContext(ctx, "idempotency: prune stopped", "run", run, "rows", rows, "duration", d)
+		log.InfoContext(ctx, "idempotency: prune stopped", "run", run, "rows", rows, "batches", batches, "duration", d)
 	case err != nil:
-		log.WarnContext(ctx, "idempotency: prune failed; will try again", "run", run, "rows", rows, "duration", d, "err", err)
+		log.WarnContext(ctx, "idempotency: prune failed; will try again", "run", run, "rows", rows, "batches", batches, "duration", d, "err", err)
 	default:
 		log.InfoContext(ctx, "idempotency: pruned", "run", run, "rows", rows, "batches", batches, "duration", d)
 	}

@@ -1,0 +1,436 @@
+// Command idempotency migrates, prunes and inspects the key table of
+// github.com/exactlyonce/idempotency, for operators and cron jobs.
+//
+//	idempotency [flags] migrate           apply pending migrations
+//	idempotency [flags] migrate status    list migrations and whether each is applied
+//	idempotency [flags] prune             delete expired keys once, in batches
+//	idempotency [flags] stats             keys by age, expired backlog, total
+//
+// Flags may come before or after the command:
+//
+//	--dsn      the database (default $IDEMPOTENCY_DSN)
+//	--driver   pgx, postgres, mysql or sqlite (default: from the DSN's shape)
+//	--table    the key table (default idempotency_keys)
+//	--batch    rows per prune batch (default 5000)
+//	--timeout  how long to wait for the database to answer a ping (default 5s)
+//	--progress print a line per prune batch even when stderr is not a terminal
+//
+// The driver is inferred from the DSN: postgres:// and postgresql:// (and
+// key=value strings with host=) are pgx; file:, :memory: and names ending
+// in .db, .sqlite or .sqlite3 are SQLite; user@tcp(host)/db is MySQL.
+//
+// Exit status: 0 on success, 1 when the work failed (the database could
+// not be reached, the table is missing, a statement failed), 2 for a usage
+// error (unknown command or flag, no DSN, a DSN that cannot be parsed).
+//
+// Install: go install github.com/exactlyonce/idempotency/cmd/idempotency@latest
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	mysqldriver "github.com/go-sql-driver/mysql"
+	"github.com/jackc/pgx/v5"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	"github.com/jmoiron/sqlx"
+	"github.com/lib/pq"    // registers "postgres"
+	_ "modernc.org/sqlite" // registers "sqlite"
+
+	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/dialects"
+	"github.com/exactlyonce/idempotency/migrations"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := runContext(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+const usage = `usage: idempotency [flags] <command>
+
+commands:
+  migrate          apply pending migrations of the key table
+  migrate status   list the migrations and whether each is applied
+  prune            delete expired keys once, in batches
+  stats            count keys by age, the expired backlog and the total
+
+flags (before or after the command):
+`
+
+// run is the command without the process around it: it parses args, does
+// the work, writes to stdout and stderr and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	return runContext(context.Background(), args, stdout, stderr)
+}
+
+// options are the parsed flags.
+type options struct {
+	dsn, driver, table string
+	batch              int
+	timeout            time.Duration
+	progress           bool
+}
+
+// usageError is a mistake in the command line: exit 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("idempotency", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.dsn, "dsn", os.Getenv("IDEMPOTENCY_DSN"), "database DSN (default $IDEMPOTENCY_DSN)")
+	fs.StringVar(&o.driver, "driver", "", "database/sql driver: pgx, postgres, mysql or sqlite (default: inferred from the DSN)")
+	fs.StringVar(&o.table, "table", dialects.DefaultTable, "key table, optionally schema-qualified")
+	fs.IntVar(&o.batch, "batch", 5000, "rows deleted per prune batch")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for the database to answer a ping")
+	fs.BoolVar(&o.progress, "progress", false, "print a line per prune batch even when stderr is not a terminal")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+
+	// Flags may come before and after the command words: parse, take the
+	// words, and parse what follows them again.
+	var words []string
+	for rest := args; ; {
+		if err := fs.Parse(rest); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return exitOK
+			}
+			return exitUsage // the flag package has said what was wrong
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		words = append(words, fs.Arg(0))
+		rest = fs.Args()[1:]
+	}
+
+	err := dispatch(ctx, words, o, stdout, stderr)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(stderr, "idempotency:", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintln(stderr, "run 'idempotency -h' for usage")
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func dispatch(ctx context.Context, words []string, o options, stdout, stderr io.Writer) error {
+	cmd := strings.Join(words, " ")
+	switch cmd {
+	case "migrate", "migrate status", "prune", "stats":
+	case "":
+		return usagef("no command: want migrate, migrate status, prune or stats")
+	default:
+		return usagef("unknown command %q: want migrate, migrate status, prune or stats", cmd)
+	}
+	if o.batch < 1 || o.batch > 1_000_000 {
+		return usagef("--batch %d: want 1 to 1000000", o.batch)
+	}
+	if o.timeout <= 0 {
+		return usagef("--timeout %v: want a positive duration", o.timeout)
+	}
+	db, err := open(ctx, o)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+
+	switch cmd {
+	case "migrate", "migrate status":
+		if o.table != dialects.DefaultTable {
+			return usagef("--table %s: the migrations create only %s; create other tables yourself (see the migrations package)", o.table, dialects.DefaultTable)
+		}
+		if cmd == "migrate" {
+			return migrate(ctx, db, stdout)
+		}
+		return migrateStatus(ctx, db, stdout)
+	}
+
+	store, err := idempotency.New(db, idempotency.WithTable(o.table), idempotency.WithPruneBatch(o.batch))
+	if err != nil {
+		return usageError{msg: strings.TrimPrefix(err.Error(), "idempotency: ")}
+	}
+	if err := checkTable(ctx, db, o.table); err != nil {
+		return err
+	}
+	if cmd == "prune" {
+		return prune(ctx, store, o, stdout, stderr)
+	}
+	return stats(ctx, db, o.table, stdout)
+}
+
+// inferDriver tells the driver from the DSN's shape.
+func inferDriver(dsn string) (string, error) {
+	lower := strings.ToLower(dsn)
+	switch {
+	case strings.HasPrefix(lower, "postgres://"), strings.HasPrefix(lower, "postgresql://"),
+		strings.Contains(lower, "host=") && !strings.Contains(lower, "@tcp("):
+		return "pgx", nil
+	case strings.HasPrefix(lower, "file:"), lower == ":memory:",
+		strings.HasSuffix(lower, ".db"), strings.HasSuffix(lower, ".sqlite"), strings.HasSuffix(lower, ".sqlite3"):
+		return "sqlite", nil
+	case strings.Contains(lower, "@tcp("), strings.Contains(lower, "@unix("), strings.HasPrefix(lower, "tcp("):
+		return "mysql", nil
+	}
+	return "", usagef("cannot tell the database from the DSN's shape: pass --driver pgx, postgres, mysql or sqlite")
+}
+
+// checkDSN parses the DSN the way the driver will, so that a typo is a
+// clear usage error rather than a connection failure.
+func checkDSN(driver, dsn string) error {
+	var err error
+	switch driver {
+	case "pgx", "pgx/v5":
+		_, err = pgx.ParseConfig(dsn)
+	case "postgres":
+		_, err = pq.NewConnector(dsn)
+	case "mysql":
+		_, err = mysqldriver.ParseDSN(dsn)
+	}
+	if err != nil {
+		return usagef("the DSN is not valid for driver %s: %v", driver, redact(err.Error(), dsn))
+	}
+	return nil
+}
+
+// redact keeps a password in the DSN out of messages.
+func redact(msg, dsn string) string {
+	if dsn == "" {
+		return msg
+	}
+	return strings.ReplaceAll(msg, dsn, "<dsn>")
+}
+
+// open connects and pings within the timeout.
+func open(ctx context.Context, o options) (*sqlx.DB, error) {
+	if o.dsn == "" {
+		return nil, usagef("no database: pass --dsn or set IDEMPOTENCY_DSN")
+	}
+	driver := o.driver
+	if driver == "" {
+		var err error
+		if driver, err = inferDriver(o.dsn); err != nil {
+			return nil, err
+		}
+	}
+	if _, ok := dialects.Kind(driver); !ok {
+		return nil, usagef("--driver %q: want pgx, postgres, mysql or sqlite", driver)
+	}
+	if err := checkDSN(driver, o.dsn); err != nil {
+		return nil, err
+	}
+	db, err := sqlx.Open(driver, o.dsn)
+	if err != nil {
+		return nil, usagef("the DSN is not valid for driver %s: %v", driver, redact(err.Error(), o.dsn))
+	}
+	pctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		db.Close()
+		if pctx.Err() != nil && ctx.Err() == nil {
+			return nil, fmt.Errorf("cannot reach the database (%s) within %v: check the DSN's host and port and that the server is running", driver, o.timeout)
+		}
+		return nil, fmt.Errorf("cannot reach the database (%s); check the DSN's host, port and credentials and that the server is running: %s", driver, redact(err.Error(), o.dsn))
+	}
+	return db, nil
+}
+
+// checkTable makes a missing key table an error that says what to do.
+func checkTable(ctx context.Context, db *sqlx.DB, table string) error {
+	rows, err := db.QueryContext(ctx, `SELECT 1 FROM `+table+` WHERE 1 = 0`)
+	if err == nil {
+		return rows.Close()
+	}
+	if missingTable(err) {
+		return fmt.Errorf("table %s does not exist in this database: run 'idempotency migrate' first (or pass --table)", table)
+	}
+	return fmt.Errorf("read table %s: %w", table, err)
+}
+
+// missingTable recognizes "no such table" from each database.
+func missingTable(err error) bool {
+	var state interface{ SQLState() string }
+	if errors.As(err, &state) {
+		return state.SQLState() == "42P01" || state.SQLState() == "3F000" // undefined table, undefined schema
+	}
+	var me *mysqldriver.MySQLError
+	if errors.As(err, &me) {
+		return me.Number == 1146 || me.Number == 1049 // no such table, no such database
+	}
+	return strings.Contains(err.Error(), "no such table")
+}
+
+func migrate(ctx context.Context, db *sqlx.DB, stdout io.Writer) error {
+	p, err := migrations.Provider(db)
+	if err != nil {
+		return err
+	}
+	results, err := p.Up(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if len(results) == 0 {
+		fmt.Fprintln(stdout, "migrate: up to date, nothing to apply")
+		return nil
+	}
+	for _, r := range results {
+		fmt.Fprintf(stdout, "applied %s (%v)\n", r.Source.Path, r.Duration.Round(time.Millisecond))
+	}
+	fmt.Fprintf(stdout, "migrate: applied %d migration(s)\n", len(results))
+	return nil
+}
+
+func migrateStatus(ctx context.Context, db *sqlx.DB, stdout io.Writer) error {
+	st, err := migrations.Status(ctx, db)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tSTATE\tAPPLIED AT\tFILE")
+	pending := 0
+	for _, m := range st {
+		at := "-"
+		if !m.AppliedAt.IsZero() {
+			at = m.AppliedAt.UTC().Format(time.RFC3339)
+		} else {
+			pending++
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", m.Source.Version, m.State, at, m.Source.Path)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "%d migration(s), %d pending\n", len(st), pending)
+	return nil
+}
+
+// prune deletes expired keys batch by batch, calling the dialect itself so
+// that it can report each batch; Store.Prune would only report the total.
+func prune(ctx context.Context, s *idempotency.Store, o options, stdout, stderr io.Writer) error {
+	progress := o.progress || isTerminal(stderr)
+	start := time.Now()
+	var total int64
+	batches := 0
+	for {
+		batches++
+		began := time.Now()
+		n, err := s.Dialect().Prune(ctx, s.DB(), o.batch)
+		total += n
+		if err != nil {
+			return fmt.Errorf("prune batch %d (after %d rows): %w", batches, total, err)
+		}
+		if progress {
+			fmt.Fprintf(stderr, "batch %d: deleted %d rows in %v (total %d)\n", batches, n, time.Since(began).Round(time.Millisecond), total)
+		}
+		if n < int64(o.batch) {
+			break
+		}
+	}
+	fmt.Fprintf(stdout, "pruned %d expired keys from %s in %d batch(es), %v\n", total, o.table, batches, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}
+
+// ageSQL gives, per dialect, the database clock's idea of a row's age in
+// seconds and of whether it has expired; the app's clock plays no part.
+var ageSQL = map[string][2]string{
+	"postgres": {`EXTRACT(EPOCH FROM (now() - created_at))`, `expires_at <= now()`},
+	"mysql":    {`TIMESTAMPDIFF(SECOND, created_at, UTC_TIMESTAMP(6))`, `expires_at <= UTC_TIMESTAMP(6)`},
+	"sqlite": {`((CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - created_at) / 1000.0)`,
+		`expires_at <= CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)`},
+}
+
+// ageBuckets are the upper bounds of the age buckets stats prints.
+var ageBuckets = []struct {
+	label string
+	upTo  int64 // seconds; 0 = no bound
+}{
+	{"< 1h", 3600}, {"1h - 24h", 86400}, {"1d - 7d", 7 * 86400}, {">= 7d", 0},
+}
+
+// Stats are the counts stats prints.
+type Stats struct {
+	Total, Expired int64
+	ByAge          []int64 // one per ageBuckets
+}
+
+func collectStats(ctx context.Context, db *sqlx.DB, table string) (Stats, error) {
+	kind, _ := dialects.Kind(db.DriverName())
+	exprs := ageSQL[kind]
+	age, expired := exprs[0], exprs[1]
+	cols := []string{"COUNT(*)", "COALESCE(SUM(CASE WHEN " + expired + " THEN 1 ELSE 0 END), 0)"}
+	lower := int64(-1 << 62)
+	for _, b := range ageBuckets {
+		cond := fmt.Sprintf("%s >= %d", age, lower)
+		if b.upTo != 0 {
+			cond += fmt.Sprintf(" AND %s < %d", age, b.upTo)
+		}
+		cols = append(cols, "COALESCE(SUM(CASE WHEN "+cond+" THEN 1 ELSE 0 END), 0)")
+		lower = b.upTo
+	}
+	st := Stats{ByAge: make([]int64, len(ageBuckets))}
+	dest := []any{&st.Total, &st.Expired}
+	for i := range st.ByAge {
+		dest = append(dest, &st.ByAge[i])
+	}
+	q := "SELECT " + strings.Join(cols, ", ") + " FROM " + table
+	if err := db.QueryRowContext(ctx, q).Scan(dest...); err != nil {
+		return st, fmt.Errorf("stats of %s: %w", table, err)
+	}
+	return st, nil
+}
+
+func stats(ctx context.Context, db *sqlx.DB, table string, stdout io.Writer) error {
+	st, err := collectStats(ctx, db, table)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "table\t%s\n", table)
+	fmt.Fprintf(tw, "total\t%d\n", st.Total)
+	fmt.Fprintf(tw, "live\t%d\n", st.Total-st.Expired)
+	fmt.Fprintf(tw, "expired (prune backlog)\t%d\n", st.Expired)
+	for i, b := range ageBuckets {
+		fmt.Fprintf(tw, "age %s\t%d\n", b.label, st.ByAge[i])
+	}
+	return tw.Flush()
+}
