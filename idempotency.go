@@ -81,7 +81,10 @@ func WithTTL(d time.Duration) Option {
 // WithWait sets how long Do waits for a twin (a call with the same key that
 // is still running) before it gives up with ErrInProgress. The default is 10
 // seconds; 0 means do not wait. MySQL and MariaDB count lock waits in whole
-// seconds, so there the bound is rounded up to a second.
+// seconds, so there the bound is rounded up to a second. On SQLite a twin
+// waits for the database's write lock inside the driver, for the
+// connection's busy_timeout; WithWait bounds only the retries after
+// SQLITE_BUSY, so set busy_timeout to the wait you want.
 func WithWait(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {
@@ -215,6 +218,11 @@ func (s *Store) Scope(scope string) *Store {
 
 // DB returns the database the store runs on.
 func (s *Store) DB() *sqlx.DB { return s.db }
+
+// TxOptions returns the options (WithIsolation) of the transactions the
+// store begins, for code that begins its own alongside, such as the HTTP
+// adapter for requests without a key. It may be nil.
+func (s *Store) TxOptions() *sql.TxOptions { return s.cfg.txOptions }
 
 // Dialect returns the store's dialect.
 func (s *Store) Dialect() dialects.Dialect { return s.dialect }

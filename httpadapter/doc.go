@@ -1,0 +1,109 @@
+// Package httpadapter puts idempotency keys on an HTTP API: server
+// middleware that runs a handler at most once per Idempotency-Key, in the
+// same transaction as the stored response, and a client transport that
+// retries writes safely.
+//
+// # Server
+//
+// Wrap the routes that write:
+//
+//	store, _ := idempotency.New(db)
+//	mux := http.NewServeMux()
+//	mux.HandleFunc("POST /v1/charges", createCharge)
+//	http.ListenAndServe(addr, httpadapter.Middleware(store,
+//		httpadapter.WithScope(func(r *http.Request) string { return accountOf(r) }),
+//	)(mux))
+//
+// and write through the request's transaction:
+//
+//	func createCharge(w http.ResponseWriter, r *http.Request) {
+//		tx := httpadapter.Tx(r.Context())
+//		_, err := tx.ExecContext(r.Context(), `INSERT INTO charges ...`)
+//		...
+//	}
+//
+// For POST and PATCH (WithMethods changes the set) the middleware reads the
+// Idempotency-Key header, a bare key or a quoted structured-field string
+// ("abc" and abc are the same key; 1 to 255 printable ASCII characters).
+// It runs the handler inside idempotency.Run with the request's
+// transaction in its context, buffers the response, stores its status, its
+// allow-listed headers and its body with the key, commits, and only then
+// writes the response. A retry with the same key gets the stored response
+// with the header Idempotent-Replayed: true, and the handler does not run.
+// GET, HEAD, OPTIONS, DELETE and PUT pass through untouched.
+//
+// A request without a key still runs in a transaction, so a handler is the
+// same code either way and Tx is never nil for POST and PATCH; nothing is
+// stored for it. WithKeyRequired answers such a request with 400 instead.
+//
+// A request is identified by its fingerprint: the method, the path, the raw
+// query and the body (WithFingerprint chooses other parts). The same key
+// with another fingerprint answers 422. Keys live in a scope (WithScope,
+// usually the authenticated account): a key in one scope never replays
+// another scope's response.
+//
+// Replays repeat Content-Type, Location, Link and the headers named with
+// WithReplayHeaders; never Set-Cookie. The first answer carries every
+// header the handler set.
+//
+// # Status mapping
+//
+//	handler or store outcome             answer                          stored
+//	2xx, 3xx or 4xx from the handler     the handler's response          yes, replayed to retries
+//	5xx from the handler                 the handler's response          no: rolled back, a retry runs again
+//	5xx with WithStoreServerErrors       the handler's response          yes (Stripe's choice)
+//	the handler panicked                 500 problem handler-panic       no: rolled back
+//	key missing (WithKeyRequired)        400 problem key-missing         no
+//	key invalid, or several keys         400 problem key-invalid         no
+//	request body over the limit          413 problem request-too-large   no
+//	same key, another request            422 problem key-reused          (the first one's stays)
+//	a twin still running past WithWait   409 problem in-progress, Retry-After
+//	response over the limit, or streamed 500 problem response-too-large or streaming; no: rolled back
+//	commit outcome unknown               503 problem outcome-unknown, Retry-After: retry resolves it
+//	other store failures                 503 problem store-failed, Retry-After; no: rolled back
+//
+// Every answer of the middleware's own is application/problem+json
+// (RFC 9457) with type, title, status and detail; the detail says what the
+// client should do. The types are the Problem* constants.
+//
+// # Large and streamed responses
+//
+// The response is buffered, because nothing may reach the client before the
+// commit. A body over WithMaxResponseBytes (default 1 MiB), or a response
+// the handler tries to stream (Flush, http.ResponseController.Flush, or
+// Hijack), cannot be stored and replayed, so it has one behaviour: the
+// transaction rolls back, nothing is stored, and the client gets a 500
+// problem (response-too-large or streaming) instead of a partial answer.
+// The handler learns early: Write returns ErrResponseTooLarge once over the
+// limit, and ResponseController.Flush and Hijack return ErrStreaming. The
+// same holds for requests without a key. Serve downloads and streams from
+// routes outside the middleware, or with a GET that follows the write.
+//
+// A keyed request's body is read whole before the handler runs, to
+// fingerprint it and to give each attempt a fresh copy; one over
+// WithMaxRequestBytes (default 1 MiB) answers 413.
+//
+// # Hang-ups and commits
+//
+// The request's context decides the transaction's fate only while the
+// handler runs: if the client hangs up before the handler returns, the
+// transaction rolls back and nothing is stored (the client never saw an
+// answer; its retry runs the handler again). Once the handler has returned,
+// the commit goes ahead even if the client has gone, so its retry finds the
+// stored response. The handler's context is cancelled when the client
+// hangs up, but carries no deadline of the request's own.
+//
+// # Client
+//
+// Transport is an http.RoundTripper for the other side:
+//
+//	client := &http.Client{Transport: &httpadapter.Transport{MaxAttempts: 5}}
+//
+// It gives a POST or PATCH without an Idempotency-Key a fresh key (a UUIDv7,
+// see NewKey), and retries every request that carries a key after a network
+// error, a 409, a 429 or a 5xx, with the same key and the body rewound,
+// with exponential backoff, jitter and a cap, honouring Retry-After (seconds
+// or an HTTP-date). It never retries a 422 or another 4xx, and stops when
+// the request's context ends. Against the middleware, a request sent
+// through it takes effect exactly once however often its answers are lost.
+package httpadapter

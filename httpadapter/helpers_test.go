@@ -1,0 +1,332 @@
+package httpadapter
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/internal/testdb"
+	"github.com/exactlyonce/idempotency/migrations"
+)
+
+// hooks lets a test run code between a handler's return and its commit, for
+// the requests that carry its X-Hook header (tests run in parallel).
+var hooks sync.Map
+
+func init() {
+	testHookBeforeCommit = func(r *http.Request) {
+		if f, ok := hooks.Load(r.Header.Get("X-Hook")); ok {
+			f.(func(*http.Request))(r)
+		}
+	}
+}
+
+// env is one backend's database with a business table, charges, that the
+// test API writes to, so tests can count effects.
+type env struct {
+	testdb.Backend
+	db *sqlx.DB
+}
+
+// each runs test against every backend, in parallel.
+func each(t *testing.T, test func(t *testing.T, e env)) {
+	t.Helper()
+	for _, b := range testdb.Backends() {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			db := b.Open(t)
+			if _, err := db.Exec(`CREATE TABLE charges (ref VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`); err != nil {
+				t.Fatal(err)
+			}
+			test(t, env{Backend: b, db: db})
+		})
+	}
+}
+
+func (e env) store(t testing.TB, opts ...idempotency.Option) *idempotency.Store {
+	t.Helper()
+	s, err := idempotency.New(e.db, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// server serves the test API behind the middleware; wrap, if given, goes
+// around the middleware.
+func (e env) server(t *testing.T, s *idempotency.Store, opts []Option, wrap func(http.Handler) http.Handler) *httptest.Server {
+	t.Helper()
+	h := Middleware(s, opts...)(api())
+	if wrap != nil {
+		h = wrap(h)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func (e env) charges(t testing.TB, ref string) int {
+	t.Helper()
+	var n int
+	if err := e.db.Get(&n, e.db.Rebind(`SELECT COUNT(*) FROM charges WHERE ref = ?`), ref); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func (e env) keys(t testing.TB) int {
+	t.Helper()
+	var n int
+	if err := e.db.Get(&n, `SELECT COUNT(*) FROM idempotency_keys`); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+type chargeIn struct {
+	Ref    string `json:"ref"`
+	Amount int    `json:"amount"`
+}
+
+// insert is the API's business write, through the request's transaction.
+func insert(r *http.Request, in chargeIn) error {
+	tx := Tx(r.Context())
+	if tx == nil {
+		return fmt.Errorf("no transaction for %s %s", r.Method, r.URL.Path)
+	}
+	_, err := tx.ExecContext(r.Context(), tx.Rebind(`INSERT INTO charges (ref, amount) VALUES (?, ?)`), in.Ref, in.Amount)
+	return err
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "ch_" + hex.EncodeToString(b)
+}
+
+// api is the handler under test: a charges API on Go 1.22 patterns, with
+// routes that misbehave on purpose. Its answers carry a random id, so a
+// replay can be told from a second run.
+func api() http.Handler {
+	mux := http.NewServeMux()
+	decode := func(w http.ResponseWriter, r *http.Request) (chargeIn, bool) {
+		var in chargeIn
+		if err := json.NewDecoder(r.Body).Decode(&in); err != nil {
+			http.Error(w, "bad json: "+err.Error(), http.StatusBadRequest)
+			return in, false
+		}
+		if err := insert(r, in); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return in, false
+		}
+		return in, true
+	}
+	mux.HandleFunc("POST /accounts/{acct}/charges", func(w http.ResponseWriter, r *http.Request) {
+		in, ok := decode(w, r)
+		if !ok {
+			return
+		}
+		if in.Amount <= 0 {
+			// A client error that is stored (with its write: the handler
+			// decides what a 4xx leaves behind).
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprintf(w, `{"error":"amount must be positive","nonce":%q}`, randomID())
+			return
+		}
+		id := randomID()
+		h := w.Header()
+		h.Set("Content-Type", "application/json")
+		h.Set("Location", "/accounts/"+r.PathValue("acct")+"/charges/"+id)
+		h.Set("Set-Cookie", "session=secret-of-"+r.PathValue("acct"))
+		h.Set("X-Not-Replayed", "1")
+		w.WriteHeader(http.StatusCreated)
+		_ = json.NewEncoder(w).Encode(map[string]any{"id": id, "ref": in.Ref, "amount": in.Amount, "account": r.PathValue("acct")})
+	})
+	mux.HandleFunc("GET /accounts/{acct}/charges/{id}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "tx=%v", Tx(r.Context()) != nil)
+	})
+	mux.HandleFunc("PUT /accounts/{acct}/charges/{id}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "tx=%v", Tx(r.Context()) != nil)
+	})
+	mux.HandleFunc("POST /fail", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := decode(w, r); ok {
+			http.Error(w, "upstream down "+randomID(), http.StatusServiceUnavailable)
+		}
+	})
+	mux.HandleFunc("POST /panic", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := decode(w, r); ok {
+			panic("boom")
+		}
+	})
+	mux.HandleFunc("POST /big", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := decode(w, r); ok {
+			w.Header().Set("Content-Type", "text/plain")
+			for range 64 {
+				if _, err := w.Write(bytes.Repeat([]byte("x"), 1024)); err != nil {
+					return // ErrResponseTooLarge: stop early
+				}
+			}
+		}
+	})
+	mux.HandleFunc("POST /stream", func(w http.ResponseWriter, r *http.Request) {
+		if _, ok := decode(w, r); ok {
+			fmt.Fprintln(w, "part 1")
+			if err := http.NewResponseController(w).Flush(); err == nil {
+				panic("Flush through ResponseController did not report ErrStreaming")
+			}
+			fmt.Fprintln(w, "part 2")
+		}
+	})
+	mux.HandleFunc("POST /gate", func(w http.ResponseWriter, r *http.Request) {
+		// Waits for the test: the gate named by X-Gate.
+		if _, ok := decode(w, r); ok {
+			g, _ := gates.Load(r.Header.Get("X-Gate"))
+			g.(*gate).pass(r.Context())
+			w.WriteHeader(http.StatusCreated)
+			fmt.Fprint(w, randomID())
+		}
+	})
+	return mux
+}
+
+// gate lets a test hold a handler: entered closes when the handler
+// arrives, and the handler waits for open (or, with onCancel, for the
+// request's context to end).
+type gate struct {
+	entered  chan struct{}
+	open     chan struct{}
+	onCancel bool
+}
+
+var gates sync.Map
+
+func newGate(t *testing.T, onCancel bool) (string, *gate) {
+	g := &gate{entered: make(chan struct{}), open: make(chan struct{}), onCancel: onCancel}
+	name := randomID()
+	gates.Store(name, g)
+	t.Cleanup(func() { gates.Delete(name) })
+	return name, g
+}
+
+func (g *gate) pass(ctx context.Context) {
+	close(g.entered)
+	if g.onCancel {
+		<-ctx.Done()
+		return
+	}
+	<-g.open
+}
+
+// response is a read response.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+func (r response) replayed() bool { return r.header.Get(ReplayedHeader) == "true" }
+
+// post sends a POST with a key (none if key is "") and JSON body.
+func post(t testing.TB, c *http.Client, url, key, body string, header ...string) response {
+	t.Helper()
+	resp, err := send(context.Background(), c, url, key, body, header...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func send(ctx context.Context, c *http.Client, url, key, body string, header ...string) (response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		return response{}, err
+	}
+	if key != "" {
+		req.Header.Set(KeyHeader, key)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Add(header[i], header[i+1])
+	}
+	if c == nil {
+		c = http.DefaultClient
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: b}, err
+}
+
+// wantProblem checks that r is an RFC 9457 problem of the given type and status.
+func wantProblem(t testing.TB, r response, status int, typ string) Problem {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("status %d, want %d; body %s", r.status, status, r.body)
+	}
+	if ct := r.header.Get("Content-Type"); ct != ProblemContentType {
+		t.Errorf("Content-Type %q, want %q", ct, ProblemContentType)
+	}
+	var p Problem
+	if err := json.Unmarshal(r.body, &p); err != nil {
+		t.Fatalf("problem body %s: %v", r.body, err)
+	}
+	if p.Type != typ || p.Status != status || p.Title == "" || len(p.Detail) < 20 {
+		t.Errorf("problem %+v, want type %s, status %d, a title and a detail", p, typ, status)
+	}
+	return p
+}
+
+// quietLog silences the test server's log of deliberately dropped
+// connections.
+func quietLog() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// sqliteEnv returns an env on SQLite, for tests that need only one backend.
+func sqliteEnv(t testing.TB) env {
+	t.Helper()
+	b := testdb.Backends()[0]
+	db := b.Open(t)
+	if _, err := db.Exec(`CREATE TABLE charges (ref VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	return env{Backend: b, db: db}
+}
+
+// shortBusy returns e, or on SQLite an env on a new database whose
+// busy_timeout is short: there a twin waits in BEGIN IMMEDIATE for the
+// driver's busy_timeout (10s in testdb's DSN), not for WithWait.
+func (e env) shortBusy(t testing.TB) env {
+	t.Helper()
+	if e.Kind != "sqlite" {
+		return e
+	}
+	dsn := strings.Replace(testdb.SQLiteDSN(filepath.Join(t.TempDir(), "busy.db")), "busy_timeout(10000)", "busy_timeout(100)", 1)
+	db, err := sqlx.Open("sqlite", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	if err := migrations.Up(context.Background(), db); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE TABLE charges (ref VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	return env{Backend: e.Backend, db: db}
+}

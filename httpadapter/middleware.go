@@ -1,0 +1,347 @@
+package httpadapter
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"runtime/debug"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/exactlyonce/idempotency"
+)
+
+type txKey struct{}
+
+// Tx returns the transaction of the request whose context is ctx: the
+// handler makes its database writes through it, and they commit together
+// with the stored response. It is never nil in a handler behind Middleware
+// for the methods it handles (POST and PATCH by default), key or no key;
+// elsewhere it is nil.
+func Tx(ctx context.Context) *sqlx.Tx {
+	tx, _ := ctx.Value(txKey{}).(*sqlx.Tx)
+	return tx
+}
+
+// storedResponse is what a keyed request stores as its idempotency.Run
+// value, and what a replay sends.
+type storedResponse struct {
+	Status int         `json:"status"`
+	Header http.Header `json:"header,omitempty"`
+	Body   []byte      `json:"body,omitempty"`
+}
+
+// reason says why a handler's response must not commit.
+type reason int
+
+const (
+	serverError reason = iota // a 5xx, not stored by default
+	tooLarge                  // over WithMaxResponseBytes
+	streamed                  // Flush or Hijack
+	panicked                  // the handler panicked
+)
+
+// rollbackError is what fn returns to roll the transaction back without
+// storing the response; the middleware then answers from it.
+type rollbackError struct {
+	reason reason
+	c      *capture
+	value  any    // the panic's value
+	stack  []byte // where it panicked
+}
+
+func (e *rollbackError) Error() string {
+	switch e.reason {
+	case serverError:
+		return fmt.Sprintf("httpadapter: the handler answered %d; rolled back", e.c.code())
+	case tooLarge:
+		return ErrResponseTooLarge.Error()
+	case streamed:
+		return ErrStreaming.Error()
+	}
+	return fmt.Sprintf("httpadapter: the handler panicked: %v", e.value)
+}
+
+// testHookBeforeCommit, when set by a test, runs after the handler has
+// returned and its response was accepted, before the commit.
+var testHookBeforeCommit func(r *http.Request)
+
+// Middleware returns middleware that makes POST and PATCH requests with an
+// Idempotency-Key header run at most once per key: the handler runs in a
+// transaction (see Tx) that also stores its response, and a retry with the
+// same key gets the stored response instead of running it again. See the
+// package documentation for the full behaviour. It panics if store is nil
+// or an option is invalid.
+func Middleware(store *idempotency.Store, opts ...Option) func(http.Handler) http.Handler {
+	if store == nil {
+		panic("httpadapter: Middleware(nil): want a store from idempotency.New")
+	}
+	cfg := defaultConfig()
+	for _, opt := range opts {
+		if opt != nil {
+			opt(cfg)
+		}
+	}
+	return func(next http.Handler) http.Handler {
+		if next == nil {
+			panic("httpadapter: Middleware(...)(nil): want a handler")
+		}
+		return &middleware{store: store, cfg: cfg, next: next}
+	}
+}
+
+type middleware struct {
+	store *idempotency.Store
+	cfg   *config
+	next  http.Handler
+}
+
+func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// A request already in a transaction (the middleware applied twice)
+	// keeps it.
+	if !m.cfg.methods[r.Method] || Tx(r.Context()) != nil {
+		m.next.ServeHTTP(w, r)
+		return
+	}
+	key, err := requestKey(r.Header)
+	switch {
+	case errors.Is(err, errNoKey):
+		if m.cfg.requireKey {
+			writeProblem(w, problemKeyMissing, 0)
+			return
+		}
+		m.serveWithoutKey(w, r)
+	case err != nil:
+		writeProblem(w, problemKeyInvalid(err), 0)
+	default:
+		m.serveWithKey(w, r, key)
+	}
+}
+
+func (m *middleware) serveWithKey(w http.ResponseWriter, r *http.Request, key string) {
+	body, err := readBody(r, m.cfg.maxRequestBytes)
+	if err != nil {
+		if errors.Is(err, errRequestTooLarge) {
+			writeProblem(w, problemRequestTooLarge, 0)
+		}
+		// Otherwise the client stopped sending: there is nobody to answer.
+		return
+	}
+	params := m.cfg.fingerprint(r, body)
+	s := m.store
+	if m.cfg.scope != nil {
+		s = s.Scope(m.cfg.scope(r))
+	}
+	ctx, detach, cancel := detachable(r.Context())
+	defer cancel()
+	var last *capture
+	res, err := idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx *sqlx.Tx) (storedResponse, error) {
+		rr := r.WithContext(context.WithValue(ctx, txKey{}, tx))
+		// A fresh copy of the body for every attempt: the store runs fn
+		// again after a serialization failure.
+		rr.Body = io.NopCloser(bytes.NewReader(body))
+		rr.ContentLength = int64(len(body))
+		rr.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		c, err := m.serve(w, rr)
+		last = c
+		if err == nil {
+			err = m.verdict(c, detach)
+		}
+		if err != nil {
+			return storedResponse{}, err
+		}
+		if testHookBeforeCommit != nil {
+			testHookBeforeCommit(r)
+		}
+		return m.stored(c), nil
+	})
+	switch {
+	case err != nil:
+		m.fail(w, r, err)
+	case res.Replayed:
+		replay(w, res.Value)
+	default:
+		last.send(w)
+	}
+}
+
+func (m *middleware) serveWithoutKey(w http.ResponseWriter, r *http.Request) {
+	ctx, detach, cancel := detachable(r.Context())
+	defer cancel()
+	tx, err := m.store.DB().BeginTxx(context.WithoutCancel(ctx), m.store.TxOptions())
+	if err != nil {
+		m.fail(w, r, fmt.Errorf("httpadapter: begin a transaction: %w", err))
+		return
+	}
+	defer func() { _ = tx.Rollback() }() // after a commit, a no-op
+	c, err := m.serve(w, r.WithContext(context.WithValue(ctx, txKey{}, tx)))
+	if err == nil {
+		err = m.verdict(c, detach)
+	}
+	if err != nil {
+		_ = tx.Rollback()
+		m.fail(w, r, err)
+		return
+	}
+	if testHookBeforeCommit != nil {
+		testHookBeforeCommit(r)
+	}
+	if err := tx.Commit(); err != nil {
+		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: commit failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeProblem(w, Problem{
+			Type: ProblemOutcomeUnknown, Title: "Commit failed", Status: http.StatusServiceUnavailable,
+			Detail: "The request's transaction failed to commit; it may or may not have taken effect. Send an Idempotency-Key header to make retries safe.",
+		}, 0)
+		return
+	}
+	c.send(w)
+}
+
+// detachable returns the context the transaction runs under: it has the
+// request context's values and ends with it until detach is called once the
+// handler has returned. After that nothing cancels it, so a client that
+// hangs up cannot stop a commit already under way. detach reports false if
+// the request context ended first.
+func detachable(parent context.Context) (ctx context.Context, detach func() bool, cancel func()) {
+	ctx, cancelCause := context.WithCancelCause(context.WithoutCancel(parent))
+	stop := context.AfterFunc(parent, func() { cancelCause(context.Cause(parent)) })
+	detached := false
+	detach = func() bool {
+		if !detached {
+			detached = stop()
+		}
+		return detached
+	}
+	return ctx, detach, func() { stop(); cancelCause(nil) }
+}
+
+// serve runs the handler into a capture, turning a panic into an error.
+func (m *middleware) serve(w http.ResponseWriter, r *http.Request) (c *capture, err error) {
+	c = newCapture(w, m.cfg.maxResponseBytes)
+	defer func() {
+		if v := recover(); v != nil {
+			err = &rollbackError{reason: panicked, c: c, value: v, stack: debug.Stack()}
+		}
+	}()
+	m.next.ServeHTTP(c, r)
+	return c, nil
+}
+
+// verdict decides whether the handler's response may commit.
+func (m *middleware) verdict(c *capture, detach func() bool) error {
+	if !detach() {
+		// The client hung up while the handler ran: roll back, so that its
+		// retry runs the handler again rather than replay an answer it
+		// never saw being made.
+		return context.Canceled
+	}
+	switch {
+	case c.streamed:
+		return &rollbackError{reason: streamed, c: c}
+	case c.overflow:
+		return &rollbackError{reason: tooLarge, c: c}
+	case c.code() >= 500 && !m.cfg.storeServerErrors:
+		return &rollbackError{reason: serverError, c: c}
+	}
+	return nil
+}
+
+// stored keeps the allow-listed headers of c's response.
+func (m *middleware) stored(c *capture) storedResponse {
+	s := storedResponse{Status: c.code(), Body: c.body.Bytes()}
+	for _, k := range m.cfg.replayHeaders {
+		if v, ok := c.header[k]; ok {
+			if s.Header == nil {
+				s.Header = http.Header{}
+			}
+			s.Header[k] = v
+		}
+	}
+	return s
+}
+
+func replay(w http.ResponseWriter, s storedResponse) {
+	h := w.Header()
+	for k, v := range s.Header {
+		h[k] = v
+	}
+	h.Set(ReplayedHeader, "true")
+	w.WriteHeader(s.Status)
+	_, _ = w.Write(s.Body)
+}
+
+// fail answers a request whose transaction rolled back.
+func (m *middleware) fail(w http.ResponseWriter, r *http.Request, err error) {
+	var rb *rollbackError
+	switch {
+	case errors.As(err, &rb):
+		switch rb.reason {
+		case serverError:
+			rb.c.send(w) // the handler's own answer
+		case tooLarge:
+			writeProblem(w, problemResponseTooLarge, 0)
+		case streamed:
+			writeProblem(w, problemStreaming, 0)
+		case panicked:
+			if rb.value == http.ErrAbortHandler {
+				panic(http.ErrAbortHandler) // the handler meant to drop the connection
+			}
+			m.cfg.logger.ErrorContext(r.Context(), "httpadapter: handler panicked; rolled back",
+				"method", r.Method, "path", r.URL.Path, "panic", rb.value, "stack", string(rb.stack))
+			writeProblem(w, problemHandlerPanic, 0)
+		}
+	case errors.Is(err, idempotency.ErrParamsMismatch):
+		writeProblem(w, problemKeyReused, 0)
+	case errors.Is(err, idempotency.ErrInProgress):
+		writeProblem(w, problemInProgress, m.cfg.retryAfter)
+	case errors.Is(err, idempotency.ErrInvalidKey):
+		writeProblem(w, problemKeyInvalid(err), 0)
+	case errors.Is(err, idempotency.ErrOutcomeUnknown):
+		m.cfg.logger.WarnContext(r.Context(), "httpadapter: commit outcome unknown", "path", r.URL.Path, "err", err)
+		writeProblem(w, problemOutcomeUnknown, m.cfg.retryAfter)
+	case r.Context().Err() != nil:
+		// The client hung up before the handler finished; nothing was
+		// stored and nobody is listening.
+	default:
+		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: request rolled back", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeProblem(w, problemStoreFailed, m.cfg.retryAfter)
+	}
+}
+
+var errRequestTooLarge = errors.New("httpadapter: request body over the limit")
+
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	if r.ContentLength > limit {
+		return nil, errRequestTooLarge
+	}
+	b, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, errRequestTooLarge
+	}
+	return b, nil
+}
+
+// DefaultFingerprint is the default of WithFingerprint: the method, the
+// path, the raw query and the SHA-256 of the body.
+func DefaultFingerprint(r *http.Request, body []byte) any {
+	sum := sha256.Sum256(body)
+	return fingerprint{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Body: hex.EncodeToString(sum[:])}
+}
+
+type fingerprint struct {
+	Method string `json:"method"`
+	Path   string `json:"path"`
+	Query  string `json:"query"`
+	Body   string `json:"body"`
+}

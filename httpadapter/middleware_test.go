@@ -1,0 +1,410 @@
+package httpadapter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/exactlyonce/idempotency"
+)
+
+const chargeBody = `{"ref":"r1","amount":100}`
+
+func TestReplayByteForByte(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), nil, nil)
+		url := srv.URL + "/accounts/a1/charges"
+		first := post(t, nil, url, "k1", chargeBody)
+		if first.status != http.StatusCreated || first.replayed() {
+			t.Fatalf("first: %d replayed=%v %s", first.status, first.replayed(), first.body)
+		}
+		if first.header.Get("Set-Cookie") == "" || first.header.Get("X-Not-Replayed") == "" {
+			t.Errorf("the first answer lost the handler's headers: %v", first.header)
+		}
+		// The same key, bare and as a quoted sf-string, replays.
+		for _, key := range []string{"k1", `"k1"`} {
+			again := post(t, nil, url, key, chargeBody)
+			if !again.replayed() {
+				t.Fatalf("key %s: not a replay: %d %s", key, again.status, again.body)
+			}
+			if again.status != first.status || !bytes.Equal(again.body, first.body) {
+				t.Errorf("replay %d %q, first %d %q", again.status, again.body, first.status, first.body)
+			}
+			for _, h := range []string{"Content-Type", "Location"} {
+				if again.header.Get(h) != first.header.Get(h) {
+					t.Errorf("replayed %s %q, first %q", h, again.header.Get(h), first.header.Get(h))
+				}
+			}
+			if again.header.Get("Set-Cookie") != "" || again.header.Get("X-Not-Replayed") != "" {
+				t.Errorf("replay carries headers off the allow-list: %v", again.header)
+			}
+		}
+		if n := e.charges(t, "r1"); n != 1 {
+			t.Errorf("%d charges, want 1", n)
+		}
+	})
+}
+
+func TestClientErrorsAreStored(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), nil, nil)
+		url := srv.URL + "/accounts/a1/charges"
+		first := post(t, nil, url, "k", `{"ref":"neg","amount":-1}`)
+		again := post(t, nil, url, "k", `{"ref":"neg","amount":-1}`)
+		if first.status != http.StatusBadRequest || !again.replayed() || !bytes.Equal(first.body, again.body) {
+			t.Fatalf("first %d %s, again %d replayed=%v %s", first.status, first.body, again.status, again.replayed(), again.body)
+		}
+	})
+}
+
+func TestExtraReplayHeaders(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), []Option{WithReplayHeaders("x-not-replayed")}, nil)
+		url := srv.URL + "/accounts/a1/charges"
+		post(t, nil, url, "k", chargeBody)
+		again := post(t, nil, url, "k", chargeBody)
+		if !again.replayed() || again.header.Get("X-Not-Replayed") != "1" || again.header.Get("Set-Cookie") != "" {
+			t.Errorf("replay headers %v", again.header)
+		}
+	})
+}
+
+func TestWithoutKey(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), nil, nil)
+		url := srv.URL + "/accounts/a1/charges"
+		for range 2 {
+			if r := post(t, nil, url, "", chargeBody); r.status != http.StatusCreated || r.replayed() {
+				t.Fatalf("%d %s", r.status, r.body)
+			}
+		}
+		if n, k := e.charges(t, "r1"), e.keys(t); n != 2 || k != 0 {
+			t.Errorf("%d charges and %d keys, want 2 and 0", n, k)
+		}
+		// A keyless 5xx rolls back too.
+		if r := post(t, nil, srv.URL+"/fail", "", `{"ref":"f"}`); r.status != http.StatusServiceUnavailable {
+			t.Errorf("fail: %d %s", r.status, r.body)
+		}
+		if n := e.charges(t, "f"); n != 0 {
+			t.Errorf("a keyless 5xx left %d charges", n)
+		}
+
+		required := e.server(t, e.store(t), []Option{WithKeyRequired()}, nil)
+		wantProblem(t, post(t, nil, required.URL+"/accounts/a1/charges", "", `{"ref":"req","amount":1}`), 400, ProblemKeyMissing)
+		if n := e.charges(t, "req"); n != 0 {
+			t.Errorf("a refused request left %d charges", n)
+		}
+	})
+}
+
+func TestPassThrough(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		get := func(srv *httptest.Server, method string) string {
+			req, _ := http.NewRequest(method, srv.URL+"/accounts/a1/charges/c1", nil)
+			req.Header.Set(KeyHeader, "k")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var b bytes.Buffer
+			_, _ = b.ReadFrom(resp.Body)
+			return b.String()
+		}
+		srv := e.server(t, e.store(t), nil, nil)
+		if got := get(srv, http.MethodGet); got != "tx=false" {
+			t.Errorf("GET: %q, want it untouched", got)
+		}
+		if got := get(srv, http.MethodPut); got != "tx=false" {
+			t.Errorf("PUT: %q, want it untouched", got)
+		}
+		withPut := e.server(t, e.store(t), []Option{WithMethods(http.MethodPut)}, nil)
+		if got := get(withPut, http.MethodPut); got != "tx=true" {
+			t.Errorf("PUT with WithMethods(PUT): %q", got)
+		}
+		if e.keys(t) != 1 {
+			t.Errorf("%d keys, want PUT's", e.keys(t))
+		}
+	})
+}
+
+// TestPerRoute applies the middleware to one route of a ServeMux, as a
+// chi-style router would, and checks that the route's path values survive.
+func TestPerRoute(t *testing.T) {
+	e := sqliteEnv(t)
+	mw := Middleware(e.store(t))
+	mux := http.NewServeMux()
+	mux.Handle("POST /v1/accounts/{acct}/charges", mw(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := insert(r, chargeIn{Ref: r.PathValue("acct"), Amount: 1}); err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		fmt.Fprintf(w, "acct=%s id=%s", r.PathValue("acct"), randomID())
+	})))
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	first := post(t, nil, srv.URL+"/v1/accounts/a9/charges", "k", "")
+	again := post(t, nil, srv.URL+"/v1/accounts/a9/charges", "k", "")
+	if first.status != 200 || !strings.HasPrefix(string(first.body), "acct=a9 ") || !again.replayed() || !bytes.Equal(first.body, again.body) {
+		t.Fatalf("first %d %s; again replayed=%v %s", first.status, first.body, again.replayed(), again.body)
+	}
+	if n := e.charges(t, "a9"); n != 1 {
+		t.Errorf("%d charges, want 1", n)
+	}
+}
+
+func TestProblems(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t, idempotency.WithWait(100*time.Millisecond)), []Option{WithMaxRequestBytes(1024)}, nil)
+		url := srv.URL + "/accounts/a1/charges"
+		for _, key := range []string{strings.Repeat("k", 256), "ключ", `"unterminated`, `"a\b"`, `"a"b`, `""`} {
+			wantProblem(t, post(t, nil, url, key, chargeBody), 400, ProblemKeyInvalid)
+		}
+		wantProblem(t, post(t, nil, url, "", chargeBody, KeyHeader, "a", KeyHeader, "b"), 400, ProblemKeyInvalid)
+		wantProblem(t, post(t, nil, url, "big", `{"ref":"`+strings.Repeat("x", 2000)+`"}`), 413, ProblemRequestTooLarge)
+
+		// 422: the key was used for another request (body, path or query).
+		post(t, nil, url, "k", chargeBody)
+		wantProblem(t, post(t, nil, url, "k", `{"ref":"r1","amount":200}`), 422, ProblemKeyReused)
+		wantProblem(t, post(t, nil, url+"?x=1", "k", chargeBody), 422, ProblemKeyReused)
+		wantProblem(t, post(t, nil, srv.URL+"/accounts/a2/charges", "k", chargeBody), 422, ProblemKeyReused)
+
+		// 409: a twin still runs past the wait bound.
+		e = e.shortBusy(t)
+		srv = e.server(t, e.store(t, idempotency.WithWait(100*time.Millisecond)), nil, nil)
+		name, g := newGate(t, false)
+		done := make(chan response)
+		go func() {
+			r, _ := send(context.Background(), nil, srv.URL+"/gate", "held", `{"ref":"g"}`, "X-Gate", name)
+			done <- r
+		}()
+		<-g.entered
+		busy := post(t, nil, srv.URL+"/gate", "held", `{"ref":"g"}`, "X-Gate", name)
+		wantProblem(t, busy, 409, ProblemInProgress)
+		if busy.header.Get("Retry-After") != "1" {
+			t.Errorf("Retry-After %q, want 1", busy.header.Get("Retry-After"))
+		}
+		close(g.open)
+		if r := <-done; r.status != http.StatusCreated {
+			t.Errorf("the held request: %d %s", r.status, r.body)
+		}
+		if n := e.charges(t, "g"); n != 1 {
+			t.Errorf("%d charges, want 1", n)
+		}
+	})
+}
+
+func TestScopes(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		scope := WithScope(func(r *http.Request) string { return r.Header.Get("X-Account") })
+		srv := e.server(t, e.store(t), []Option{scope}, nil)
+		url := srv.URL + "/accounts/shared/charges"
+		a := post(t, nil, url, "k", chargeBody, "X-Account", "alice")
+		b := post(t, nil, url, "k", chargeBody, "X-Account", "bob")
+		if b.replayed() || bytes.Equal(a.body, b.body) || b.status != http.StatusCreated {
+			t.Fatalf("bob got alice's answer: %d replayed=%v %s", b.status, b.replayed(), b.body)
+		}
+		again := post(t, nil, url, "k", chargeBody, "X-Account", "alice")
+		if !again.replayed() || !bytes.Equal(a.body, again.body) {
+			t.Errorf("alice's retry: replayed=%v %s", again.replayed(), again.body)
+		}
+		if n := e.charges(t, "r1"); n != 2 {
+			t.Errorf("%d charges, want one per account", n)
+		}
+	})
+}
+
+func TestResponseLimitAndStreaming(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), []Option{WithMaxResponseBytes(10 << 10)}, nil)
+		for _, key := range []string{"k", ""} {
+			wantProblem(t, post(t, nil, srv.URL+"/big", key, `{"ref":"big"}`), 500, ProblemResponseTooLarge)
+			wantProblem(t, post(t, nil, srv.URL+"/stream", key, `{"ref":"stream"}`), 500, ProblemStreaming)
+		}
+		if n, m, k := e.charges(t, "big"), e.charges(t, "stream"), e.keys(t); n+m+k != 0 {
+			t.Errorf("rolled-back requests left %d, %d charges and %d keys", n, m, k)
+		}
+		// Under the limit the same route is stored.
+		roomy := e.server(t, e.store(t), []Option{WithMaxResponseBytes(64 << 10)}, nil)
+		if r := post(t, nil, roomy.URL+"/big", "k2", `{"ref":"big"}`); r.status != 200 || len(r.body) != 64<<10 {
+			t.Errorf("%d, %d bytes", r.status, len(r.body))
+		}
+	})
+}
+
+func TestServerErrors(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), nil, nil)
+		first := post(t, nil, srv.URL+"/fail", "k", `{"ref":"f"}`)
+		again := post(t, nil, srv.URL+"/fail", "k", `{"ref":"f"}`)
+		if first.status != 503 || !strings.HasPrefix(string(first.body), "upstream down") || again.replayed() || bytes.Equal(first.body, again.body) {
+			t.Fatalf("first %d %s; again %d replayed=%v %s", first.status, first.body, again.status, again.replayed(), again.body)
+		}
+		if n, k := e.charges(t, "f"), e.keys(t); n != 0 || k != 0 {
+			t.Errorf("a 5xx left %d charges and %d keys", n, k)
+		}
+
+		stripe := e.server(t, e.store(t), []Option{WithStoreServerErrors()}, nil)
+		first = post(t, nil, stripe.URL+"/fail", "s", `{"ref":"s"}`)
+		again = post(t, nil, stripe.URL+"/fail", "s", `{"ref":"s"}`)
+		if first.status != 503 || !again.replayed() || !bytes.Equal(first.body, again.body) || again.status != 503 {
+			t.Fatalf("stored 5xx: first %d %s; again %d replayed=%v %s", first.status, first.body, again.status, again.replayed(), again.body)
+		}
+		if n := e.charges(t, "s"); n != 1 {
+			t.Errorf("%d charges, want the stored attempt's 1", n)
+		}
+	})
+}
+
+func TestPanic(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), nil, nil)
+		for range 2 {
+			wantProblem(t, post(t, nil, srv.URL+"/panic", "k", `{"ref":"p"}`), 500, ProblemHandlerPanic)
+		}
+		wantProblem(t, post(t, nil, srv.URL+"/panic", "", `{"ref":"p"}`), 500, ProblemHandlerPanic)
+		if n, k := e.charges(t, "p"), e.keys(t); n != 0 || k != 0 {
+			t.Errorf("a panic left %d charges and %d keys", n, k)
+		}
+	})
+}
+
+// dropFirst lets the server handle a request and commit, then drops the
+// connection instead of answering: the response is lost in transit.
+func dropFirst(n int) func(http.Handler) http.Handler {
+	var seen atomic.Int64
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if seen.Add(1) > int64(n) {
+				next.ServeHTTP(w, r)
+				return
+			}
+			next.ServeHTTP(httptest.NewRecorder(), r)
+			panic(http.ErrAbortHandler)
+		})
+	}
+}
+
+func TestLostResponse(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), nil, dropFirst(1))
+		srv.Config.ErrorLog = quietLog()
+		url := srv.URL + "/accounts/a1/charges"
+		if _, err := send(context.Background(), nil, url, "k", chargeBody); err == nil {
+			t.Fatal("the first response was not lost")
+		}
+		r := post(t, nil, url, "k", chargeBody)
+		if r.status != http.StatusCreated || !r.replayed() {
+			t.Fatalf("retry: %d replayed=%v %s", r.status, r.replayed(), r.body)
+		}
+		if n := e.charges(t, "r1"); n != 1 {
+			t.Errorf("%d charges, want 1", n)
+		}
+	})
+}
+
+// signalDone reports when the middleware has finished a request.
+func signalDone(done chan<- struct{}) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer func() { done <- struct{}{} }()
+			next.ServeHTTP(w, r)
+		})
+	}
+}
+
+func TestHangUpWhileHandling(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		done := make(chan struct{}, 1)
+		srv := e.server(t, e.store(t), nil, signalDone(done))
+		name, g := newGate(t, true) // the handler finishes once the client is gone
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() { <-g.entered; cancel() }()
+		if _, err := send(ctx, nil, srv.URL+"/gate", "k", `{"ref":"h"}`, "X-Gate", name); !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want the client's cancellation", err)
+		}
+		<-done
+		if n, k := e.charges(t, "h"), e.keys(t); n != 0 || k != 0 {
+			t.Fatalf("a request abandoned before its handler finished left %d charges and %d keys", n, k)
+		}
+		// The retry runs it.
+		_, g2 := newGate(t, false)
+		close(g2.open)
+		gates.Store(name, g2)
+		if r := post(t, nil, srv.URL+"/gate", "k", `{"ref":"h"}`, "X-Gate", name); r.status != 201 || r.replayed() {
+			t.Fatalf("retry: %d replayed=%v", r.status, r.replayed())
+		}
+		<-done
+		if n := e.charges(t, "h"); n != 1 {
+			t.Errorf("%d charges, want 1", n)
+		}
+	})
+}
+
+func TestHangUpBeforeCommit(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		done := make(chan struct{}, 1)
+		srv := e.server(t, e.store(t), nil, signalDone(done))
+		url := srv.URL + "/accounts/a1/charges"
+		ctx, cancel := context.WithCancel(context.Background())
+		hook := randomID()
+		hooks.Store(hook, func(r *http.Request) {
+			// The handler has finished; now the client hangs up, and the
+			// server notices, before the commit.
+			cancel()
+			select {
+			case <-r.Context().Done():
+			case <-time.After(10 * time.Second):
+				t.Error("the server did not notice the client hang up")
+			}
+		})
+		defer hooks.Delete(hook)
+		if _, err := send(ctx, nil, url, "k", chargeBody, "X-Hook", hook); !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, want the client's cancellation", err)
+		}
+		<-done
+		if n, k := e.charges(t, "r1"), e.keys(t); n != 1 || k != 1 {
+			t.Fatalf("%d charges and %d keys: the hang-up decided the commit", n, k)
+		}
+		r := post(t, nil, url, "k", chargeBody)
+		<-done
+		if r.status != http.StatusCreated || !r.replayed() {
+			t.Fatalf("retry: %d replayed=%v %s", r.status, r.replayed(), r.body)
+		}
+	})
+}
+
+func TestConcurrentTwins(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t, idempotency.WithWait(30*time.Second)), nil, nil)
+		const n = 8
+		var (
+			wg      sync.WaitGroup
+			answers [n]response
+		)
+		for i := range n {
+			wg.Go(func() { answers[i] = post(t, nil, srv.URL+"/accounts/a1/charges", "twin", chargeBody) })
+		}
+		wg.Wait()
+		fresh := 0
+		for _, a := range answers {
+			if a.status != http.StatusCreated || !bytes.Equal(a.body, answers[0].body) {
+				t.Fatalf("twins disagree: %d %s vs %s", a.status, a.body, answers[0].body)
+			}
+			if !a.replayed() {
+				fresh++
+			}
+		}
+		if fresh != 1 || e.charges(t, "r1") != 1 {
+			t.Errorf("%d fresh answers, %d charges; want 1 and 1", fresh, e.charges(t, "r1"))
+		}
+	})
+}

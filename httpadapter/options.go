@@ -1,0 +1,172 @@
+package httpadapter
+
+import (
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+)
+
+type config struct {
+	methods           map[string]bool
+	requireKey        bool
+	scope             func(*http.Request) string
+	fingerprint       func(r *http.Request, body []byte) any
+	replayHeaders     []string
+	maxResponseBytes  int64
+	maxRequestBytes   int64
+	storeServerErrors bool
+	retryAfter        time.Duration
+	logger            *slog.Logger
+}
+
+// Option configures Middleware. An invalid option makes Middleware panic
+// with a message that names it, as http.Handle does for a bad pattern: the
+// mistake shows at start-up, not on the first request.
+type Option func(*config)
+
+// DefaultMaxBytes is the default limit of a request body (read to fingerprint
+// it) and of a response body (buffered to store it): 1 MiB.
+const DefaultMaxBytes = 1 << 20
+
+func defaultConfig() *config {
+	return &config{
+		methods:          map[string]bool{http.MethodPost: true, http.MethodPatch: true},
+		fingerprint:      DefaultFingerprint,
+		replayHeaders:    []string{"Content-Type", "Location", "Link"},
+		maxResponseBytes: DefaultMaxBytes,
+		maxRequestBytes:  DefaultMaxBytes,
+		retryAfter:       time.Second,
+		logger:           slog.New(slog.DiscardHandler),
+	}
+}
+
+// WithMethods sets the methods the middleware handles; the default is POST
+// and PATCH. Requests with other methods pass through untouched, and Tx
+// returns nil for them.
+func WithMethods(methods ...string) Option {
+	return func(c *config) {
+		if len(methods) == 0 {
+			panic("httpadapter: WithMethods(): name at least one method")
+		}
+		c.methods = map[string]bool{}
+		for _, m := range methods {
+			if m == "" || strings.ToUpper(m) != m {
+				panic(fmt.Sprintf("httpadapter: WithMethods(%q): methods are upper case, as in http.MethodPost", m))
+			}
+			c.methods[m] = true
+		}
+	}
+}
+
+// WithKeyRequired makes a request without an Idempotency-Key header answer
+// 400. By default such a request runs its handler in a transaction of its
+// own and is not protected against retries.
+func WithKeyRequired() Option {
+	return func(c *config) { c.requireKey = true }
+}
+
+// WithScope sets the function that names the scope of a request's key,
+// usually the authenticated account: a key in one scope never replays
+// another scope's response. It runs before the handler, so put the
+// middleware inside the one that authenticates. The default is one scope
+// for everyone, which lets any client replay any other's response if it
+// learns the key: set a scope whenever clients are not all the same party.
+func WithScope(scope func(r *http.Request) string) Option {
+	return func(c *config) {
+		if scope == nil {
+			panic("httpadapter: WithScope(nil): want a function of the request")
+		}
+		c.scope = scope
+	}
+}
+
+// WithFingerprint sets what identifies a request, beyond its key: a retry
+// whose fingerprint differs from the stored one answers 422. fn returns any
+// JSON-encodable value; body is the request body as read. The default is
+// DefaultFingerprint; to add a part of the request, include it:
+//
+//	httpadapter.WithFingerprint(func(r *http.Request, body []byte) any {
+//		return []any{httpadapter.DefaultFingerprint(r, body), r.Header.Get("Content-Type")}
+//	})
+func WithFingerprint(fn func(r *http.Request, body []byte) any) Option {
+	return func(c *config) {
+		if fn == nil {
+			panic("httpadapter: WithFingerprint(nil): want a function of the request")
+		}
+		c.fingerprint = fn
+	}
+}
+
+// WithReplayHeaders adds response headers that a replay repeats. Content-Type,
+// Location and Link are always replayed; Set-Cookie never is (a replay must
+// not hand one client's session to another), and naming it panics.
+func WithReplayHeaders(names ...string) Option {
+	return func(c *config) {
+		for _, n := range names {
+			n = http.CanonicalHeaderKey(n)
+			switch n {
+			case "Set-Cookie", "Set-Cookie2":
+				panic(fmt.Sprintf("httpadapter: WithReplayHeaders(%q): cookies are never replayed", n))
+			case "", "Content-Length", "Transfer-Encoding", "Connection", "Idempotent-Replayed":
+				panic(fmt.Sprintf("httpadapter: WithReplayHeaders(%q): this header is not the handler's to replay", n))
+			}
+			c.replayHeaders = append(c.replayHeaders, n)
+		}
+	}
+}
+
+// WithMaxResponseBytes sets the largest response body that can be stored;
+// the default is DefaultMaxBytes. A larger response is not sent: see the
+// package documentation.
+func WithMaxResponseBytes(n int64) Option {
+	return func(c *config) {
+		if n < 0 {
+			panic(fmt.Sprintf("httpadapter: WithMaxResponseBytes(%d): must not be negative", n))
+		}
+		c.maxResponseBytes = n
+	}
+}
+
+// WithMaxRequestBytes sets the largest request body a keyed request may
+// have (the body is read whole, to fingerprint it and to give the handler a
+// fresh copy if the transaction is run again); a larger one answers 413.
+// The default is DefaultMaxBytes.
+func WithMaxRequestBytes(n int64) Option {
+	return func(c *config) {
+		if n < 0 {
+			panic(fmt.Sprintf("httpadapter: WithMaxRequestBytes(%d): must not be negative", n))
+		}
+		c.maxRequestBytes = n
+	}
+}
+
+// WithStoreServerErrors stores 5xx responses too, and replays them, as
+// Stripe does. By default a 5xx rolls the transaction back and stores
+// nothing, so that a retry runs the handler again.
+func WithStoreServerErrors() Option {
+	return func(c *config) { c.storeServerErrors = true }
+}
+
+// WithRetryAfter sets the Retry-After of a 409 (a request with the same key
+// is still running); the default is 1 second. It is sent in whole seconds.
+func WithRetryAfter(d time.Duration) Option {
+	return func(c *config) {
+		if d < 0 {
+			panic(fmt.Sprintf("httpadapter: WithRetryAfter(%v): must not be negative", d))
+		}
+		c.retryAfter = d
+	}
+}
+
+// WithLogger makes the middleware log panics and store failures. The
+// default is silent.
+func WithLogger(l *slog.Logger) Option {
+	return func(c *config) {
+		if l == nil {
+			panic("httpadapter: WithLogger(nil): want a logger")
+		}
+		c.logger = l
+	}
+}

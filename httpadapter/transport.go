@@ -1,0 +1,192 @@
+package httpadapter
+
+import (
+	"bytes"
+
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Transport is an http.RoundTripper that makes a client's writes safe to
+// retry. A POST or PATCH (see Methods) without an Idempotency-Key header
+// gets a fresh one (NewKey); every request that carries a key is retried
+// with the same key after a network error, a 409, a 429 or a 5xx, with
+// exponential backoff and jitter, honouring Retry-After. Other 4xx answers,
+// 422 among them, are returned at once: retrying cannot change them. It
+// stops when the request's context ends.
+//
+// The body is sent again on each attempt, through Request.GetBody (set by
+// http.NewRequest for in-memory bodies); a body without GetBody is read
+// into memory first. The caller's request is never modified.
+//
+// The zero value is ready to use, on http.DefaultTransport:
+//
+//	client := &http.Client{Transport: &httpadapter.Transport{}}
+type Transport struct {
+	// Base sends each attempt; nil means http.DefaultTransport.
+	Base http.RoundTripper
+
+	// MaxAttempts bounds the attempts per request, the first included;
+	// 0 means 5.
+	MaxAttempts int
+
+	// MinBackoff is the delay before the first retry, doubled for each
+	// retry after it, and jittered; 0 means 100ms.
+	MinBackoff time.Duration
+
+	// MaxBackoff caps the delay between attempts; 0 means 10s. A
+	// Retry-After longer than it ends the retries: the response is
+	// returned to the caller, who may wait that long.
+	MaxBackoff time.Duration
+
+	// Methods are the methods that get a key when they have none; nil
+	// means POST and PATCH.
+	Methods []string
+
+	// NewKey makes a key; nil means the package's NewKey (a UUIDv7).
+	NewKey func() string
+}
+
+var _ http.RoundTripper = (*Transport)(nil)
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	base := t.Base
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	key := req.Header.Get(KeyHeader)
+	if key == "" && t.keyed(req.Method) {
+		if t.NewKey != nil {
+			key = t.NewKey()
+		} else {
+			key = NewKey()
+		}
+	}
+	if key == "" {
+		// Without a key a retry could apply the request twice.
+		return base.RoundTrip(req)
+	}
+	getBody, err := rewindable(req)
+	if err != nil {
+		return nil, err
+	}
+	ctx := req.Context()
+	attempts := t.MaxAttempts
+	if attempts <= 0 {
+		attempts = 5
+	}
+	for attempt := 1; ; attempt++ {
+		r := req.Clone(ctx)
+		r.Header.Set(KeyHeader, key)
+		if getBody != nil {
+			if r.Body, err = getBody(); err != nil {
+				return nil, err
+			}
+		}
+		resp, err := base.RoundTrip(r)
+		if ctx.Err() != nil {
+			if err == nil {
+				return resp, nil // complete; the caller sees ctx end on reading
+			}
+			return nil, err
+		}
+		wait, retry := t.shouldRetry(resp, err, attempt)
+		if !retry || attempt >= attempts {
+			return resp, err
+		}
+		if resp != nil {
+			// Drain a little so the connection can be reused.
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			_ = resp.Body.Close()
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, ctx.Err()
+		case <-timer.C:
+		}
+	}
+}
+
+func (t *Transport) keyed(method string) bool {
+	if t.Methods == nil {
+		return method == http.MethodPost || method == http.MethodPatch
+	}
+	for _, m := range t.Methods {
+		if m == method {
+			return true
+		}
+	}
+	return false
+}
+
+// shouldRetry says whether an attempt's outcome is worth a retry with the
+// same key, and after how long.
+func (t *Transport) shouldRetry(resp *http.Response, err error, attempt int) (time.Duration, bool) {
+	minB, maxB := t.MinBackoff, t.MaxBackoff
+	if minB <= 0 {
+		minB = 100 * time.Millisecond
+	}
+	if maxB <= 0 {
+		maxB = 10 * time.Second
+	}
+	ceiling := min(minB<<min(attempt-1, 30), maxB)
+	backoff := ceiling/2 + rand.N(ceiling/2+1) // equal jitter: never zero, never in step
+	if err != nil {
+		return backoff, true
+	}
+	switch c := resp.StatusCode; {
+	case c == http.StatusConflict, c == http.StatusTooManyRequests, c >= 500:
+	default:
+		return 0, false
+	}
+	if d, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+		if d > maxB {
+			return 0, false
+		}
+		return max(d, time.Millisecond), true
+	}
+	return backoff, true
+}
+
+// retryAfter parses a Retry-After value: delay-seconds or an HTTP-date.
+func retryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.ParseUint(v, 10, 32); err == nil {
+		return time.Duration(secs) * time.Second, true
+	}
+	if at, err := http.ParseTime(v); err == nil {
+		return max(at.Sub(now), 0), true
+	}
+	return 0, false
+}
+
+// rewindable returns how to get a fresh copy of req's body for each
+// attempt, reading a body that has no GetBody into memory.
+func rewindable(req *http.Request) (func() (io.ReadCloser, error), error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return nil, nil
+	}
+	if req.GetBody != nil {
+		// Every attempt sends a copy; the original is the caller's to
+		// close through us.
+		_ = req.Body.Close()
+		return req.GetBody, nil
+	}
+	b, err := io.ReadAll(req.Body)
+	_ = req.Body.Close()
+	if err != nil {
+		return nil, errors.Join(errors.New("httpadapter: read the request body to make it retryable"), err)
+	}
+	return func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }, nil
+}

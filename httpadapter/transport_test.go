@@ -1,0 +1,266 @@
+package httpadapter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// script is a server that answers attempt i with statuses[i] (the last one
+// after that) and records what each attempt carried.
+type script struct {
+	statuses []int
+	header   http.Header // added to every non-final answer
+	mu       sync.Mutex
+	keys     []string
+	bodies   []string
+	onArrive func(attempt int)
+}
+
+func (s *script) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	s.mu.Lock()
+	s.keys = append(s.keys, r.Header.Get(KeyHeader))
+	s.bodies = append(s.bodies, string(b))
+	n := len(s.keys)
+	s.mu.Unlock()
+	if s.onArrive != nil {
+		s.onArrive(n)
+	}
+	code := s.statuses[min(n, len(s.statuses))-1]
+	if n < len(s.statuses) {
+		for k, v := range s.header {
+			w.Header()[k] = v
+		}
+	}
+	w.WriteHeader(code)
+	fmt.Fprintf(w, "attempt %d", n)
+}
+
+func (s *script) attempts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.keys)
+}
+
+var uuidV7 = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+
+func fastTransport() *Transport {
+	return &Transport{MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, MaxAttempts: 4}
+}
+
+func TestTransportRetriesWithTheSameKey(t *testing.T) {
+	for _, code := range []int{500, 502, 503, 409, 429} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			t.Parallel()
+			s := &script{statuses: []int{code, code, 201}}
+			srv := httptest.NewServer(s)
+			defer srv.Close()
+			c := &http.Client{Transport: fastTransport()}
+			// A body without GetBody: the transport buffers it.
+			req, _ := http.NewRequest(http.MethodPost, srv.URL, io.NopCloser(strings.NewReader("payload")))
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 201 || s.attempts() != 3 {
+				t.Fatalf("status %d after %d attempts, want 201 after 3", resp.StatusCode, s.attempts())
+			}
+			if !uuidV7.MatchString(s.keys[0]) || s.keys[1] != s.keys[0] || s.keys[2] != s.keys[0] {
+				t.Errorf("keys %q, want one UUIDv7 for every attempt", s.keys)
+			}
+			for _, b := range s.bodies {
+				if b != "payload" {
+					t.Errorf("bodies %q, want the body on every attempt", s.bodies)
+				}
+			}
+			if req.Header.Get(KeyHeader) != "" {
+				t.Error("the transport modified the caller's request")
+			}
+		})
+	}
+}
+
+func TestTransportDoesNotRetry(t *testing.T) {
+	for _, tc := range []struct {
+		name, method, key string
+		code              int
+		header            http.Header
+	}{
+		{"422", http.MethodPost, "", 422, nil},
+		{"400", http.MethodPost, "", 400, nil},
+		{"404", http.MethodPatch, "", 404, nil},
+		{"GET without a key", http.MethodGet, "", 503, nil},
+		{"Retry-After past MaxBackoff", http.MethodPost, "", 503, http.Header{"Retry-After": {"3600"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := &script{statuses: []int{tc.code, 201}, header: tc.header}
+			srv := httptest.NewServer(s)
+			defer srv.Close()
+			req, _ := http.NewRequest(tc.method, srv.URL, strings.NewReader("x"))
+			resp, err := (&http.Client{Transport: fastTransport()}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.code || s.attempts() != 1 {
+				t.Errorf("status %d after %d attempts, want %d after 1", resp.StatusCode, s.attempts(), tc.code)
+			}
+			if got := s.keys[0]; (tc.method == http.MethodGet) != (got == "") {
+				t.Errorf("%s got key %q", tc.method, got)
+			}
+		})
+	}
+}
+
+func TestTransportKeepsTheCallersKey(t *testing.T) {
+	s := &script{statuses: []int{503, 200}}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	req, _ := http.NewRequest(http.MethodDelete, srv.URL, nil)
+	req.Header.Set(KeyHeader, "mine")
+	resp, err := (&http.Client{Transport: fastTransport()}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || s.keys[0] != "mine" || s.keys[1] != "mine" {
+		t.Errorf("status %d, keys %q", resp.StatusCode, s.keys)
+	}
+}
+
+func TestTransportGivesUp(t *testing.T) {
+	s := &script{statuses: []int{503}, header: http.Header{"Retry-After": {"0"}}}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	resp, err := (&http.Client{Transport: fastTransport()}).Post(srv.URL, "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || s.attempts() != 4 || string(b) != "attempt 4" {
+		t.Errorf("status %d %q after %d attempts, want the 4th answer", resp.StatusCode, b, s.attempts())
+	}
+}
+
+func TestTransportStopsOnCancel(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &script{statuses: []int{503}, onArrive: func(int) { cancel() }}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	tr := &Transport{MinBackoff: time.Hour, MaxBackoff: time.Hour}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, strings.NewReader("x"))
+	resp, err := (&http.Client{Transport: tr}).Do(req)
+	if err == nil {
+		resp.Body.Close()
+		// The answer may have beaten the cancellation; it must not be retried.
+	} else if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	if s.attempts() != 1 {
+		t.Errorf("%d attempts after the context ended", s.attempts())
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	for v, want := range map[string]time.Duration{
+		"7":                             7 * time.Second,
+		" 0 ":                           0,
+		"Thu, 02 Jan 2025 03:04:35 GMT": 30 * time.Second,
+		"Thu, 02 Jan 2025 03:00:00 GMT": 0, // in the past
+	} {
+		if got, ok := retryAfter(v, now); !ok || got != want {
+			t.Errorf("retryAfter(%q) = %v, %v; want %v", v, got, ok, want)
+		}
+	}
+	for _, v := range []string{"", "-1", "soon", "1.5"} {
+		if _, ok := retryAfter(v, now); ok {
+			t.Errorf("retryAfter(%q) accepted", v)
+		}
+	}
+}
+
+// flaky fails some attempts on the client's side: every 4th before it is
+// sent, every 5th after the server answered (the answer is lost).
+type flaky struct {
+	base             http.RoundTripper
+	n, before, after atomic.Int64
+}
+
+var errInjected = errors.New("injected network failure")
+
+func (f *flaky) RoundTrip(r *http.Request) (*http.Response, error) {
+	n := f.n.Add(1)
+	if n%4 == 0 {
+		f.before.Add(1)
+		r.Body.Close()
+		return nil, errInjected
+	}
+	resp, err := f.base.RoundTrip(r)
+	if err == nil && n%5 == 0 {
+		f.after.Add(1)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return nil, errInjected
+	}
+	return resp, err
+}
+
+// dropEvery lets the server handle and commit every nth request, then
+// drops its connection.
+func dropEvery(n int64, dropped *atomic.Int64) func(http.Handler) http.Handler {
+	var seen atomic.Int64
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if seen.Add(1)%n != 0 {
+				next.ServeHTTP(w, r)
+				return
+			}
+			dropped.Add(1)
+			next.ServeHTTP(httptest.NewRecorder(), r)
+			panic(http.ErrAbortHandler)
+		})
+	}
+}
+
+func TestTransportAgainstMiddleware(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		var dropped atomic.Int64
+		srv := e.server(t, e.store(t), nil, dropEvery(3, &dropped))
+		srv.Config.ErrorLog = quietLog()
+		f := &flaky{base: srv.Client().Transport}
+		c := &http.Client{Transport: &Transport{Base: f, MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond, MaxAttempts: 20}}
+		const n = 16
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				r, err := send(context.Background(), c, srv.URL+"/accounts/a1/charges", "", fmt.Sprintf(`{"ref":"r%d","amount":%d}`, i, i+1))
+				if err != nil || r.status != http.StatusCreated {
+					t.Errorf("request %d: %v %d %s", i, err, r.status, r.body)
+				}
+			})
+		}
+		wg.Wait()
+		for i := range n {
+			if got := e.charges(t, fmt.Sprintf("r%d", i)); got != 1 {
+				t.Errorf("r%d: %d charges, want exactly 1", i, got)
+			}
+		}
+		if dropped.Load() == 0 || f.before.Load() == 0 || f.after.Load() == 0 {
+			t.Errorf("faults injected: %d server drops, %d before, %d after; want some of each", dropped.Load(), f.before.Load(), f.after.Load())
+		}
+	})
+}
