@@ -275,6 +275,7 @@ func TestBadInput(t *testing.T) {
 			{"long scope", s.Scope(strings.Repeat("s", 256)), "k", nil, idempotency.ErrInvalidKey, "scope"},
 			{"channel params", s, "k", make(chan int), nil, "params cannot be encoded as JSON"},
 			{"NaN params", s, "k", math.NaN(), nil, "params cannot be encoded as JSON"},
+			{"invalid UTF-8 params", s, "k", map[string]string{"card": "\xff"}, nil, "not valid UTF-8"},
 			{"nil store", nil, "k", nil, nil, "nil *Store"},
 		}
 		for _, c := range cases {
