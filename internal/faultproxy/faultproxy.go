@@ -7,9 +7,11 @@ package faultproxy
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Mode says what the proxy does when it sees COMMIT.
@@ -34,6 +36,55 @@ type Proxy struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
+
+	chaos atomic.Pointer[Chaos]
+	stats struct{ delays, drops, cutsMid, commitCutsAfter, commitCutsBefore atomic.Int64 }
+}
+
+// Chaos makes the proxy inject faults at random into every connection, on
+// top of the armed Mode: each chunk of bytes it forwards (in either
+// direction) may be delayed, may stall the connection (a drop: nothing is
+// forwarded for Hold, then the connection is closed), or may cut the
+// connection mid-statement; a chunk the client sends that holds COMMIT may
+// be cut before or after it reaches the server (commit outcome unknown).
+// Probabilities are per chunk, from 0 to 1.
+type Chaos struct {
+	DelayProb  float64
+	MaxDelay   time.Duration
+	DropProb   float64
+	Hold       time.Duration // how long a dropped connection stalls; default 1s
+	CutProb    float64
+	CommitProb float64 // cut at a COMMIT, before or after forwarding it (even odds)
+}
+
+// Stats counts the faults injected so far, by kind.
+type Stats struct {
+	Delays           int64 // chunks delayed
+	Drops            int64 // connections stalled, then closed
+	CutsMid          int64 // connections cut mid-stream
+	CommitCutsAfter  int64 // COMMIT forwarded, answer lost (Arm or Chaos)
+	CommitCutsBefore int64 // COMMIT never forwarded (Arm or Chaos)
+}
+
+// SetChaos turns random faults on (or off, with nil) for every connection,
+// including those already open.
+func (p *Proxy) SetChaos(c *Chaos) {
+	if c != nil {
+		cp := *c
+		c = &cp
+	}
+	p.chaos.Store(c)
+}
+
+// Stats returns the faults injected so far.
+func (p *Proxy) Stats() Stats {
+	return Stats{
+		Delays:           p.stats.delays.Load(),
+		Drops:            p.stats.drops.Load(),
+		CutsMid:          p.stats.cutsMid.Load(),
+		CommitCutsAfter:  p.stats.commitCutsAfter.Load(),
+		CommitCutsBefore: p.stats.commitCutsBefore.Load(),
+	}
 }
 
 // Start listens on a loopback port and forwards to target (host:port).
@@ -121,20 +172,42 @@ func (p *Proxy) pipe(from, to net.Conn, upstream bool) {
 		n, err := from.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
-			if upstream && Mode(p.mode.Load()) != Pass && bytes.Contains(bytes.ToLower(chunk), commit) {
-				mode := Mode(p.mode.Swap(int32(Pass)))
+			isCommit := upstream && bytes.Contains(bytes.ToLower(chunk), commit)
+			mode := Pass
+			if c := p.chaos.Load(); c != nil {
+				switch f := p.roll(c, isCommit); f {
+				case faultDrop:
+					hold := c.Hold
+					if hold <= 0 {
+						hold = time.Second
+					}
+					time.Sleep(hold)
+					return
+				case faultCut:
+					return
+				case faultCommitBefore:
+					mode = CutBeforeCommit
+				case faultCommitAfter:
+					mode = CutAfterCommit
+				}
+			}
+			if mode == Pass && isCommit && Mode(p.mode.Load()) != Pass {
+				mode = Mode(p.mode.Swap(int32(Pass)))
+			}
+			if mode != Pass {
 				if mode == CutAfterCommit {
 					_, _ = to.Write(chunk)
+					p.stats.commitCutsAfter.Add(1)
+				} else {
+					p.stats.commitCutsBefore.Add(1)
 				}
-				if mode != Pass {
-					p.cuts.Add(1)
-					// Drop the client. After a forwarded COMMIT the server
-					// connection stays open until the server answers (the
-					// other pipe then fails to deliver it and closes it), so
-					// the server is not interrupted before it commits.
-					keepTarget = mode == CutAfterCommit
-					return
-				}
+				p.cuts.Add(1)
+				// Drop the client. After a forwarded COMMIT the server
+				// connection stays open until the server answers (the
+				// other pipe then fails to deliver it and closes it), so
+				// the server is not interrupted before it commits.
+				keepTarget = mode == CutAfterCommit
+				return
 			}
 			if _, werr := to.Write(chunk); werr != nil {
 				return
@@ -144,4 +217,38 @@ func (p *Proxy) pipe(from, to net.Conn, upstream bool) {
 			return // io.EOF or a closed connection
 		}
 	}
+}
+
+type fault int
+
+const (
+	faultNone fault = iota
+	faultDrop
+	faultCut
+	faultCommitBefore
+	faultCommitAfter
+)
+
+// roll draws the fault for one chunk and sleeps for a delay.
+func (p *Proxy) roll(c *Chaos, isCommit bool) fault {
+	if c.DelayProb > 0 && c.MaxDelay > 0 && rand.Float64() < c.DelayProb {
+		p.stats.delays.Add(1)
+		time.Sleep(rand.N(c.MaxDelay) + 1)
+	}
+	if isCommit && c.CommitProb > 0 && rand.Float64() < c.CommitProb {
+		// The counts are taken where the cut happens.
+		if rand.IntN(2) == 0 {
+			return faultCommitBefore
+		}
+		return faultCommitAfter
+	}
+	if c.DropProb > 0 && rand.Float64() < c.DropProb {
+		p.stats.drops.Add(1)
+		return faultDrop
+	}
+	if c.CutProb > 0 && rand.Float64() < c.CutProb {
+		p.stats.cutsMid.Add(1)
+		return faultCut
+	}
+	return faultNone
 }
