@@ -235,20 +235,6 @@ func (s *Store) attempt(ctx context.Context, u unit, k dialects.Key, fp []byte, 
 	case dialects.Taken:
 		u.rollback()
 		return s.afterTaken(ctx, u, k)
-	case dialects.Waited:
-		// The twin is done and this transaction holds the key. A fresh read
-		// tells whether the twin committed; if not, carry on as the owner.
-		for _, q := range u.readers(s.db) {
-			found, ok, err := d.Lookup(ctx, q, k)
-			if err != nil {
-				u.rollback()
-				return s.classify(ctx, "read the stored key", err)
-			}
-			if ok {
-				u.rollback()
-				return replay, found, nil
-			}
-		}
 	}
 
 	rec = dialects.Record{Fingerprint: fp, Value: stored, Failed: stored != nil}
@@ -308,9 +294,14 @@ func (s *Store) afterTaken(ctx context.Context, u unit, k dialects.Key) (outcome
 			return replay, rec, nil
 		}
 	}
-	// The row expired (or its holder rolled back since): clear it and claim.
+	// The row expired, or its holder rolled back: clear it and claim. Twins
+	// that woke together all come here; a little jitter lets one of them win
+	// the next claim cleanly.
 	if err := s.dialect.DeleteExpired(ctx, s.db, k); err != nil {
 		return s.classify(ctx, "delete the expired key", err)
+	}
+	if err := sleep(ctx, rand.N(time.Millisecond)); err != nil {
+		return done, dialects.Record{}, err
 	}
 	return again, dialects.Record{}, nil
 }

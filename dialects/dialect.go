@@ -56,14 +56,10 @@ const (
 	// Found: a live record exists and was returned with the claim. The
 	// transaction must be rolled back; the record is the answer.
 	Found
-	// Taken: a live or expired row holds the key, but the dialect could not
-	// read it safely inside this transaction. Roll back, then Lookup.
+	// Taken: a row holds the key, or a twin did and Claim waited for it to
+	// end; the dialect cannot read the outcome safely inside this
+	// transaction. Roll back, then Lookup outside it.
 	Taken
-	// Waited: a twin held the key, Claim waited until it finished, and the
-	// transaction now owns the key as with Claimed. The transaction's
-	// snapshot may predate the twin's commit, so the caller must look the
-	// key up outside it first, and replay what it finds.
-	Waited
 )
 
 // Class sorts database errors into what the protocol does with them.

@@ -54,10 +54,24 @@ func Up(ctx context.Context, db *sqlx.DB) error {
 	if err != nil {
 		return err
 	}
-	if _, err := p.Up(ctx); err != nil {
-		return fmt.Errorf("idempotency/migrations: up: %w", err)
+	for attempt := 1; ; attempt++ {
+		_, err := p.Up(ctx)
+		// SQLite answers SQLITE_BUSY at once, without waiting for its busy
+		// timeout, when two processes open or switch a new database together;
+		// the lock row then serialises the second try.
+		if err != nil && busy(err) && attempt < 10 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Duration(attempt) * 20 * time.Millisecond):
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("idempotency/migrations: up: %w", err)
+		}
+		return nil
 	}
-	return nil
 }
 
 // Status lists the migrations and whether each is applied. On MySQL the DSN

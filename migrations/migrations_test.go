@@ -2,6 +2,7 @@ package migrations_test
 
 import (
 	"context"
+	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
@@ -52,16 +53,21 @@ func TestUpLeavesTheApplicationsGooseAlone(t *testing.T) {
 			if after := versions(t, db, "goose_db_version"); after != before {
 				t.Errorf("the application's goose_db_version changed: %q, then %q", before, after)
 			}
-			if got := versions(t, db, migrations.VersionTable); got != "0,1" {
-				t.Errorf("%s holds versions %q, want 0,1", migrations.VersionTable, got)
+			if got, want := versions(t, db, migrations.VersionTable), wantVersions(t, b.Kind); got != want {
+				t.Errorf("%s holds versions %q, want %q", migrations.VersionTable, got, want)
 			}
 			var n int
 			if err := db.Get(&n, `SELECT COUNT(*) FROM idempotency_keys`); err != nil {
 				t.Errorf("the key table is missing: %v", err)
 			}
 			st, err := migrations.Status(ctx, db)
-			if err != nil || len(st) != 1 || st[0].State != goose.StateApplied {
-				t.Errorf("status: %v, %+v", err, st)
+			if err != nil || len(st) != strings.Count(wantVersions(t, b.Kind), ",") {
+				t.Fatalf("status: %v, %+v", err, st)
+			}
+			for _, m := range st {
+				if m.State != goose.StateApplied {
+					t.Errorf("status: %s is %s", m.Source.Path, m.State)
+				}
 			}
 		})
 	}
@@ -76,6 +82,25 @@ func versions(t *testing.T, db *sqlx.DB, table string) string {
 	v := make([]string, len(ids))
 	for i, id := range ids {
 		v[i] = strconv.FormatInt(id, 10)
+	}
+	return strings.Join(v, ",")
+}
+
+// wantVersions is the version history a full migration leaves: 0 (goose's
+// own first row), then one version per embedded file.
+func wantVersions(t *testing.T, kind string) string {
+	t.Helper()
+	fsys, err := migrations.FS(kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := fs.Glob(fsys, "*.sql")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no migrations for %s: %v", kind, err)
+	}
+	v := []string{"0"}
+	for i := range files {
+		v = append(v, strconv.Itoa(i+1))
 	}
 	return strings.Join(v, ",")
 }
@@ -109,8 +134,8 @@ func TestUpFromTwoProcesses(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer db.Close()
-			if got := versions(t, db, migrations.VersionTable); got != "0,1" {
-				t.Errorf("after two processes migrated, versions %q; want 0,1", got)
+			if got, want := versions(t, db, migrations.VersionTable), wantVersions(t, b.Kind); got != want {
+				t.Errorf("after two processes migrated, versions %q; want %q", got, want)
 			}
 		})
 	}

@@ -4,16 +4,18 @@
 // # Protocol
 //
 // A fresh call costs one write: the claim takes a transaction-scoped advisory
-// lock on a 64-bit hash of (scope, key) and, in the same statement, reads the
-// live record. fn runs, then one INSERT writes the key with its value, and
+// lock on a 64-bit hash of (scope, key) and, in the same round trip, reads the
+// live record (through idempotency_claim, so that under READ COMMITTED the
+// read sees every commit made before the lock was free). fn runs, then one INSERT writes the key with its value, and
 // the lock goes away with the transaction. A twin that finds the lock taken
-// waits for it, bounded by lock_timeout, and then holds it (Waited): the
-// caller reads the key again outside the transaction, whose snapshot may be
-// older than the holder's commit, and replays it, or goes on as the owner
-// when the holder rolled back. A twin that slipped past the lock (its
-// snapshot predates the holder's commit) is caught by the INSERT: ON CONFLICT
-// leaves a live row alone, or REPEATABLE READ raises 40001, and the attempt
-// starts over.
+// waits for the holder to end (a shared lock, bounded by lock_timeout), then
+// reports the key Taken: the caller rolls back, which returns its connection
+// to the pool, and reads the key outside any transaction, whose fresh view
+// sees the holder's commit at every isolation level. It replays that, or
+// starts a new attempt when the holder rolled back. A twin that slipped past
+// the lock (under REPEATABLE READ or SERIALIZABLE its snapshot can predate
+// the holder's commit) is caught by the INSERT: ON CONFLICT leaves a live row
+// alone, or the database raises 40001, and the attempt starts over.
 //
 // Advisory locks share one number space per database: an application that
 // takes bigint advisory locks of its own may, very rarely, wait on a key
@@ -33,7 +35,7 @@ import (
 
 // Dialect implements dialects.Dialect for PostgreSQL.
 type Dialect struct {
-	claim, lock, save, lookup, deleteExpired, prune string
+	claim, wait, save, lookup, deleteExpired, prune string
 }
 
 var _ dialects.Dialect = (*Dialect)(nil)
@@ -42,10 +44,8 @@ var _ dialects.Dialect = (*Dialect)(nil)
 // may be schema-qualified; it must already be a safe identifier).
 func New(table string) *Dialect {
 	return &Dialect{
-		claim: `SELECT pg_try_advisory_xact_lock($1), k.fingerprint, k.value, k.failed
-FROM (VALUES (1)) AS one (x)
-LEFT JOIN ` + table + ` AS k ON k.scope = $2 AND k.key = $3 AND k.expires_at > now()`,
-		lock: `SELECT pg_advisory_xact_lock($1)`,
+		claim: claimStatement(table),
+		wait:  `SELECT pg_advisory_xact_lock_shared($1)`,
 		save: `INSERT INTO ` + table + ` AS k (scope, key, fingerprint, value, failed, created_at, expires_at)
 VALUES ($1, $2, $3, $4, $5, now(), now() + $6::float8 * interval '1 microsecond')
 ON CONFLICT (scope, key) DO UPDATE SET
@@ -60,6 +60,19 @@ WHERE scope = $1 AND key = $2 AND expires_at > now()`,
 		prune: `DELETE FROM ` + table + ` WHERE ctid IN (
 	SELECT ctid FROM ` + table + ` WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)`,
 	}
+}
+
+// claimStatement takes the lock and reads the live row. For the default table
+// it calls idempotency_claim (migration 00002), which reads after locking;
+// for another table, one statement reads with a snapshot taken before the
+// lock, so a twin that commits in that instant is caught later, by Save.
+func claimStatement(table string) string {
+	if table == dialects.DefaultTable {
+		return `SELECT locked, fingerprint, value, failed FROM idempotency_claim($1, $2, $3)`
+	}
+	return `SELECT pg_try_advisory_xact_lock($1), k.fingerprint, k.value, k.failed
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN ` + table + ` AS k ON k.scope = $2 AND k.key = $3 AND k.expires_at > now()`
 }
 
 // Name returns "postgres".
@@ -84,26 +97,21 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 	if locked {
 		return dialects.Claimed, rec, nil
 	}
-	// A twin holds the key. Wait for it with lock_timeout as the bound, then
-	// put lock_timeout back: fn's statements must not inherit our bound.
+	// A twin holds the key. Wait until it ends, bounded by lock_timeout (local
+	// to this transaction, which the caller now rolls back). The wait takes
+	// the lock shared, so every waiter wakes at once when the holder ends,
+	// instead of passing an exclusive lock from one waiter to the next.
 	ms := wait.Milliseconds()
 	if ms < 1 {
 		ms = 1
 	}
-	var prev string
-	if err := tx.QueryRowxContext(ctx, `SELECT current_setting('lock_timeout')`).Scan(&prev); err != nil {
-		return 0, rec, err
-	}
 	if _, err := tx.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, true)`, strconv.FormatInt(ms, 10)+"ms"); err != nil {
 		return 0, rec, err
 	}
-	if _, err := tx.ExecContext(ctx, d.lock, k.Lock); err != nil {
+	if _, err := tx.ExecContext(ctx, d.wait, k.Lock); err != nil {
 		return 0, rec, err
 	}
-	if _, err := tx.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, true)`, prev); err != nil {
-		return 0, rec, err
-	}
-	return dialects.Waited, rec, nil
+	return dialects.Taken, rec, nil
 }
 
 // Save inserts the record, or replaces an expired one.
