@@ -61,6 +61,7 @@ type config struct {
 	dialect    dialects.Dialect
 	logger     *slog.Logger
 	hooks      Hooks
+	readFirst  bool
 }
 
 // Option configures a Store.
@@ -120,6 +121,18 @@ func WithIsolation(level sql.IsolationLevel) Option {
 			return nil
 		}
 		return fmt.Errorf("idempotency: WithIsolation(%v): use READ COMMITTED or stronger; weaker levels could replay uncommitted results", level)
+	}
+}
+
+// WithReadFirst makes Do read the key before it begins a transaction. A
+// replay then costs one indexed read and no transaction (on MySQL and SQLite
+// it otherwise costs a failed INSERT and, on SQLite, the write lock); a
+// fresh call costs one more round trip. Worth it where retries are common,
+// and on SQLite, whose statements are cheap. The default is off.
+func WithReadFirst(on bool) Option {
+	return func(c *config) error {
+		c.readFirst = on
+		return nil
 	}
 }
 

@@ -592,3 +592,37 @@ func TestPrune(t *testing.T) {
 		}
 	})
 }
+
+// TestReadFirst: with WithReadFirst a replay is answered by one read before
+// any transaction, and everything else behaves as without it.
+func TestReadFirst(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		s := e.store(t, idempotency.WithReadFirst(true), idempotency.WithWait(30*time.Second))
+		var calls atomic.Int64
+		first, err := idempotency.Run(ctx, s, "rf", 1, charge("rf", 1, &calls))
+		if err != nil || first.Replayed {
+			t.Fatalf("fresh: %v, replayed %v", err, first.Replayed)
+		}
+		again, err := idempotency.Run(ctx, s, "rf", 1, charge("rf", 1, &calls))
+		if err != nil || !again.Replayed || again.Value != first.Value {
+			t.Fatalf("replay: %v, %+v", err, again)
+		}
+		if _, err := idempotency.Do(ctx, s, "rf", 2, charge("rf", 2, &calls)); !errors.Is(err, idempotency.ErrParamsMismatch) {
+			t.Fatalf("other params: %v", err)
+		}
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := idempotency.Do(ctx, s, "rf-twins", 1, charge("rf-twins", 1, &calls)); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if calls.Load() != 2 || e.charges(t, "rf") != 1 || e.charges(t, "rf-twins") != 1 {
+			t.Errorf("fn ran %d times; want 2 (one per key)", calls.Load())
+		}
+	})
+}

@@ -161,6 +161,18 @@ func (s *Store) call(ctx context.Context, u unit, k dialects.Key, fp []byte, wor
 		restarts int
 		stored   []byte // a final failure to store instead of calling fn
 	)
+	if s.cfg.readFirst && !u.joined() {
+		rec, ok, err := s.dialect.Lookup(ctx, s.db, k)
+		if err != nil {
+			if ctx.Err() != nil {
+				return dialects.Record{}, false, ctx.Err()
+			}
+			return dialects.Record{}, false, fmt.Errorf("idempotency: read the stored key: %w", err)
+		}
+		if ok {
+			return replayOf(rec, fp, k)
+		}
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return dialects.Record{}, false, err
@@ -170,10 +182,7 @@ func (s *Store) call(ctx context.Context, u unit, k dialects.Key, fp []byte, wor
 		case done:
 			return rec, false, err
 		case replay:
-			if !bytes.Equal(rec.Fingerprint, fp) {
-				return dialects.Record{}, false, fmt.Errorf("%w: key %q", ErrParamsMismatch, k.Key)
-			}
-			return rec, true, nil
+			return replayOf(rec, fp, k)
 		case failed:
 			stored = rec.Value
 			restarts++
@@ -205,6 +214,14 @@ func (s *Store) call(ctx context.Context, u unit, k dialects.Key, fp []byte, wor
 			return dialects.Record{}, false, fmt.Errorf("idempotency: key %q: gave up after %d attempts that each found the key changed under them", k.Key, restarts)
 		}
 	}
+}
+
+// replayOf answers a call from a stored record, if params match.
+func replayOf(rec dialects.Record, fp []byte, k dialects.Key) (dialects.Record, bool, error) {
+	if !bytes.Equal(rec.Fingerprint, fp) {
+		return dialects.Record{}, false, fmt.Errorf("%w: key %q", ErrParamsMismatch, k.Key)
+	}
+	return rec, true, nil
 }
 
 // work runs fn in the attempt's transaction and encodes its value, or its
