@@ -1,0 +1,259 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/go-sql-driver/mysql"
+	_ "github.com/jackc/pgx/v5/stdlib" // pgx
+	"github.com/jmoiron/sqlx"
+	_ "github.com/lib/pq"  // postgres
+	_ "modernc.org/sqlite" // sqlite
+
+	"github.com/exactlyonce/idempotency/migrations"
+)
+
+// backend is one database, driver and DSN setting under measurement.
+type backend struct {
+	name    string // as printed: "pgx", "postgres+binary_parameters", ...
+	driver  string // database/sql driver name
+	kind    string // "sqlite", "postgres", "mysql"
+	dsn     string // DSN of the isolated database (schema, database, file)
+	cleanup func()
+
+	// The statements each workload sends besides the core's own.
+	business string // the business row: (ref, amount)
+	keyRow   string // the hand-written lower bound: one INSERT of key+value
+}
+
+// variants expands a -backends name into the DSN settings to measure:
+// plain (the driver's defaults) and recommended.
+func variants(name, settings string) ([]backend, error) {
+	plain := settings == "both" || settings == "plain"
+	rec := settings == "both" || settings == "recommended"
+	var out []backend
+	switch name {
+	case "sqlite":
+		// synchronous(FULL) syncs the WAL at every commit ("fsync on", as
+		// the targets were set); NORMAL, which internal/testdb uses, does
+		// not, so a commit costs no more than a statement.
+		out = append(out, backend{name: "sqlite", driver: "sqlite", kind: "sqlite"})
+		if plain {
+			out = append(out, backend{name: "sqlite+synchronous=NORMAL", driver: "sqlite", kind: "sqlite"})
+		}
+	case "pgx":
+		out = append(out, backend{name: "pgx", driver: "pgx", kind: "postgres"})
+	case "postgres", "pq":
+		if plain {
+			out = append(out, backend{name: "postgres", driver: "postgres", kind: "postgres"})
+		}
+		if rec {
+			out = append(out, backend{name: "postgres+binary_parameters", driver: "postgres", kind: "postgres"})
+		}
+	case "mysql":
+		if plain {
+			out = append(out, backend{name: "mysql", driver: "mysql", kind: "mysql"})
+		}
+		if rec {
+			out = append(out, backend{name: "mysql+interpolateParams", driver: "mysql", kind: "mysql"})
+		}
+	default:
+		return nil, fmt.Errorf("unknown backend %q: use sqlite, pgx, postgres or mysql", name)
+	}
+	return out, nil
+}
+
+// serverDSN is the DSN of the server, with the backend's setting applied.
+func (b *backend) serverDSN() (string, error) {
+	env := map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN"}[b.kind]
+	dsn := os.Getenv(env)
+	if dsn == "" {
+		return "", fmt.Errorf("%s: set %s", b.name, env)
+	}
+	return dsn, nil
+}
+
+// setup creates the isolated database, migrates it and creates the business
+// table. The dropping happens in b.cleanup.
+func (b *backend) setup(ctx context.Context, tmp string) error {
+	name := randomName()
+	switch b.kind {
+	case "sqlite":
+		sync := "FULL"
+		if b.name == "sqlite+synchronous=NORMAL" {
+			sync = "NORMAL"
+		}
+		b.dsn = sqliteDSN(filepath.Join(tmp, name+".db"), sync)
+		b.cleanup = func() {}
+	case "postgres":
+		dsn, err := b.serverDSN()
+		if err != nil {
+			return err
+		}
+		admin, err := sqlx.Open("pgx", dsn)
+		if err != nil {
+			return err
+		}
+		defer admin.Close()
+		if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+name); err != nil {
+			return fmt.Errorf("%s: create schema: %w", b.name, err)
+		}
+		b.cleanup = func() {
+			if admin, err := sqlx.Open("pgx", dsn); err == nil {
+				_, _ = admin.Exec("DROP SCHEMA " + name + " CASCADE")
+				_ = admin.Close()
+			}
+		}
+		params := map[string]string{"search_path": name}
+		if b.name == "postgres+binary_parameters" {
+			params["binary_parameters"] = "yes"
+		}
+		if b.dsn, err = withParams(dsn, params); err != nil {
+			return err
+		}
+	case "mysql":
+		dsn, err := b.serverDSN()
+		if err != nil {
+			return err
+		}
+		cfg, err := mysql.ParseDSN(dsn)
+		if err != nil {
+			return err
+		}
+		admin, err := sqlx.Open("mysql", dsn)
+		if err != nil {
+			return err
+		}
+		defer admin.Close()
+		if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+			return fmt.Errorf("%s: create database: %w", b.name, err)
+		}
+		b.cleanup = func() {
+			if admin, err := sqlx.Open("mysql", dsn); err == nil {
+				_, _ = admin.Exec("DROP DATABASE " + name)
+				_ = admin.Close()
+			}
+		}
+		cfg.DBName = name
+		cfg.InterpolateParams = b.name == "mysql+interpolateParams"
+		b.dsn = cfg.FormatDSN()
+	}
+
+	db, err := sqlx.Open(b.driver, b.dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := migrations.Up(ctx, db); err != nil {
+		return fmt.Errorf("%s: %w", b.name, err)
+	}
+	var table string
+	switch b.kind {
+	case "postgres":
+		table = `CREATE TABLE bench_orders (id bigserial PRIMARY KEY, ref text NOT NULL, amount bigint NOT NULL)`
+		b.business = `INSERT INTO bench_orders (ref, amount) VALUES ($1, $2)`
+		b.keyRow = `INSERT INTO idempotency_keys (scope, key, fingerprint, value, failed, created_at, expires_at)
+VALUES ($1, $2, $3, $4, false, now(), now() + interval '1 day')`
+	case "mysql":
+		table = `CREATE TABLE bench_orders (id bigint AUTO_INCREMENT PRIMARY KEY, ref varchar(255) NOT NULL, amount bigint NOT NULL) ENGINE = InnoDB`
+		b.business = `INSERT INTO bench_orders (ref, amount) VALUES (?, ?)`
+		b.keyRow = "INSERT INTO idempotency_keys (scope, `key`, fingerprint, value, failed, created_at, expires_at)\n" +
+			`VALUES (?, ?, ?, ?, FALSE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 1 DAY)`
+	case "sqlite":
+		table = `CREATE TABLE bench_orders (id INTEGER PRIMARY KEY, ref TEXT NOT NULL, amount INTEGER NOT NULL)`
+		b.business = `INSERT INTO bench_orders (ref, amount) VALUES (?, ?)`
+		b.keyRow = `INSERT INTO idempotency_keys (scope, "key", fingerprint, value, failed, created_at, expires_at)
+VALUES (?, ?, ?, ?, 0, CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER),
+	CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) + 86400000)`
+	}
+	if _, err := db.ExecContext(ctx, table); err != nil {
+		return fmt.Errorf("%s: create bench_orders: %w", b.name, err)
+	}
+	return nil
+}
+
+// sqliteDSN is the DSN the sqlite dialect recommends (as internal/testdb),
+// with the synchronous setting given.
+func sqliteDSN(path, synchronous string) string {
+	return "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + synchronous + ")&_txlock=immediate"
+}
+
+// withParams adds parameters to a URL or key=value Postgres DSN.
+func withParams(dsn string, params map[string]string) (string, error) {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return "", err
+		}
+		q := u.Query()
+		for k, v := range params {
+			q.Set(k, v)
+		}
+		u.RawQuery = q.Encode()
+		return u.String(), nil
+	}
+	for k, v := range params {
+		dsn += " " + k + "=" + v
+	}
+	return dsn, nil
+}
+
+// withAddr points a server DSN at addr (host:port), for the counting proxy.
+func (b *backend) withAddr(addr string) (string, error) {
+	switch b.kind {
+	case "postgres":
+		u, err := url.Parse(b.dsn)
+		if err != nil || u.Host == "" {
+			return "", errors.New("round trips are counted only with a URL Postgres DSN")
+		}
+		u.Host = addr
+		return u.String(), nil
+	case "mysql":
+		cfg, err := mysql.ParseDSN(b.dsn)
+		if err != nil {
+			return "", err
+		}
+		cfg.Net, cfg.Addr = "tcp", addr
+		return cfg.FormatDSN(), nil
+	}
+	return "", fmt.Errorf("%s has no server", b.name)
+}
+
+// target is the server's host:port.
+func (b *backend) target() (string, error) {
+	switch b.kind {
+	case "postgres":
+		u, err := url.Parse(b.dsn)
+		if err != nil || u.Host == "" {
+			return "", errors.New("round trips are counted only with a URL Postgres DSN")
+		}
+		host := u.Host
+		if !strings.Contains(host, ":") {
+			host += ":5432"
+		}
+		return host, nil
+	case "mysql":
+		cfg, err := mysql.ParseDSN(b.dsn)
+		if err != nil {
+			return "", err
+		}
+		if cfg.Net != "tcp" {
+			return "", errors.New("round trips are counted only over TCP")
+		}
+		return cfg.Addr, nil
+	}
+	return "", fmt.Errorf("%s has no server", b.name)
+}
+
+func randomName() string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return "bench_" + hex.EncodeToString(b)
+}

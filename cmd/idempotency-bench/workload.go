@@ -1,0 +1,325 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/dialects"
+)
+
+// The workloads, in the order the tables print them.
+const (
+	wBare        = "bare tx"
+	wFloor       = "floor: +1 INSERT"
+	wFresh       = "fresh Do"
+	wFreshLookup = "fresh: lookup+Do"
+	wReplay      = "replay Do"
+	wReplayLook  = "replay: lookup"
+)
+
+var workloads = []string{wBare, wFloor, wFresh, wFreshLookup, wReplay, wReplayLook}
+
+// receipt is what fn returns: small, like a payment's answer.
+type receipt struct {
+	Ref    string `json:"ref"`
+	Amount int64  `json:"amount"`
+}
+
+// request is the params of every call: equal params, so replays match.
+type request struct {
+	Amount   int64  `json:"amount"`
+	Currency string `json:"currency"`
+}
+
+var params = request{Amount: 100, Currency: "EUR"}
+
+// bench is one backend's open database, store and keys.
+type bench struct {
+	b      *backend
+	db     *sqlx.DB
+	store  *idempotency.Store
+	prefix string
+	seq    atomic.Int64
+	replay []string // committed keys
+	fp     []byte
+}
+
+func newBench(b *backend, db *sqlx.DB) (*bench, error) {
+	s, err := idempotency.New(db)
+	if err != nil {
+		return nil, err
+	}
+	fp, err := idempotency.Fingerprint(params)
+	if err != nil {
+		return nil, err
+	}
+	return &bench{b: b, db: db, store: s, prefix: randomName() + "-", fp: fp}, nil
+}
+
+func (w *bench) newKey() string {
+	return w.prefix + strconv.FormatInt(w.seq.Add(1), 10)
+}
+
+// seed commits n keys for the replay workloads.
+func (w *bench) seed(ctx context.Context, n int) error {
+	for range n {
+		k := w.newKey()
+		if _, err := w.fresh(ctx, k); err != nil {
+			return err
+		}
+		w.replay = append(w.replay, k)
+	}
+	return nil
+}
+
+func (w *bench) fn(key string) func(ctx context.Context, tx *sqlx.Tx) (receipt, error) {
+	return func(ctx context.Context, tx *sqlx.Tx) (receipt, error) {
+		if _, err := tx.ExecContext(ctx, w.b.business, key, params.Amount); err != nil {
+			return receipt{}, err
+		}
+		return receipt{Ref: key, Amount: params.Amount}, nil
+	}
+}
+
+func (w *bench) fresh(ctx context.Context, key string) (receipt, error) {
+	return idempotency.Do(ctx, w.store, key, params, w.fn(key))
+}
+
+// lookup is the prototype replay fast path: one autocommit read of the live
+// record before any transaction, through the dialect's own Lookup.
+func (w *bench) lookup(ctx context.Context, key string) (receipt, bool, error) {
+	var r receipt
+	fp, err := idempotency.Fingerprint(params) // as Do computes it per call
+	if err != nil {
+		return r, false, err
+	}
+	rec, ok, err := w.store.Dialect().Lookup(ctx, w.db, dialects.Key{Scope: "", Key: key, Lock: lockOf("", key)})
+	if err != nil || !ok {
+		return r, false, err
+	}
+	if !bytes.Equal(rec.Fingerprint, fp) {
+		return r, false, idempotency.ErrParamsMismatch
+	}
+	if rec.Failed {
+		return r, true, errors.New("stored failure")
+	}
+	return r, true, json.Unmarshal(rec.Value, &r)
+}
+
+func lockOf(scope, key string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte(scope))
+	h.Write([]byte{0})
+	h.Write([]byte(key))
+	return int64(h.Sum64())
+}
+
+// op returns the function one call of workload name runs; i numbers calls.
+func (w *bench) op(name string) func(ctx context.Context, i int) error {
+	switch name {
+	case wBare:
+		return func(ctx context.Context, i int) error {
+			tx, err := w.db.BeginTxx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(ctx, w.b.business, w.newKey(), params.Amount); err != nil {
+				return err
+			}
+			return tx.Commit()
+		}
+	case wFloor:
+		// The physical limit: the business row plus one INSERT of the key
+		// with its value, no claim. Not a protocol (twins would both run).
+		return func(ctx context.Context, i int) error {
+			key := w.newKey()
+			tx, err := w.db.BeginTxx(ctx, nil)
+			if err != nil {
+				return err
+			}
+			defer tx.Rollback()
+			if _, err := tx.ExecContext(ctx, w.b.business, key, params.Amount); err != nil {
+				return err
+			}
+			v, err := json.Marshal(receipt{Ref: key, Amount: params.Amount})
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, w.b.keyRow, "", key, w.fp, v); err != nil {
+				return err
+			}
+			return tx.Commit()
+		}
+	case wFresh:
+		return func(ctx context.Context, i int) error {
+			_, err := w.fresh(ctx, w.newKey())
+			return err
+		}
+	case wFreshLookup:
+		return func(ctx context.Context, i int) error {
+			key := w.newKey()
+			if _, ok, err := w.lookup(ctx, key); err != nil || ok {
+				return fmt.Errorf("fresh key found (%v): %v", ok, err)
+			}
+			_, err := w.fresh(ctx, key)
+			return err
+		}
+	case wReplay:
+		return func(ctx context.Context, i int) error {
+			key := w.replay[i%len(w.replay)]
+			r, err := idempotency.Run(ctx, w.store, key, params, w.fn(key))
+			if err == nil && !r.Replayed {
+				err = fmt.Errorf("key %s was not replayed", key)
+			}
+			return err
+		}
+	case wReplayLook:
+		return func(ctx context.Context, i int) error {
+			key := w.replay[i%len(w.replay)]
+			_, ok, err := w.lookup(ctx, key)
+			if err == nil && !ok {
+				err = fmt.Errorf("key %s not found", key)
+			}
+			return err
+		}
+	}
+	panic("unknown workload " + name)
+}
+
+// sample is one phase's measurement.
+type sample struct {
+	opsPerSec float64
+	p50, p99  time.Duration
+	allocs    float64 // heap allocations per op (whole process)
+}
+
+// phase runs ops calls of op on c workers and measures them.
+func phase(ctx context.Context, c, ops int, op func(context.Context, int) error) (sample, error) {
+	lat := make([]time.Duration, ops)
+	var (
+		next     atomic.Int64
+		wg       sync.WaitGroup
+		firstErr error
+		errOnce  sync.Once
+	)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= ops {
+					return
+				}
+				t := time.Now()
+				if err := op(ctx, i); err != nil {
+					errOnce.Do(func() { firstErr = err })
+					next.Store(int64(ops))
+					return
+				}
+				lat[i] = time.Since(t)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&after)
+	if firstErr != nil {
+		return sample{}, firstErr
+	}
+	slices.Sort(lat)
+	return sample{
+		opsPerSec: float64(ops) / elapsed.Seconds(),
+		p50:       lat[len(lat)/2],
+		p99:       lat[min(len(lat)-1, len(lat)*99/100)],
+		allocs:    float64(after.Mallocs-before.Mallocs) / float64(ops),
+	}, nil
+}
+
+// stormSample is one duplicate storm.
+type stormSample struct {
+	winner                time.Duration
+	p50, p99, max         time.Duration
+	fnRuns, errs, winners int
+	firstErr              error
+	key                   string
+	rows                  int // business rows committed for key
+
+}
+
+// storm releases n calls on one key at once. fn inserts the business row
+// and then takes work, as a normal write would.
+func storm(ctx context.Context, w *bench, s *idempotency.Store, n int, work time.Duration) stormSample {
+	key := w.newKey()
+	var (
+		fnRuns atomic.Int64
+		wg     sync.WaitGroup
+		ready  sync.WaitGroup
+		mu     sync.Mutex
+		out    stormSample
+		losers []time.Duration
+	)
+	fn := func(ctx context.Context, tx *sqlx.Tx) (receipt, error) {
+		fnRuns.Add(1)
+		r, err := w.fn(key)(ctx, tx)
+		time.Sleep(work)
+		return r, err
+	}
+	start := make(chan struct{})
+	var t0 time.Time
+	for range n {
+		wg.Add(1)
+		ready.Add(1)
+		go func() {
+			defer wg.Done()
+			ready.Done()
+			<-start
+			r, err := idempotency.Run(ctx, s, key, params, fn)
+			d := time.Since(t0)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				out.errs++
+				if out.firstErr == nil {
+					out.firstErr = err
+				}
+			case r.Replayed:
+				losers = append(losers, d)
+			default:
+				out.winners++
+				out.winner = d
+			}
+		}()
+	}
+	ready.Wait()
+	t0 = time.Now()
+	close(start)
+	wg.Wait()
+	out.fnRuns = int(fnRuns.Load())
+	out.key = key
+	if len(losers) > 0 {
+		slices.Sort(losers)
+		out.p50 = losers[len(losers)/2]
+		out.p99 = losers[min(len(losers)-1, len(losers)*99/100)]
+		out.max = losers[len(losers)-1]
+	}
+	return out
+}
