@@ -21,72 +21,22 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/signal"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	_ "github.com/go-sql-driver/mysql" // -driver mysql
-	_ "github.com/jackc/pgx/v5/stdlib" // -driver pgx
 	"github.com/jmoiron/sqlx"
-	_ "github.com/lib/pq"  // -driver postgres
-	_ "modernc.org/sqlite" // -driver sqlite, the default
 
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/examples/internal/exampledb"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
-func main() {
-	driver := flag.String("driver", "sqlite", "database/sql driver: sqlite, postgres, pgx or mysql")
-	dsn := flag.String("dsn", "", "data source name (default: a new SQLite file in a temporary directory)")
-	flag.Parse()
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-
-	db, closeDB, err := openDB(*driver, *dsn)
-	if err != nil {
-		log.Fatal(err)
-	}
-	err = run(ctx, os.Stdout, db)
-	closeDB()
-	if err != nil {
-		log.Fatal(err)
-	}
-}
-
-// openDB opens the database the flags name. Without a DSN it creates a SQLite
-// file in a new temporary directory, which closeDB removes.
-func openDB(driver, dsn string) (db *sqlx.DB, closeDB func(), err error) {
-	dir := ""
-	if dsn == "" {
-		if driver != "sqlite" {
-			return nil, nil, fmt.Errorf("-driver %s needs a -dsn", driver)
-		}
-		if dir, err = os.MkdirTemp("", "outbox-"); err != nil {
-			return nil, nil, err
-		}
-		// busy_timeout: wait for the write lock instead of failing at once.
-		// WAL: readers do not block the writer. _txlock=immediate: take the
-		// write lock at BEGIN, so two writers queue rather than deadlock.
-		dsn = "file:" + filepath.Join(dir, "outbox.db") +
-			"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-	}
-	db, err = sqlx.Open(driver, dsn)
-	if err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, nil, err
-	}
-	return db, func() { _ = db.Close(); _ = os.RemoveAll(dir) }, nil
-}
+func main() { exampledb.Main("outbox", run) }
 
 // The business tables: charges, and the outbox of messages to send once the
 // transaction that wrote them has committed.
@@ -138,7 +88,7 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 	if err != nil {
 		return err
 	}
-	customer := newID("cus_")
+	customer := exampledb.NewID("cus_")
 	s := store.Scope(customer)
 
 	p := &provider{charges: map[string]string{}}
@@ -153,7 +103,7 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 			// No HTTP call here: a rollback (or a retry of this attempt after a
 			// deadlock) could not take it back. Write the message instead; it
 			// commits with the charge and the key, or not at all.
-			c := Charge{ID: newID("ch_"), OutboxID: newOutboxID()}
+			c := Charge{ID: exampledb.NewID("ch_"), OutboxID: newOutboxID()}
 			payload, err := json.Marshal(ProviderCharge{ChargeID: c.ID, Order: req.Order, Amount: req.Amount})
 			if err != nil {
 				return Charge{}, err
@@ -311,7 +261,7 @@ func (p *provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.requests++
 	id, seen := p.charges[key]
 	if !seen {
-		id = newID("py_") // the money moves here, once per key
+		id = exampledb.NewID("py_") // the money moves here, once per key
 		p.charges[key] = id
 	}
 	p.mu.Unlock()
@@ -328,13 +278,6 @@ func (p *provider) stats() (requests, charges int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.requests, len(p.charges)
-}
-
-// newID returns a random id such as ch_3f9a1c2b7e4d5a60.
-func newID(prefix string) string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return prefix + hex.EncodeToString(b)
 }
 
 // newOutboxID returns a time-ordered id such as ob_18eaae881f5aa237c0de:

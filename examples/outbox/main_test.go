@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/exactlyonce/idempotency/examples/internal/exampledb"
+
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency/internal/testdb"
@@ -19,7 +21,7 @@ import (
 
 func TestDefault(t *testing.T) {
 	t.Parallel()
-	db, closeDB, err := openDB("sqlite", "")
+	db, closeDB, err := exampledb.Open("sqlite", "", "outbox")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,74 +14,21 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"log"
-	"os"
-	"os/signal"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	_ "github.com/go-sql-driver/mysql" // -driver mysql
-	_ "github.com/jackc/pgx/v5/stdlib" // -driver pgx
 	"github.com/jmoiron/sqlx"
-	_ "github.com/lib/pq"  // -driver postgres
-	_ "modernc.org/sqlite" // -driver sqlite, the default
 
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/examples/internal/exampledb"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
-func main() {
-	driver := flag.String("driver", "sqlite", "database/sql driver: sqlite, postgres, pgx or mysql")
-	dsn := flag.String("dsn", "", "data source name (default: a new SQLite file in a temporary directory)")
-	flag.Parse()
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-
-	db, closeDB, err := openDB(*driver, *dsn)
-	if err != nil {
-		log.Fatal(err)
-	}
-	err = run(ctx, os.Stdout, db)
-	closeDB()
-	if err != nil {
-		log.Fatal(err)
-	}
-}
-
-// openDB opens the database the flags name. Without a DSN it creates a SQLite
-// file in a new temporary directory, which closeDB removes.
-func openDB(driver, dsn string) (db *sqlx.DB, closeDB func(), err error) {
-	dir := ""
-	if dsn == "" {
-		if driver != "sqlite" {
-			return nil, nil, fmt.Errorf("-driver %s needs a -dsn", driver)
-		}
-		if dir, err = os.MkdirTemp("", "quickstart-"); err != nil {
-			return nil, nil, err
-		}
-		// busy_timeout: wait for the write lock instead of failing at once.
-		// WAL: readers do not block the writer. _txlock=immediate: take the
-		// write lock at BEGIN, so two writers queue rather than deadlock when
-		// both try to upgrade a read lock.
-		dsn = "file:" + filepath.Join(dir, "quickstart.db") +
-			"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-	}
-	db, err = sqlx.Open(driver, dsn)
-	if err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, nil, err
-	}
-	return db, func() { _ = db.Close(); _ = os.RemoveAll(dir) }, nil
-}
+func main() { exampledb.Main("quickstart", run) }
 
 // The business table. Keeping the idempotency key on the row is optional,
 // but it lets support staff find the charge a client's request made.
@@ -123,7 +70,7 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 	}
 	// Keys belong to a customer: another customer's "order-1" is another
 	// call. A new customer per run also keeps reruns on one -dsn apart.
-	customer := newID("cus_")
+	customer := exampledb.NewID("cus_")
 	s := store.Scope(customer)
 
 	var calls atomic.Int64 // how many times fn ran
@@ -131,7 +78,7 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 		return idempotency.Run(ctx, s, key, req, func(ctx context.Context, tx *sqlx.Tx) (Charge, error) {
 			calls.Add(1)
 			time.Sleep(work) // a slow charge, so that step 4's twin arrives while it runs
-			c := Charge{ID: newID("ch_"), Amount: req.Amount}
+			c := Charge{ID: exampledb.NewID("ch_"), Amount: req.Amount}
 			// Every write goes through tx: it commits with the key, or not at
 			// all. tx.Rebind turns ? into $1 for the postgres and pgx drivers
 			// (sqlx does not know the name pgx/v5; register it with
@@ -229,11 +176,4 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 	}
 	fmt.Fprintf(w, " (fn ran %d times for 7 calls)\n", calls.Load())
 	return nil
-}
-
-// newID returns a random id such as ch_3f9a1c2b7e4d5a60.
-func newID(prefix string) string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return prefix + hex.EncodeToString(b)
 }

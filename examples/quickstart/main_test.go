@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/exactlyonce/idempotency/examples/internal/exampledb"
+
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency/internal/testdb"
@@ -16,7 +18,7 @@ import (
 // new SQLite file.
 func TestDefault(t *testing.T) {
 	t.Parallel()
-	db, closeDB, err := openDB("sqlite", "")
+	db, closeDB, err := exampledb.Open("sqlite", "", "quickstart")
 	if err != nil {
 		t.Fatal(err)
 	}

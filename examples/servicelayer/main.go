@@ -19,70 +19,18 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"log"
-	"os"
-	"os/signal"
-	"path/filepath"
 
-	_ "github.com/go-sql-driver/mysql" // -driver mysql
-	_ "github.com/jackc/pgx/v5/stdlib" // -driver pgx
 	"github.com/jmoiron/sqlx"
-	_ "github.com/lib/pq"  // -driver postgres
-	_ "modernc.org/sqlite" // -driver sqlite, the default
 
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/examples/internal/exampledb"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
-func main() {
-	driver := flag.String("driver", "sqlite", "database/sql driver: sqlite, postgres, pgx or mysql")
-	dsn := flag.String("dsn", "", "data source name (default: a new SQLite file in a temporary directory)")
-	flag.Parse()
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-
-	db, closeDB, err := openDB(*driver, *dsn)
-	if err != nil {
-		log.Fatal(err)
-	}
-	err = run(ctx, os.Stdout, db)
-	closeDB()
-	if err != nil {
-		log.Fatal(err)
-	}
-}
-
-// openDB opens the database the flags name. Without a DSN it creates a SQLite
-// file in a new temporary directory, which closeDB removes.
-func openDB(driver, dsn string) (db *sqlx.DB, closeDB func(), err error) {
-	dir := ""
-	if dsn == "" {
-		if driver != "sqlite" {
-			return nil, nil, fmt.Errorf("-driver %s needs a -dsn", driver)
-		}
-		if dir, err = os.MkdirTemp("", "servicelayer-"); err != nil {
-			return nil, nil, err
-		}
-		// busy_timeout: wait for the write lock instead of failing at once.
-		// WAL: readers do not block the writer. _txlock=immediate: take the
-		// write lock at BEGIN, so two writers queue rather than deadlock.
-		dsn = "file:" + filepath.Join(dir, "servicelayer.db") +
-			"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-	}
-	db, err = sqlx.Open(driver, dsn)
-	if err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, nil, err
-	}
-	return db, func() { _ = db.Close(); _ = os.RemoveAll(dir) }, nil
-}
+func main() { exampledb.Main("servicelayer", run) }
 
 var schema = []string{
 	`CREATE TABLE IF NOT EXISTS products (
@@ -149,7 +97,7 @@ func (s *Service) PlaceOrder(ctx context.Context, key string, o Order) (p Placed
 	// Undoes everything unless Commit ran first (then it is a no-op).
 	defer func() { _ = tx.Rollback() }()
 
-	orderID := newID("ord_")
+	orderID := exampledb.NewID("ord_")
 	if _, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO orders (id, customer, sku, qty) VALUES (?, ?, ?, ?)`),
 		orderID, o.Customer, o.SKU, o.Qty); err != nil {
 		return Placed{}, false, err
@@ -171,7 +119,7 @@ func (s *Service) PlaceOrder(ctx context.Context, key string, o Order) (p Placed
 		if n == 0 {
 			return Placed{}, ErrOutOfStock
 		}
-		p := Placed{OrderID: orderID, ReservationID: newID("res_")}
+		p := Placed{OrderID: orderID, ReservationID: exampledb.NewID("res_")}
 		_, err = tx.ExecContext(ctx, tx.Rebind(`INSERT INTO reservations (id, order_id, sku, qty) VALUES (?, ?, ?, ?)`),
 			p.ReservationID, orderID, o.SKU, o.Qty)
 		return p, err
@@ -191,7 +139,7 @@ func (s *Service) PlaceOrder(ctx context.Context, key string, o Order) (p Placed
 	}
 
 	if _, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO audit_log (id, customer, order_id, action) VALUES (?, ?, ?, ?)`),
-		newID("aud_"), o.Customer, orderID, "order_placed"); err != nil {
+		exampledb.NewID("aud_"), o.Customer, orderID, "order_placed"); err != nil {
 		return Placed{}, false, err
 	}
 	if s.beforeCommit != nil {
@@ -221,7 +169,7 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 	svc := &Service{db: db, store: store}
 
 	// A new customer and product per run keep reruns on one -dsn apart.
-	customer, sku := newID("cus_"), newID("sku_")
+	customer, sku := exampledb.NewID("cus_"), exampledb.NewID("sku_")
 	if _, err := db.ExecContext(ctx, db.Rebind(`INSERT INTO products (sku, available) VALUES (?, ?)`), sku, 10); err != nil {
 		return err
 	}
@@ -280,11 +228,4 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 		count(`SELECT COUNT(*) FROM audit_log WHERE customer = ?`, customer),
 		keys(), stock())
 	return queryErr
-}
-
-// newID returns a random id such as ord_3f9a1c2b7e4d5a60.
-func newID(prefix string) string {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	return prefix + hex.EncodeToString(b)
 }

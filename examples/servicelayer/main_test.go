@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/exactlyonce/idempotency/examples/internal/exampledb"
+
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency"
@@ -16,7 +18,7 @@ import (
 
 func TestDefault(t *testing.T) {
 	t.Parallel()
-	db, closeDB, err := openDB("sqlite", "")
+	db, closeDB, err := exampledb.Open("sqlite", "", "servicelayer")
 	if err != nil {
 		t.Fatal(err)
 	}
