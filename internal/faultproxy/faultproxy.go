@@ -196,6 +196,9 @@ func (p *Proxy) pipe(from, to net.Conn, upstream bool) {
 			}
 			if mode != Pass {
 				if mode == CutAfterCommit {
+					// Drop the client before the server can answer it,
+					// then hand the server the COMMIT.
+					_ = from.Close()
 					_, _ = to.Write(chunk)
 					p.stats.commitCutsAfter.Add(1)
 				} else {
