@@ -137,7 +137,11 @@ func WithReadFirst(on bool) Option {
 }
 
 // WithTable names the key table when it is not idempotency_keys, for
-// example "billing.idempotency_keys". The migrations create only the default.
+// example "billing.idempotency_keys", with the same columns. The migrations
+// create only the default, and on Postgres the idempotency_claim function
+// that reads it; with another table the claim is one plain statement, whose
+// read can miss a twin committing at that instant under READ COMMITTED (the
+// INSERT then catches it, after fn ran in an attempt that rolls back).
 func WithTable(name string) Option {
 	return func(c *config) error {
 		if !tableName.MatchString(name) {
