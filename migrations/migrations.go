@@ -56,10 +56,12 @@ func Up(ctx context.Context, db *sqlx.DB) error {
 	}
 	for attempt := 1; ; attempt++ {
 		_, err := p.Up(ctx)
-		// SQLite answers SQLITE_BUSY at once, without waiting for its busy
-		// timeout, when two processes open or switch a new database together;
-		// the lock row then serialises the second try.
-		if err != nil && busy(err) && attempt < 10 {
+		// Two processes migrating a new database together can trip over each
+		// other before the lock is theirs: SQLite answers SQLITE_BUSY at once
+		// when both open or switch the file, and goose on MariaDB was seen
+		// (rarely) to read the version table just created by the other one
+		// before its first row. Both pass on a second try, under the lock.
+		if err != nil && (busy(err) || strings.Contains(err.Error(), "missing zero version")) && attempt < 10 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
