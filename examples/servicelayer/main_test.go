@@ -8,33 +8,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/exactlyonce/idempotency/examples/internal/exampledb"
-
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/examples/internal/exampletest"
 	"github.com/exactlyonce/idempotency/internal/testdb"
 )
 
-func TestDefault(t *testing.T) {
-	t.Parallel()
-	db, closeDB, err := exampledb.Open("sqlite", "", "servicelayer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeDB()
-	check(t, db)
-}
-
-func TestBackends(t *testing.T) {
-	t.Parallel()
-	for _, b := range testdb.Backends() {
-		t.Run(b.Name, func(t *testing.T) {
-			t.Parallel()
-			check(t, b.Open(t))
-		})
-	}
-}
+// TestExample runs the example on its default SQLite file and on every
+// backend, and checks what it printed and what it left in the database.
+func TestExample(t *testing.T) { exampletest.Each(t, "servicelayer", check) }
 
 func check(t *testing.T, db *sqlx.DB) {
 	t.Helper()
