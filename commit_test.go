@@ -2,8 +2,10 @@ package idempotency_test
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"log"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -95,6 +97,83 @@ func TestCommitOutcomeUnknown(t *testing.T) {
 			if proxy.Cuts() != 2 {
 				t.Errorf("the proxy cut %d connections, want 2", proxy.Cuts())
 			}
+		})
+	}
+}
+
+// TestLostConnectionsAreRetried cuts connections at random. When the cut
+// breaks one of Do's own statements before COMMIT, the attempt runs again on
+// another connection; callers see success, ErrOutcomeUnknown when the cut hit
+// the COMMIT, or fn's own error (unchanged) when it hit fn's statement. After
+// one more try every key has exactly one charge.
+func TestLostConnectionsAreRetried(t *testing.T) {
+	_ = mysql.SetLogger(log.New(io.Discard, "", 0))
+	for _, b := range testdb.Backends() {
+		if b.Kind == "sqlite" {
+			continue
+		}
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			dsn := b.DSN(t)
+			direct, err := sqlx.Open(b.Driver, dsn)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer direct.Close()
+			if err := migrations.Up(ctx, direct); err != nil {
+				t.Fatal(err)
+			}
+			direct.MustExec(`CREATE TABLE charges (k VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`)
+			e := env{Backend: b, db: direct}
+
+			_, target := testdb.Rehost(t, b.Kind, dsn, "")
+			proxy, err := faultproxy.Start(target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer proxy.Close()
+			proxied, _ := testdb.Rehost(t, b.Kind, dsn, proxy.Addr())
+			db, err := sqlx.Open(b.Driver, proxied)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			s, err := idempotency.New(db, idempotency.WithMaxRetries(20))
+			if err != nil {
+				t.Fatal(err)
+			}
+			proxy.SetChaos(&faultproxy.Chaos{CutProb: 0.05})
+			var calls atomic.Int64
+			unknown, fnErrors := 0, 0
+			const n = 60
+			for i := range n {
+				key := fmt.Sprintf("lost-%d", i)
+				_, err := idempotency.Do(ctx, s, key, nil, charge(key, 1, &calls))
+				switch {
+				case errors.Is(err, idempotency.ErrOutcomeUnknown):
+					unknown++
+				case err != nil && strings.HasPrefix(err.Error(), "idempotency:"):
+					t.Errorf("%s: %v; a broken connection before COMMIT should have been retried", key, err)
+				case err != nil:
+					fnErrors++
+				}
+			}
+			proxy.SetChaos(nil)
+			for i := range n {
+				key := fmt.Sprintf("lost-%d", i)
+				if _, err := idempotency.Do(ctx, s, key, nil, charge(key, 1, &calls)); err != nil {
+					t.Errorf("%s: final try: %v", key, err)
+				}
+				if got := e.charges(t, key); got != 1 {
+					t.Errorf("%s: %d charges, want 1", key, got)
+				}
+			}
+			st := proxy.Stats()
+			if st.CutsMid == 0 {
+				t.Error("the proxy cut nothing; the test proved nothing")
+			}
+			t.Logf("%d calls, %d connections cut mid-stream, %d outcomes unknown, %d errors from fn's own statements, fn ran %d times",
+				n, st.CutsMid, unknown, fnErrors, calls.Load())
 		})
 	}
 }

@@ -290,7 +290,7 @@ func (s *Store) attempt(ctx context.Context, u unit, k dialects.Key, fp []byte, 
 		switch d.Classify(err) {
 		case dialects.Retry:
 			return retry, none, err
-		case dialects.Unknown:
+		case dialects.Unknown, dialects.Lost:
 			if !errors.Is(err, sql.ErrTxDone) {
 				return done, none, fmt.Errorf("%w: key %q: %w", ErrOutcomeUnknown, k.Key, err)
 			}
@@ -332,6 +332,10 @@ func (s *Store) classify(ctx context.Context, stage string, err error) (outcome,
 	switch s.dialect.Classify(err) {
 	case dialects.Retry:
 		return retry, none, err
+	case dialects.Lost:
+		// Before COMMIT a broken connection took the whole transaction with
+		// it: nothing committed, so the attempt can run again on another.
+		return retry, none, fmt.Errorf("idempotency: %s: %w", stage, err)
 	case dialects.LockTimeout:
 		return done, none, fmt.Errorf("%w (waited %v): %w", ErrInProgress, s.cfg.wait, err)
 	case dialects.Busy:

@@ -10,6 +10,10 @@ package dialects
 
 import (
 	"context"
+	"database/sql/driver"
+	"errors"
+	"io"
+	"net"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -72,6 +76,10 @@ const (
 	// Definite: the server answered with an error; the statement (and, for
 	// COMMIT, the transaction) did not take effect.
 	Definite
+	// Lost: the connection broke (reset, closed, cut mid-answer). The
+	// transaction went with it: before COMMIT nothing of it committed and
+	// running it again is safe; during COMMIT the outcome is unknown.
+	Lost
 	// Retry: serialization failure or deadlock: the transaction was or must
 	// be rolled back, and running it again is safe.
 	Retry
@@ -128,4 +136,22 @@ func Kind(driverName string) (string, bool) {
 		return "sqlite", true
 	}
 	return "", false
+}
+
+// ConnectionLost reports whether err says the connection broke, in the ways
+// database/sql and the drivers say it: driver.ErrBadConn, an EOF in the
+// middle of an answer, a network error, or an error that knows it came
+// before anything was sent (pgx's SafeToRetry).
+func ConnectionLost(err error) bool {
+	var netErr net.Error
+	var safe interface{ SafeToRetry() bool }
+	switch {
+	case errors.Is(err, driver.ErrBadConn), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return true
+	case errors.As(err, &netErr):
+		return true
+	case errors.As(err, &safe) && safe.SafeToRetry():
+		return true
+	}
+	return false
 }

@@ -28,7 +28,6 @@ package mysql
 import (
 	"context"
 	"database/sql"
-	"database/sql/driver"
 	"errors"
 	"fmt"
 	"math"
@@ -191,11 +190,11 @@ func (d *Dialect) Classify(err error) dialects.Class {
 			return dialects.LockTimeout
 		case 1053, 1077, 1152, 1153, 1158, 1159, 1160, 1161, 1927, 4031:
 			// Shutdown, aborted or killed connection, packet errors.
-			return dialects.Unknown
+			return dialects.Lost
 		}
 		return dialects.Definite
-	case errors.Is(err, mysql.ErrInvalidConn), errors.Is(err, driver.ErrBadConn):
-		return dialects.Unknown
+	case errors.Is(err, mysql.ErrInvalidConn), dialects.ConnectionLost(err):
+		return dialects.Lost
 	}
 	return dialects.Unknown
 }

@@ -156,6 +156,9 @@ func (d *Dialect) Prune(ctx context.Context, q dialects.Querier, limit int) (int
 func (d *Dialect) Classify(err error) dialects.Class {
 	var coded interface{ SQLState() string }
 	if !errors.As(err, &coded) {
+		if dialects.ConnectionLost(err) {
+			return dialects.Lost
+		}
 		return dialects.Unknown
 	}
 	switch state := coded.SQLState(); {
@@ -167,7 +170,7 @@ func (d *Dialect) Classify(err error) dialects.Class {
 		// Connection exceptions and operator intervention (admin shutdown,
 		// crash shutdown, cannot connect now): the server may not have
 		// finished what it was doing. 57014 (query cancelled) is definite.
-		return dialects.Unknown
+		return dialects.Lost
 	default:
 		return dialects.Definite
 	}
