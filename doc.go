@@ -38,8 +38,9 @@ reports whether the value was replayed.
     for answers that must not change on retry, such as a declined card.
   - Serialization failures and deadlocks roll the attempt back and run it
     again, at most WithMaxRetries times.
-  - A connection lost during COMMIT gives ErrOutcomeUnknown; a retry with the
-    same key resolves it.
+  - A connection lost under Do's own statements before COMMIT runs the attempt
+    again on another connection. A connection lost during COMMIT gives
+    ErrOutcomeUnknown; a retry with the same key resolves it.
   - Keys expire after WithTTL by the database's clock; Prune deletes them.
 
 fn may run more than once when an attempt is rolled back (a retry after a
