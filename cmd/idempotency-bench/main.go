@@ -12,10 +12,10 @@
 //     the physical lower bound of any protocol that stores the key in the
 //     same transaction (it has no claim, so it is not one).
 //   - fresh Do: idempotency.Do with a new key; fn inserts the business row.
-//   - fresh: lookup+Do: a prototype fast path, an autocommit lookup of the
-//     key before Do, to show what it would cost fresh calls.
+//   - fresh Do (ReadFirst): the same through a store with WithReadFirst, which
+//     reads the key before any transaction: what that costs fresh calls.
 //   - replay Do: idempotency.Do with a key that already committed.
-//   - replay: lookup: the same fast path answering a replay alone.
+//   - replay Do (ReadFirst): the same replay answered by that one read.
 //
 // Then a duplicate storm: -storm calls on one key at once, fn inserting a
 // row and taking about as long as a bare transaction. It reports the

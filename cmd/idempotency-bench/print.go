@@ -76,7 +76,7 @@ func (r *runner) print(benches []*bench) {
 	}
 
 	fmt.Fprintf(out, "\n### Ratios against the targets\n\n")
-	fmt.Fprintln(out, "| backend | c | fresh Do / bare | floor / bare | lookup+Do / bare | target | replay Do p50 / bare p50 | lookup p50 / bare p50 | replay target 0.20 |")
+	fmt.Fprintln(out, "| backend | c | fresh Do / bare | floor / bare | ReadFirst fresh / bare | target | replay Do p50 / bare p50 | ReadFirst replay p50 / bare p50 | replay target 0.20 |")
 	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---|---:|---:|---|")
 	for _, w := range benches {
 		for _, c := range r.conc {

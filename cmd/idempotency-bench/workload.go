@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"hash/fnv"
 	"runtime"
 	"slices"
 	"strconv"
@@ -17,7 +14,6 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency"
-	"github.com/exactlyonce/idempotency/dialects"
 )
 
 // The workloads, in the order the tables print them.
@@ -25,9 +21,9 @@ const (
 	wBare        = "bare tx"
 	wFloor       = "floor: +1 INSERT"
 	wFresh       = "fresh Do"
-	wFreshLookup = "fresh: lookup+Do"
+	wFreshLookup = "fresh Do (ReadFirst)"
 	wReplay      = "replay Do"
-	wReplayLook  = "replay: lookup"
+	wReplayLook  = "replay Do (ReadFirst)"
 )
 
 var workloads = []string{wBare, wFloor, wFresh, wFreshLookup, wReplay, wReplayLook}
@@ -48,13 +44,16 @@ var params = request{Amount: 100, Currency: "EUR"}
 
 // bench is one backend's open database, store and keys.
 type bench struct {
-	b      *backend
-	db     *sqlx.DB
-	store  *idempotency.Store
-	prefix string
-	seq    atomic.Int64
-	replay []string // committed keys
-	fp     []byte
+	b     *backend
+	db    *sqlx.DB
+	store *idempotency.Store
+	// readFirst is the same store with WithReadFirst: a lookup before any
+	// transaction.
+	readFirst *idempotency.Store
+	prefix    string
+	seq       atomic.Int64
+	replay    []string // committed keys
+	fp        []byte
 }
 
 func newBench(b *backend, db *sqlx.DB) (*bench, error) {
@@ -62,11 +61,15 @@ func newBench(b *backend, db *sqlx.DB) (*bench, error) {
 	if err != nil {
 		return nil, err
 	}
+	readFirst, err := idempotency.New(db, idempotency.WithReadFirst(true))
+	if err != nil {
+		return nil, err
+	}
 	fp, err := idempotency.Fingerprint(params)
 	if err != nil {
 		return nil, err
 	}
-	return &bench{b: b, db: db, store: s, prefix: randomName() + "-", fp: fp}, nil
+	return &bench{b: b, db: db, store: s, readFirst: readFirst, prefix: randomName() + "-", fp: fp}, nil
 }
 
 func (w *bench) newKey() string {
@@ -98,33 +101,16 @@ func (w *bench) fresh(ctx context.Context, key string) (receipt, error) {
 	return idempotency.Do(ctx, w.store, key, params, w.fn(key))
 }
 
-// lookup is the prototype replay fast path: one autocommit read of the live
-// record before any transaction, through the dialect's own Lookup.
-func (w *bench) lookup(ctx context.Context, key string) (receipt, bool, error) {
-	var r receipt
-	fp, err := idempotency.Fingerprint(params) // as Do computes it per call
-	if err != nil {
-		return r, false, err
+// replayOn returns a call that replays a committed key through s.
+func (w *bench) replayOn(s *idempotency.Store) func(ctx context.Context, i int) error {
+	return func(ctx context.Context, i int) error {
+		key := w.replay[i%len(w.replay)]
+		r, err := idempotency.Run(ctx, s, key, params, w.fn(key))
+		if err == nil && !r.Replayed {
+			err = fmt.Errorf("key %s was not replayed", key)
+		}
+		return err
 	}
-	rec, ok, err := w.store.Dialect().Lookup(ctx, w.db, dialects.Key{Scope: "", Key: key, Lock: lockOf("", key)})
-	if err != nil || !ok {
-		return r, false, err
-	}
-	if !bytes.Equal(rec.Fingerprint, fp) {
-		return r, false, idempotency.ErrParamsMismatch
-	}
-	if rec.Failed {
-		return r, true, errors.New("stored failure")
-	}
-	return r, true, json.Unmarshal(rec.Value, &r)
-}
-
-func lockOf(scope, key string) int64 {
-	h := fnv.New64a()
-	h.Write([]byte(scope))
-	h.Write([]byte{0})
-	h.Write([]byte(key))
-	return int64(h.Sum64())
 }
 
 // op returns the function one call of workload name runs; i numbers calls.
@@ -172,30 +158,13 @@ func (w *bench) op(name string) func(ctx context.Context, i int) error {
 	case wFreshLookup:
 		return func(ctx context.Context, i int) error {
 			key := w.newKey()
-			if _, ok, err := w.lookup(ctx, key); err != nil || ok {
-				return fmt.Errorf("fresh key found (%v): %v", ok, err)
-			}
-			_, err := w.fresh(ctx, key)
+			_, err := idempotency.Do(ctx, w.readFirst, key, params, w.fn(key))
 			return err
 		}
 	case wReplay:
-		return func(ctx context.Context, i int) error {
-			key := w.replay[i%len(w.replay)]
-			r, err := idempotency.Run(ctx, w.store, key, params, w.fn(key))
-			if err == nil && !r.Replayed {
-				err = fmt.Errorf("key %s was not replayed", key)
-			}
-			return err
-		}
+		return w.replayOn(w.store)
 	case wReplayLook:
-		return func(ctx context.Context, i int) error {
-			key := w.replay[i%len(w.replay)]
-			_, ok, err := w.lookup(ctx, key)
-			if err == nil && !ok {
-				err = fmt.Errorf("key %s not found", key)
-			}
-			return err
-		}
+		return w.replayOn(w.readFirst)
 	}
 	panic("unknown workload " + name)
 }
