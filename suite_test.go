@@ -32,13 +32,18 @@ func each(t *testing.T, test func(t *testing.T, e env)) {
 	for _, b := range testdb.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			t.Parallel()
-			db := b.Open(t)
-			if _, err := db.Exec(`CREATE TABLE charges (k VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`); err != nil {
-				t.Fatal(err)
-			}
-			test(t, env{Backend: b, db: db})
+			test(t, newEnv(t, b, b.Open(t)))
 		})
 	}
+}
+
+// newEnv creates the charges table in db, a migrated database of b's.
+func newEnv(t *testing.T, b testdb.Backend, db *sqlx.DB) env {
+	t.Helper()
+	if _, err := db.Exec(`CREATE TABLE charges (k VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	return env{Backend: b, db: db}
 }
 
 func (e env) store(t *testing.T, opts ...idempotency.Option) *idempotency.Store {
