@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"regexp"
 	"time"
@@ -253,11 +252,23 @@ func (s *Store) key(key string) (dialects.Key, error) {
 	if len(s.scope) > MaxKeyLen {
 		return dialects.Key{}, fmt.Errorf("%w: the scope is %d bytes, longer than %d", ErrInvalidKey, len(s.scope), MaxKeyLen)
 	}
-	h := fnv.New64a()
-	h.Write([]byte(s.scope))
-	h.Write([]byte{0})
-	h.Write([]byte(key))
-	return dialects.Key{Scope: s.scope, Key: key, Lock: int64(h.Sum64())}, nil
+	return dialects.Key{Scope: s.scope, Key: key, Lock: lockID(s.scope, key)}, nil
+}
+
+// lockID is FNV-1a (64 bits) of scope, a zero byte and key: stable across
+// processes, so every instance locks the same number for a key. Written out
+// rather than through hash/fnv, which allocates on every call of Do.
+func lockID(scope, key string) int64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(scope); i++ {
+		h = (h ^ uint64(scope[i])) * prime
+	}
+	h *= prime // the zero byte between them
+	for i := 0; i < len(key); i++ {
+		h = (h ^ uint64(key[i])) * prime
+	}
+	return int64(h)
 }
 
 // ValidateKey reports whether key is a valid idempotency key: 1 to 255
