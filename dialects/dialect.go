@@ -70,8 +70,10 @@ const (
 type Class int
 
 const (
-	// Unknown: no answer from the server (connection lost, driver failure).
-	// After COMMIT this means the outcome is unknown.
+	// Unknown: an error that did not come from the server and is not a
+	// known way of losing the connection (a closed *sql.DB, a driver or
+	// storage failure). It ends the call; after COMMIT the outcome is
+	// unknown.
 	Unknown Class = iota
 	// Definite: the server answered with an error; the statement (and, for
 	// COMMIT, the transaction) did not take effect.

@@ -195,5 +195,5 @@ func busy(err error) bool {
 
 func missingTable(err error) bool {
 	// Another instance may race the CREATE TABLE; the next loop sees it.
-	return err != nil && (errors.Is(err, sql.ErrNoRows) || strings.Contains(err.Error(), "no such table"))
+	return err != nil && strings.Contains(err.Error(), "no such table")
 }
