@@ -14,8 +14,9 @@
 //
 // Every error from the claim ends the attempt: after 1213 the server has
 // already rolled the transaction back, and a statement sent after it would
-// run outside any transaction and commit on its own. Nothing but ROLLBACK is
-// sent after a failed claim. On 1062 the stored row is read after the
+// run outside any transaction and commit on its own. Nothing that writes
+// data is sent after a failed claim: on MySQL 8 the session's lock wait is
+// put back, then the attempt rolls back. On 1062 the stored row is read after the
 // rollback, by a plain autocommit SELECT, which sees the latest commit at
 // every isolation level.
 //
