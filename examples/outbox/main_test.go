@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -24,15 +22,9 @@ func TestExample(t *testing.T) { exampletest.Each(t, "outbox", check) }
 
 func check(t *testing.T, db *sqlx.DB) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var out bytes.Buffer
-	if err := run(ctx, &out, db); err != nil {
-		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
-	}
-	text := out.String()
-	t.Logf("output:\n%s", text)
-	for _, want := range []string{
+	text := exampletest.Output(t, db, run)
+	ctx := context.Background()
+	exampletest.Contains(t, text,
 		"2. client retries order-1: replayed=true, same outbox row ob_",
 		"fn ran 1 time so far",
 		"(order-1): provider made charge py_",
@@ -40,11 +32,7 @@ func check(t *testing.T, db *sqlx.DB) {
 		"(order-1): same key, so the provider replayed charge py_",
 		"(order-2): provider made charge py_",
 		"6. provider got 3 requests and made 2 charges; outbox: 2 rows, 0 unsent.",
-	} {
-		if !strings.Contains(text, want) {
-			t.Errorf("output lacks %q", want)
-		}
-	}
+	)
 	// The database agrees: two charges, two outbox rows, both sent, each
 	// with its own provider charge (the re-send did not make a third).
 	var charges, keys, unsent, refs int

@@ -1,37 +1,27 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency/examples/internal/exampletest"
 )
 
-// TestDefault runs the program as `go run ./examples/quickstart` does: on a
-// new SQLite file.
 // TestExample runs the example on its default SQLite file and on every
 // backend, and checks what it printed and what it left in the database.
 func TestExample(t *testing.T) { exampletest.Each(t, "quickstart", check) }
 
 func check(t *testing.T, db *sqlx.DB) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var out bytes.Buffer
-	if err := run(ctx, &out, db); err != nil {
-		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
-	}
-	text := out.String()
-	t.Logf("output:\n%s", text)
+	text := exampletest.Output(t, db, run)
+	ctx := context.Background()
 	if n := strings.Count(text, "\n"); n > 25 {
 		t.Errorf("output has %d lines, want at most 25", n)
 	}
-	for _, want := range []string{
+	exampletest.Contains(t, text,
 		"1. key order-1, $10: fn ran 1 time, charged ch_",
 		"(replayed=false)",
 		"2. retry order-1, $10: fn ran 0 times, same charge ch_",
@@ -40,11 +30,7 @@ func check(t *testing.T, db *sqlx.DB) {
 		"4. two concurrent calls, key order-2: fn ran 1 time; one replayed",
 		`retry order-3: "card declined" again (code card_declined), fn ran 0 times (replayed=true)`,
 		"Charges per key: order-1=1 order-2=1 order-3=0 (fn ran 3 times for 7 calls)",
-	} {
-		if !strings.Contains(text, want) {
-			t.Errorf("output lacks %q", want)
-		}
-	}
+	)
 	// The database agrees: two charges, three keys (the declined card's
 	// failure is stored under its key, with no charge).
 	var charges, keys int

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -21,26 +19,16 @@ func TestExample(t *testing.T) { exampletest.Each(t, "servicelayer", check) }
 
 func check(t *testing.T, db *sqlx.DB) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var out bytes.Buffer
-	if err := run(ctx, &out, db); err != nil {
-		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
-	}
-	text := out.String()
-	t.Logf("output:\n%s", text)
-	for _, want := range []string{
+	text := exampletest.Output(t, db, run)
+	ctx := context.Background()
+	exampletest.Contains(t, text,
 		"(10 in stock)",
 		"reserve step ran (replayed=false); stock 7",
 		"2. retry order-1: reserve step replayed (replayed=true), same order ord_",
 		"all rolled back; keys stored 1 (order-1's); stock 7",
 		"4. retry order-2: reserve step ran again (replayed=false), committed order ord_",
 		"orders=2 reservations=2 audit=2 keys=2; stock 5",
-	} {
-		if !strings.Contains(text, want) {
-			t.Errorf("output lacks %q", want)
-		}
-	}
+	)
 	// The database agrees, counted over every row, not just the run's.
 	counts := map[string]int{}
 	for _, table := range []string{"orders", "reservations", "audit_log", "idempotency_keys"} {

@@ -3,7 +3,12 @@
 package exampletest
 
 import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/jmoiron/sqlx"
 
@@ -28,5 +33,29 @@ func Each(t *testing.T, name string, check func(t *testing.T, db *sqlx.DB)) {
 			t.Parallel()
 			check(t, b.Open(t))
 		})
+	}
+}
+
+// Output runs an example's run function on db, fails the test if it fails,
+// and returns what it printed.
+func Output(t *testing.T, db *sqlx.DB, run func(ctx context.Context, w io.Writer, db *sqlx.DB) error) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(ctx, &out, db); err != nil {
+		t.Fatalf("run: %v\noutput:\n%s", err, out.String())
+	}
+	t.Logf("output:\n%s", out.String())
+	return out.String()
+}
+
+// Contains reports each of want that text lacks.
+func Contains(t *testing.T, text string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(text, w) {
+			t.Errorf("output lacks %q", w)
+		}
 	}
 }
