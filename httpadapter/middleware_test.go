@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -405,6 +406,22 @@ func TestConcurrentTwins(t *testing.T) {
 		}
 		if fresh != 1 || e.charges(t, "r1") != 1 {
 			t.Errorf("%d fresh answers, %d charges; want 1 and 1", fresh, e.charges(t, "r1"))
+		}
+	})
+}
+
+// TestUnlimitedRequestBody: WithMaxRequestBytes(math.MaxInt64) must read the
+// whole body, not overflow its limit into reading none of it.
+func TestUnlimitedRequestBody(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), []Option{WithMaxRequestBytes(math.MaxInt64)}, nil)
+		url := srv.URL + "/accounts/a1/charges"
+		if r := post(t, nil, url, "k", chargeBody); r.status != http.StatusCreated {
+			t.Fatalf("first: %d %s", r.status, r.body)
+		}
+		wantProblem(t, post(t, nil, url, "k", `{"ref":"r1","amount":200}`), 422, ProblemKeyReused)
+		if n := e.charges(t, "r1"); n != 1 {
+			t.Errorf("%d charges, want 1", n)
 		}
 	})
 }

@@ -132,7 +132,8 @@ func WithMaxResponseBytes(n int64) Option {
 // WithMaxRequestBytes sets the largest request body a keyed request may
 // have (the body is read whole, to fingerprint it and to give the handler a
 // fresh copy if the transaction is run again); a larger one answers 413.
-// The default is DefaultMaxBytes.
+// The default is DefaultMaxBytes; math.MaxInt64 lifts the limit (a body is
+// then bounded only by memory, or by an outer http.MaxBytesHandler).
 func WithMaxRequestBytes(n int64) Option {
 	return func(c *config) {
 		if n < 0 {
