@@ -127,10 +127,20 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (m *middleware) serveWithKey(w http.ResponseWriter, r *http.Request, key string) {
 	body, err := readBody(r, m.cfg.maxRequestBytes)
 	if err != nil {
-		if errors.Is(err, errRequestTooLarge) {
+		var tooLarge *http.MaxBytesError // an outer http.MaxBytesHandler's limit
+		switch {
+		case errors.Is(err, errRequestTooLarge), errors.As(err, &tooLarge):
 			writeProblem(w, problemRequestTooLarge, 0)
+		case clientGone(r):
+			// Nobody is listening. (A client that stops sending mid-body
+			// may not have ended the context yet: it gets the 400 below,
+			// which costs nothing on a dead connection.)
+		default:
+			// Silence would let net/http send an empty 200 for a request
+			// that never ran.
+			m.cfg.logger.WarnContext(r.Context(), "httpadapter: request body unreadable", "method", r.Method, "path", r.URL.Path, "err", err)
+			writeProblem(w, problemRequestUnreadable, 0)
 		}
-		// Otherwise the client stopped sending: there is nobody to answer.
 		return
 	}
 	params := m.cfg.fingerprint(r, body)
@@ -312,6 +322,17 @@ func (m *middleware) fail(w http.ResponseWriter, r *http.Request, err error) {
 		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: request rolled back", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeProblem(w, problemStoreFailed, m.cfg.retryAfter)
 	}
+}
+
+// clientGone reports whether the request's context ended because the
+// client went away: net/http cancels it with a plain context.Canceled when
+// the connection closes. Any other end (a deadline of an outer middleware,
+// http.TimeoutHandler's included) leaves a client waiting for an answer,
+// and an answer it must get: if the middleware wrote nothing, net/http
+// would send an empty 200.
+func clientGone(r *http.Request) bool {
+	ctx := r.Context()
+	return ctx.Err() != nil && errors.Is(context.Cause(ctx), context.Canceled)
 }
 
 var errRequestTooLarge = errors.New("httpadapter: request body over the limit")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/exactlyonce/idempotency"
@@ -422,6 +424,29 @@ func TestUnlimitedRequestBody(t *testing.T) {
 		wantProblem(t, post(t, nil, url, "k", `{"ref":"r1","amount":200}`), 422, ProblemKeyReused)
 		if n := e.charges(t, "r1"); n != 1 {
 			t.Errorf("%d charges, want 1", n)
+		}
+	})
+}
+
+// TestBodyReadErrors: a body that fails to read for another reason than
+// the middleware's own limit gets an answer, never net/http's empty 200.
+func TestBodyReadErrors(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		// An outer http.MaxBytesHandler: 413, as for the middleware's limit.
+		limited := e.server(t, e.store(t), nil, func(h http.Handler) http.Handler { return http.MaxBytesHandler(h, 10) })
+		wantProblem(t, post(t, nil, limited.URL+"/accounts/a1/charges", "k1", chargeBody), 413, ProblemRequestTooLarge)
+
+		// A body that breaks half-way (a faulty decompressing middleware,
+		// say) while the client is still there: 400.
+		broken := e.server(t, e.store(t), nil, func(h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				r.Body = io.NopCloser(io.MultiReader(strings.NewReader(`{"ref":`), iotest.ErrReader(errors.New("corrupt input"))))
+				h.ServeHTTP(w, r)
+			})
+		})
+		wantProblem(t, post(t, nil, broken.URL+"/accounts/a1/charges", "k2", chargeBody), 400, ProblemRequestUnreadable)
+		if n, k := e.charges(t, "r1"), e.keys(t); n != 0 || k != 0 {
+			t.Errorf("unread requests left %d charges and %d keys", n, k)
 		}
 	})
 }

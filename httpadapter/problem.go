@@ -15,16 +15,17 @@ const ProblemTypeBase = "https://github.com/exactlyonce/idempotency/tree/main/ht
 // The types of the problems (RFC 9457) the middleware answers with. Clients
 // may match on them.
 const (
-	ProblemKeyMissing       = ProblemTypeBase + "key-missing"        // 400
-	ProblemKeyInvalid       = ProblemTypeBase + "key-invalid"        // 400
-	ProblemKeyReused        = ProblemTypeBase + "key-reused"         // 422
-	ProblemInProgress       = ProblemTypeBase + "in-progress"        // 409
-	ProblemRequestTooLarge  = ProblemTypeBase + "request-too-large"  // 413
-	ProblemResponseTooLarge = ProblemTypeBase + "response-too-large" // 500
-	ProblemStreaming        = ProblemTypeBase + "streaming"          // 500
-	ProblemHandlerPanic     = ProblemTypeBase + "handler-panic"      // 500
-	ProblemOutcomeUnknown   = ProblemTypeBase + "outcome-unknown"    // 503
-	ProblemStoreFailed      = ProblemTypeBase + "store-failed"       // 503
+	ProblemKeyMissing        = ProblemTypeBase + "key-missing"        // 400
+	ProblemKeyInvalid        = ProblemTypeBase + "key-invalid"        // 400
+	ProblemKeyReused         = ProblemTypeBase + "key-reused"         // 422
+	ProblemInProgress        = ProblemTypeBase + "in-progress"        // 409
+	ProblemRequestTooLarge   = ProblemTypeBase + "request-too-large"  // 413
+	ProblemRequestUnreadable = ProblemTypeBase + "request-unreadable" // 400
+	ProblemResponseTooLarge  = ProblemTypeBase + "response-too-large" // 500
+	ProblemStreaming         = ProblemTypeBase + "streaming"          // 500
+	ProblemHandlerPanic      = ProblemTypeBase + "handler-panic"      // 500
+	ProblemOutcomeUnknown    = ProblemTypeBase + "outcome-unknown"    // 503
+	ProblemStoreFailed       = ProblemTypeBase + "store-failed"       // 503
 )
 
 // Problem is an RFC 9457 problem detail, the body of every answer the
@@ -71,6 +72,10 @@ var (
 	problemRequestTooLarge = Problem{
 		Type: ProblemRequestTooLarge, Title: "Request body too large", Status: http.StatusRequestEntityTooLarge,
 		Detail: "The request body exceeds the limit for idempotent requests. Nothing was done; send a smaller body.",
+	}
+	problemRequestUnreadable = Problem{
+		Type: ProblemRequestUnreadable, Title: "Request body could not be read", Status: http.StatusBadRequest,
+		Detail: "Reading the request body failed before it was complete, so the request was not run. Nothing was done; send the request again (with the same Idempotency-Key).",
 	}
 	problemResponseTooLarge = Problem{
 		Type: ProblemResponseTooLarge, Title: "Response too large to store", Status: http.StatusInternalServerError,
