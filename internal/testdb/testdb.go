@@ -99,11 +99,15 @@ func SQLiteDSN(path string) string {
 // environment gives it or as a container started for this process.
 func ServerDSN(t testing.TB, kind string) string { return serverDSN(t, kind) }
 
-var (
-	containerOnce = map[string]*sync.Once{"postgres": {}, "mysql": {}}
-	containerDSN  = map[string]string{}
-	containerErr  = map[string]error{}
-)
+// container is the server started for one kind, once per process. Each kind
+// has its own, so that starting both at once writes no shared state.
+type container struct {
+	once sync.Once
+	dsn  string
+	err  error
+}
+
+var containers = map[string]*container{"postgres": {}, "mysql": {}}
 
 func serverDSN(t testing.TB, kind string) string {
 	t.Helper()
@@ -111,10 +115,9 @@ func serverDSN(t testing.TB, kind string) string {
 	if dsn := os.Getenv(env); dsn != "" {
 		return dsn
 	}
-	containerOnce[kind].Do(func() {
-		containerDSN[kind], containerErr[kind] = startContainer(kind)
-	})
-	if err := containerErr[kind]; err != nil {
+	c := containers[kind]
+	c.once.Do(func() { c.dsn, c.err = start(kind) })
+	if err := c.err; err != nil {
 		msg := fmt.Sprintf("no %s database: set %s (for example %s) or run Docker for testcontainers: %v",
 			kind, env, exampleDSN[kind], err)
 		if os.Getenv("CI") == "true" {
@@ -122,13 +125,16 @@ func serverDSN(t testing.TB, kind string) string {
 		}
 		t.Skip(msg)
 	}
-	return containerDSN[kind]
+	return c.dsn
 }
 
 var exampleDSN = map[string]string{
 	"postgres": "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
 	"mysql":    "root@tcp(127.0.0.1:3306)/test",
 }
+
+// start starts a server of kind; tests of this package replace it.
+var start = startContainer
 
 func startContainer(kind string) (dsn string, err error) {
 	defer func() {
