@@ -249,3 +249,68 @@ func (r *recorder) messages() []string {
 	}
 	return m
 }
+
+// TestPrunePartitionedTable: on a key table hash-partitioned by scope, rows
+// of different partitions share physical row ids (ctid); Prune must delete
+// the expired rows of one tenant and never the live rows of another.
+func TestPrunePartitionedTable(t *testing.T) {
+	for _, b := range testdb.Backends() {
+		if b.Kind != "postgres" {
+			continue
+		}
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			db := b.Open(t)
+			const parts = 4
+			ddl := []string{`CREATE TABLE keys_by_scope (LIKE idempotency_keys INCLUDING DEFAULTS, PRIMARY KEY (scope, key)) PARTITION BY HASH (scope)`,
+				`CREATE INDEX ON keys_by_scope (expires_at)`}
+			for i := range parts {
+				ddl = append(ddl, fmt.Sprintf(`CREATE TABLE keys_by_scope_%d PARTITION OF keys_by_scope FOR VALUES WITH (MODULUS %d, REMAINDER %d)`, i, parts, i))
+			}
+			for _, q := range ddl {
+				if _, err := db.Exec(q); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e := newEnv(t, b, db)
+			short := e.store(t, idempotency.WithTable("keys_by_scope"), idempotency.WithTTL(time.Millisecond), idempotency.WithPruneBatch(3))
+			long := e.store(t, idempotency.WithTable("keys_by_scope"))
+			var calls atomic.Int64
+			// Tenants spread over the partitions; each partition's rows start
+			// at the same ctids, so expired and live rows share them.
+			var liveScopes, deadScopes []string
+			for i := range 16 {
+				scope := fmt.Sprintf("tenant-%d", i)
+				s, ttl := long, &liveScopes
+				if i%2 == 0 {
+					s, ttl = short, &deadScopes
+				}
+				*ttl = append(*ttl, scope)
+				for j := range 5 {
+					key := fmt.Sprintf("%s-%d", scope, j)
+					if _, err := idempotency.Do(ctx, s.Scope(scope), key, nil, charge(key, 1, &calls)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+			n, err := short.Prune(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var live int
+			if err := db.Get(&live, `SELECT count(*) FROM keys_by_scope WHERE expires_at > now()`); err != nil {
+				t.Fatal(err)
+			}
+			if n != int64(5*len(deadScopes)) || live != 5*len(liveScopes) {
+				t.Fatalf("pruned %d rows and %d live rows are left; want %d pruned and %d left", n, live, 5*len(deadScopes), 5*len(liveScopes))
+			}
+			for _, scope := range liveScopes {
+				key := scope + "-0"
+				if r, err := idempotency.Run(ctx, long.Scope(scope), key, nil, charge(key, 1, &calls)); err != nil || !r.Replayed {
+					t.Fatalf("%s after Prune: %v, replayed %v; want a replay", scope, err, r.Replayed)
+				}
+			}
+		})
+	}
+}

@@ -12,6 +12,7 @@
 //	--driver   pgx, postgres, mysql or sqlite (default: from the DSN's shape)
 //	--table    the key table (default idempotency_keys)
 //	--batch    rows per prune batch (default 5000)
+//	--pause    pause between prune batches, so live calls keep their latency (default 50ms)
 //	--timeout  how long to wait for the database to answer a ping (default 5s)
 //	--progress print a line per prune batch even when stderr is not a terminal
 //
@@ -86,7 +87,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 type options struct {
 	dsn, driver, table string
 	batch              int
-	timeout            time.Duration
+	pause, timeout     time.Duration
 	progress           bool
 }
 
@@ -107,6 +108,7 @@ func runContext(ctx context.Context, args []string, stdout, stderr io.Writer) in
 	fs.StringVar(&o.driver, "driver", "", "database/sql driver: pgx, postgres, mysql or sqlite (default: inferred from the DSN)")
 	fs.StringVar(&o.table, "table", dialects.DefaultTable, "key table, optionally schema-qualified")
 	fs.IntVar(&o.batch, "batch", 5000, "rows deleted per prune batch")
+	fs.DurationVar(&o.pause, "pause", 50*time.Millisecond, "pause between prune batches (0: none); deleting a backlog without one doubled live calls' p99 latency")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "how long to wait for the database to answer a ping")
 	fs.BoolVar(&o.progress, "progress", false, "print a line per prune batch even when stderr is not a terminal")
 	fs.Usage = func() {
@@ -155,6 +157,9 @@ func dispatch(ctx context.Context, words []string, o options, stdout, stderr io.
 	}
 	if o.batch < 1 || o.batch > 1_000_000 {
 		return usagef("--batch %d: want 1 to 1000000", o.batch)
+	}
+	if o.pause < 0 {
+		return usagef("--pause %v: must not be negative", o.pause)
 	}
 	if o.timeout <= 0 {
 		return usagef("--timeout %v: want a positive duration", o.timeout)
@@ -354,6 +359,11 @@ func prune(ctx context.Context, s *idempotency.Store, o options, stdout, stderr 
 		}
 		if n < int64(o.batch) {
 			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("prune stopped after batch %d (%d rows): %w", batches, total, ctx.Err())
+		case <-time.After(o.pause):
 		}
 	}
 	fmt.Fprintf(stdout, "pruned %d expired keys from %s in %d batch(es), %v\n", total, o.table, batches, time.Since(start).Round(time.Millisecond))

@@ -115,9 +115,15 @@ func TestCommands(t *testing.T) {
 				t.Errorf("stats before prune:\n%s\nwant total 13, expired 10, live 3, all under 1h old", r.stdout)
 			}
 
-			a = args("prune", "--batch", "3", "--progress")
+			// Four batches, three pauses between them: it cannot be quicker.
+			const pause = 150 * time.Millisecond
+			a = args("prune", "--batch", "3", "--progress", "--pause", pause.String())
+			began := time.Now()
 			r = cli(a...)
 			r.must(t, 0, a, "pruned 10 expired keys from idempotency_keys in 4 batch(es)")
+			if took := time.Since(began); took < 3*pause {
+				t.Errorf("prune of 4 batches with --pause %v took %v; the pauses were skipped", pause, took)
+			}
 			if n := strings.Count(r.stderr, "batch "); n != 4 {
 				t.Errorf("%d progress lines for 4 batches:\n%s", n, r.stderr)
 			}
@@ -168,6 +174,7 @@ func TestErrors(t *testing.T) {
 		{[]string{"stats", "--dsn", sqlite, "--table", "x;drop"}, 2, []string{"WithTable"}},
 		{[]string{"migrate", "--dsn", sqlite, "--table", "other"}, 2, []string{"only idempotency_keys"}},
 		{[]string{"prune", "--dsn", sqlite, "--batch", "0"}, 2, []string{"--batch 0"}},
+		{[]string{"prune", "--dsn", sqlite, "--pause", "-1s"}, 2, []string{"--pause -1s"}},
 		{[]string{"frob", "--dsn", sqlite}, 2, []string{`unknown command "frob"`}},
 		{[]string{"migrate", "down", "--dsn", sqlite}, 2, []string{`unknown command "migrate down"`}},
 		{[]string{"--dsn", sqlite}, 2, []string{"no command"}},

@@ -55,10 +55,14 @@ WHERE k.expires_at <= now()`,
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = $1 AND key = $2 AND expires_at > now()`,
 		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = $1 AND key = $2 AND expires_at <= now()`,
-		// ctid batches with SKIP LOCKED: a pruner never waits on a row a live
-		// call holds, and two pruners never wait on each other.
-		prune: `DELETE FROM ` + table + ` WHERE ctid IN (
-	SELECT ctid FROM ` + table + ` WHERE expires_at <= now() LIMIT $1 FOR UPDATE SKIP LOCKED)`,
+		// Batches locked with SKIP LOCKED: a pruner never waits on a row a
+		// live call holds, and two pruners never wait on each other. A row
+		// is named by (tableoid, ctid): a ctid alone is unique only within
+		// one partition or inheritance child, so on a partitioned key table
+		// it would also name live rows of other partitions. The limit is
+		// written into the statement (see Prune).
+		prune: `DELETE FROM ` + table + ` WHERE (tableoid, ctid) IN (
+	SELECT tableoid, ctid FROM ` + table + ` WHERE expires_at <= now() LIMIT %d FOR UPDATE SKIP LOCKED)`,
 	}
 }
 
@@ -144,8 +148,13 @@ func (d *Dialect) DeleteExpired(ctx context.Context, q dialects.Querier, k diale
 }
 
 // Prune deletes up to limit expired rows, skipping rows that are locked.
+//
+// The limit is a literal, not a parameter: with LIMIT $1 a cached generic
+// plan guesses the batch size, and on a partitioned table it then hashes
+// every row of the table to find the batch (126 ms against 26 ms for 5000
+// of 400,000 rows), where a known limit looks each row up by its ctid.
 func (d *Dialect) Prune(ctx context.Context, q dialects.Querier, limit int) (int64, error) {
-	res, err := q.ExecContext(ctx, d.prune, limit)
+	res, err := q.ExecContext(ctx, fmt.Sprintf(d.prune, limit))
 	if err != nil {
 		return 0, err
 	}
