@@ -184,7 +184,17 @@ func (m *middleware) serveWithKey(w http.ResponseWriter, r *http.Request, key st
 func (m *middleware) serveWithoutKey(w http.ResponseWriter, r *http.Request) {
 	ctx, detach, cancel := detachable(r.Context())
 	defer cancel()
-	tx, err := m.store.DB().BeginTxx(context.WithoutCancel(ctx), m.store.TxOptions())
+	// Waiting for a pooled connection obeys the request's context; the
+	// transaction begun on it does not, since database/sql would roll it
+	// back when the context ends, even during COMMIT: its fate is decided
+	// by verdict.
+	conn, err := m.store.DB().Connx(ctx)
+	if err != nil {
+		m.fail(w, r, fmt.Errorf("httpadapter: get a database connection: %w", err))
+		return
+	}
+	defer func() { _ = conn.Close() }() // back to the pool, once the transaction is over
+	tx, err := conn.BeginTxx(context.WithoutCancel(ctx), m.store.TxOptions())
 	if err != nil {
 		m.fail(w, r, fmt.Errorf("httpadapter: begin a transaction: %w", err))
 		return
@@ -246,10 +256,11 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request) (c *capture, 
 // verdict decides whether the handler's response may commit.
 func (m *middleware) verdict(c *capture, detach func() bool) error {
 	if !detach() {
-		// The client hung up while the handler ran: roll back, so that its
-		// retry runs the handler again rather than replay an answer it
-		// never saw being made.
-		return context.Canceled
+		// The request's context ended while the handler ran (the client
+		// hung up, or an outer deadline passed): roll back, so that a retry
+		// runs the handler again rather than replay an answer nobody saw
+		// being made. fail decides whether anyone is left to answer.
+		return errRequestEnded
 	}
 	switch {
 	case c.streamed:
@@ -315,14 +326,24 @@ func (m *middleware) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, idempotency.ErrOutcomeUnknown):
 		m.cfg.logger.WarnContext(r.Context(), "httpadapter: commit outcome unknown", "path", r.URL.Path, "err", err)
 		writeProblem(w, problemOutcomeUnknown, m.cfg.retryAfter)
-	case r.Context().Err() != nil:
+	case clientGone(r):
 		// The client hung up before the handler finished; nothing was
 		// stored and nobody is listening.
+	case r.Context().Err() != nil:
+		// A deadline of an outer middleware ran out while the handler ran
+		// or while a twin was awaited. The client is still there, and an
+		// empty answer would be a 200 for a request that did nothing.
+		m.cfg.logger.WarnContext(r.Context(), "httpadapter: request context ended; rolled back",
+			"method", r.Method, "path", r.URL.Path, "cause", context.Cause(r.Context()), "err", err)
+		writeProblem(w, problemDeadlineExceeded, m.cfg.retryAfter)
 	default:
 		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: request rolled back", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeProblem(w, problemStoreFailed, m.cfg.retryAfter)
 	}
 }
+
+// errRequestEnded: the request's context ended before the handler returned.
+var errRequestEnded = errors.New("httpadapter: the request's context ended while the handler ran; rolled back")
 
 // clientGone reports whether the request's context ended because the
 // client went away: net/http cancels it with a plain context.Canceled when

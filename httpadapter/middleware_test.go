@@ -450,3 +450,120 @@ func TestBodyReadErrors(t *testing.T) {
 		}
 	})
 }
+
+// withTimeout is an outer middleware that puts a deadline on the request's
+// context, as timeout middleware does.
+func withTimeout(d time.Duration) func(http.Handler) http.Handler {
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), d)
+			defer cancel()
+			next.ServeHTTP(w, r.WithContext(ctx))
+		})
+	}
+}
+
+// TestOuterDeadline: a deadline that an outer middleware put on the request
+// rolls the request back, and the client, still connected, is told so with
+// a 503 it may retry, never net/http's empty 200.
+func TestOuterDeadline(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		// On SQLite, a twin's wait for the write lock is busy_timeout
+		// after busy_timeout, with the context checked in between.
+		e = e.shortBusy(t)
+		s := e.store(t, idempotency.WithWait(30*time.Second))
+		srv := e.server(t, s, nil, withTimeout(200*time.Millisecond))
+		for _, key := range []string{"k", ""} {
+			name, _ := newGate(t, true) // the handler returns once its context ends
+			r := post(t, nil, srv.URL+"/gate", key, `{"ref":"d"}`, "X-Gate", name)
+			wantProblem(t, r, 503, ProblemDeadlineExceeded)
+			if r.header.Get("Retry-After") == "" {
+				t.Errorf("key %q: no Retry-After", key)
+			}
+		}
+		if n, k := e.charges(t, "d"), e.keys(t); n != 0 || k != 0 {
+			t.Errorf("requests past their deadline left %d charges and %d keys", n, k)
+		}
+
+		// A twin that waits for a held key runs into its deadline.
+		plain := e.server(t, s, nil, nil)
+		name, g := newGate(t, false)
+		done := make(chan response)
+		go func() {
+			r, _ := send(context.Background(), nil, plain.URL+"/gate", "held", `{"ref":"t"}`, "X-Gate", name)
+			done <- r
+		}()
+		<-g.entered
+		twin := post(t, nil, srv.URL+"/gate", "held", `{"ref":"t"}`, "X-Gate", name)
+		close(g.open)
+		wantProblem(t, twin, 503, ProblemDeadlineExceeded)
+		if r := <-done; r.status != http.StatusCreated {
+			t.Errorf("the held request: %d %s", r.status, r.body)
+		}
+		if n := e.charges(t, "t"); n != 1 {
+			t.Errorf("%d charges, want the holder's 1", n)
+		}
+	})
+}
+
+// TestFailSilentOnlyForAGoneClient: fail writes nothing only when the
+// request's context ended the way net/http ends it for a closed connection.
+func TestFailSilentOnlyForAGoneClient(t *testing.T) {
+	m := Middleware(sqliteEnv(t).store(t))(api()).(*middleware)
+	gone, cancel := context.WithCancel(context.Background())
+	cancel()
+	late, cancel := context.WithTimeout(context.Background(), -time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		name   string
+		ctx    context.Context
+		status int
+	}{
+		{"client gone", gone, 0},
+		{"outer deadline", late, 503},
+	} {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequestWithContext(tc.ctx, http.MethodPost, "/x", nil)
+		m.fail(w, r, tc.ctx.Err())
+		got := 0
+		if w.Body.Len() > 0 || w.Code != 200 {
+			got = w.Code
+		}
+		if got != tc.status {
+			t.Errorf("%s: answered %d %s, want %d", tc.name, w.Code, w.Body, tc.status)
+		}
+	}
+}
+
+// TestKeylessWaitForAConnection: a request without a key that waits for a
+// pooled connection gives up when its deadline passes (and is answered),
+// rather than wait for as long as the pool stays full.
+func TestKeylessWaitForAConnection(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		e.db.SetMaxOpenConns(1)
+		s := e.store(t)
+		plain := e.server(t, s, nil, nil)
+		name, g := newGate(t, false)
+		done := make(chan response)
+		go func() {
+			r, _ := send(context.Background(), nil, plain.URL+"/gate", "", `{"ref":"held"}`, "X-Gate", name)
+			done <- r
+		}()
+		<-g.entered // the only connection is taken
+		var release sync.Once
+		open := func() { release.Do(func() { close(g.open) }) }
+		time.AfterFunc(5*time.Second, open) // bounds the test if the wait ignores the deadline
+		srv := e.server(t, s, nil, withTimeout(200*time.Millisecond))
+		start := time.Now()
+		r := post(t, nil, srv.URL+"/accounts/a1/charges", "", chargeBody)
+		elapsed := time.Since(start)
+		open()
+		wantProblem(t, r, 503, ProblemDeadlineExceeded)
+		if elapsed > 2*time.Second {
+			t.Errorf("answered after %v, want about the 200ms deadline", elapsed)
+		}
+		if r := <-done; r.status != http.StatusCreated {
+			t.Errorf("the held request: %d %s", r.status, r.body)
+		}
+	})
+}

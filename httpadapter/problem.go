@@ -26,6 +26,7 @@ const (
 	ProblemHandlerPanic      = ProblemTypeBase + "handler-panic"      // 500
 	ProblemOutcomeUnknown    = ProblemTypeBase + "outcome-unknown"    // 503
 	ProblemStoreFailed       = ProblemTypeBase + "store-failed"       // 503
+	ProblemDeadlineExceeded  = ProblemTypeBase + "deadline-exceeded"  // 503
 )
 
 // Problem is an RFC 9457 problem detail, the body of every answer the
@@ -96,6 +97,10 @@ var (
 	problemStoreFailed = Problem{
 		Type: ProblemStoreFailed, Title: "Service unavailable", Status: http.StatusServiceUnavailable,
 		Detail: "The request could not be completed and was rolled back; nothing was stored. It is safe to retry (with the same Idempotency-Key, if the request had one).",
+	}
+	problemDeadlineExceeded = Problem{
+		Type: ProblemDeadlineExceeded, Title: "Request timed out", Status: http.StatusServiceUnavailable,
+		Detail: "The service's time limit for this request ran out before it finished (it may have been waiting for another request with the same Idempotency-Key), so it was rolled back and nothing was stored. It is safe to retry with the same Idempotency-Key after the Retry-After delay.",
 	}
 )
 
