@@ -49,7 +49,9 @@
 // # Status mapping
 //
 //	handler or store outcome             answer                          stored
-//	2xx, 3xx or 4xx from the handler     the handler's response          yes, replayed to retries
+//	2xx or 3xx from the handler          the handler's response          yes, replayed to retries
+//	402, 403, 404, 422 and other 4xx     the handler's response          yes, replayed to retries
+//	400, 408, 409, 423, 425 or 429       the handler's response          no: rolled back, a retry runs again
 //	5xx from the handler                 the handler's response          no: rolled back, a retry runs again
 //	5xx with WithStoreServerErrors       the handler's response          yes (Stripe's choice)
 //	the handler panicked                 500 problem handler-panic       no: rolled back
@@ -61,6 +63,14 @@
 //	response over the limit, or streamed 500 problem response-too-large or streaming; no: rolled back
 //	commit outcome unknown               503 problem outcome-unknown, Retry-After: retry resolves it
 //	other store failures                 503 problem store-failed, Retry-After; no: rolled back
+//
+// Which 4xx and 5xx are stored is WithStoredStatus's choice; the default,
+// DefaultStoredStatus, stores a 4xx that is the endpoint's final word (a
+// declined card's 402, a 403, 404 or 422) and not one that says the
+// endpoint never began or may answer otherwise later: a validation 400 (so
+// a corrected retry may reuse the key), 408, a 409 of the handler's own,
+// 423, 425 and 429. An answer that is not stored rolls back the handler's
+// writes, with or without a key.
 //
 // Every answer of the middleware's own is application/problem+json
 // (RFC 9457) with type, title, status and detail; the detail says what the
@@ -103,7 +113,8 @@
 // see NewKey), and retries every request that carries a key after a network
 // error, a 409, a 429 or a 5xx, with the same key and the body rewound,
 // with exponential backoff, jitter and a cap, honouring Retry-After (seconds
-// or an HTTP-date). It never retries a 422 or another 4xx, and stops when
-// the request's context ends. Against the middleware, a request sent
+// or an HTTP-date). It never retries a 422 or another 4xx, nor a replay
+// (Idempotent-Replayed: true: every retry would get the same stored
+// answer), and stops when the request's context ends. Against the middleware, a request sent
 // through it takes effect exactly once however often its answers are lost.
 package httpadapter

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -141,8 +142,8 @@ func api() http.Handler {
 			return
 		}
 		if in.Amount <= 0 {
-			// A client error that is stored (with its write: the handler
-			// decides what a 4xx leaves behind).
+			// A validation error after the write: not stored by default,
+			// so the write rolls back and a corrected retry may run.
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusBadRequest)
 			fmt.Fprintf(w, `{"error":"amount must be positive","nonce":%q}`, randomID())
@@ -166,6 +167,15 @@ func api() http.Handler {
 	mux.HandleFunc("POST /fail", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := decode(w, r); ok {
 			http.Error(w, "upstream down "+randomID(), http.StatusServiceUnavailable)
+		}
+	})
+	mux.HandleFunc("POST /status/{code}", func(w http.ResponseWriter, r *http.Request) {
+		// Answers the status its path names, after its business write.
+		if _, ok := decode(w, r); ok {
+			code, _ := strconv.Atoi(r.PathValue("code"))
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(code)
+			fmt.Fprintf(w, `{"status":%d,"nonce":%q}`, code, randomID())
 		}
 	})
 	mux.HandleFunc("POST /panic", func(w http.ResponseWriter, r *http.Request) {

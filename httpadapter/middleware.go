@@ -41,10 +41,10 @@ type storedResponse struct {
 type reason int
 
 const (
-	serverError reason = iota // a 5xx, not stored by default
-	tooLarge                  // over WithMaxResponseBytes
-	streamed                  // Flush or Hijack
-	panicked                  // the handler panicked
+	notStored reason = iota // a status WithStoredStatus does not store (a 5xx, a 429, …)
+	tooLarge                // over WithMaxResponseBytes
+	streamed                // Flush or Hijack
+	panicked                // the handler panicked
 )
 
 // rollbackError is what fn returns to roll the transaction back without
@@ -58,8 +58,8 @@ type rollbackError struct {
 
 func (e *rollbackError) Error() string {
 	switch e.reason {
-	case serverError:
-		return fmt.Sprintf("httpadapter: the handler answered %d; rolled back", e.c.code())
+	case notStored:
+		return fmt.Sprintf("httpadapter: the handler answered %d, a status that is not stored; rolled back", e.c.code())
 	case tooLarge:
 		return ErrResponseTooLarge.Error()
 	case streamed:
@@ -267,10 +267,23 @@ func (m *middleware) verdict(c *capture, detach func() bool) error {
 		return &rollbackError{reason: streamed, c: c}
 	case c.overflow:
 		return &rollbackError{reason: tooLarge, c: c}
-	case c.code() >= 500 && !m.cfg.storeServerErrors:
-		return &rollbackError{reason: serverError, c: c}
+	case !m.storable(c.code()):
+		return &rollbackError{reason: notStored, c: c}
 	}
 	return nil
+}
+
+// storable says whether an answer with status code may commit and be
+// stored: a 2xx or 3xx always (it says the work was done), a 4xx or 5xx as
+// WithStoredStatus and WithStoreServerErrors say.
+func (m *middleware) storable(code int) bool {
+	switch {
+	case code < 400:
+		return true
+	case code >= 500 && m.cfg.storeServerErrors:
+		return true
+	}
+	return m.cfg.stored(code)
 }
 
 // stored keeps the allow-listed headers of c's response.
@@ -303,7 +316,7 @@ func (m *middleware) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.As(err, &rb):
 		switch rb.reason {
-		case serverError:
+		case notStored:
 			rb.c.send(w) // the handler's own answer
 		case tooLarge:
 			writeProblem(w, problemResponseTooLarge, 0)

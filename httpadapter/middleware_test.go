@@ -56,14 +56,92 @@ func TestReplayByteForByte(t *testing.T) {
 	})
 }
 
-func TestClientErrorsAreStored(t *testing.T) {
+// TestWhichStatusesAreStored: an answer that says the work was done, or
+// was refused for good (a declined card, a forbidden or missing resource),
+// is stored with its writes; one that says the endpoint never began or
+// should be tried again later (a validation 400, 408, 409, 423, 425, 429)
+// rolls back and stores nothing, like a 5xx.
+func TestWhichStatusesAreStored(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), nil, nil)
+		stored := map[int]bool{
+			200: true, 201: true, 202: true, 204: true,
+			400: false, 402: true, 403: true, 404: true, 408: false, 409: false, 410: true,
+			422: true, 423: false, 425: false, 429: false, 500: false, 503: false,
+		}
+		want := 0
+		for code, keep := range stored {
+			ref := fmt.Sprint("s", code)
+			url := fmt.Sprintf("%s/status/%d", srv.URL, code)
+			body := fmt.Sprintf(`{"ref":%q,"amount":1}`, ref)
+			first := post(t, nil, url, ref, body)
+			again := post(t, nil, url, ref, body)
+			if first.status != code || again.status != code {
+				t.Errorf("%d: answered %d, then %d", code, first.status, again.status)
+				continue
+			}
+			if again.replayed() != keep || bytes.Equal(first.body, again.body) != keep {
+				t.Errorf("%d: stored=%v, but the retry was replayed=%v with body %s after %s", code, keep, again.replayed(), again.body, first.body)
+			}
+			if n := e.charges(t, ref); keep && n != 1 || !keep && n != 0 {
+				t.Errorf("%d: %d charges, want %d", code, n, map[bool]int{true: 1}[keep])
+			}
+			if keep {
+				want++
+			}
+		}
+		if k := e.keys(t); k != want {
+			t.Errorf("%d keys, want %d", k, want)
+		}
+	})
+}
+
+// TestCorrectedRetryAfterValidationError: a 400 does not burn the key, so
+// the client can fix its request and send it with the same key.
+func TestCorrectedRetryAfterValidationError(t *testing.T) {
 	each(t, func(t *testing.T, e env) {
 		srv := e.server(t, e.store(t), nil, nil)
 		url := srv.URL + "/accounts/a1/charges"
-		first := post(t, nil, url, "k", `{"ref":"neg","amount":-1}`)
-		again := post(t, nil, url, "k", `{"ref":"neg","amount":-1}`)
-		if first.status != http.StatusBadRequest || !again.replayed() || !bytes.Equal(first.body, again.body) {
-			t.Fatalf("first %d %s, again %d replayed=%v %s", first.status, first.body, again.status, again.replayed(), again.body)
+		if r := post(t, nil, url, "k", `{"ref":"fix","amount":-1}`); r.status != http.StatusBadRequest {
+			t.Fatalf("invalid: %d %s", r.status, r.body)
+		}
+		if n, k := e.charges(t, "fix"), e.keys(t); n != 0 || k != 0 {
+			t.Fatalf("a 400 left %d charges and %d keys", n, k)
+		}
+		r := post(t, nil, url, "k", `{"ref":"fix","amount":5}`)
+		if r.status != http.StatusCreated || r.replayed() {
+			t.Fatalf("corrected: %d replayed=%v %s", r.status, r.replayed(), r.body)
+		}
+		if n := e.charges(t, "fix"); n != 1 {
+			t.Errorf("%d charges, want 1", n)
+		}
+	})
+}
+
+// TestWithStoredStatus: the option chooses which 4xx and 5xx are stored;
+// 2xx are stored whatever it says.
+func TestWithStoredStatus(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		own409 := WithStoredStatus(func(code int) bool {
+			return code == http.StatusConflict || code != http.StatusNotFound && DefaultStoredStatus(code)
+		})
+		for _, tc := range []struct {
+			opts   []Option
+			stored map[int]bool
+		}{
+			{[]Option{own409}, map[int]bool{409: true, 404: false, 402: true, 400: false, 503: false, 201: true}},
+			{[]Option{WithStoredStatus(func(int) bool { return false })}, map[int]bool{201: true, 402: false}},
+			{[]Option{own409, WithStoreServerErrors()}, map[int]bool{409: true, 404: false, 503: true}},
+		} {
+			srv := e.server(t, e.store(t), tc.opts, nil)
+			for code, keep := range tc.stored {
+				key := randomID()
+				url := fmt.Sprintf("%s/status/%d", srv.URL, code)
+				post(t, nil, url, key, `{"ref":"o"}`)
+				if again := post(t, nil, url, key, `{"ref":"o"}`); again.status != code || again.replayed() != keep {
+					t.Errorf("%d: retry %d replayed=%v, want stored=%v", code, again.status, again.replayed(), keep)
+				}
+			}
 		}
 	})
 }

@@ -16,6 +16,7 @@ type config struct {
 	replayHeaders     []string
 	maxResponseBytes  int64
 	maxRequestBytes   int64
+	stored            func(code int) bool
 	storeServerErrors bool
 	retryAfter        time.Duration
 	logger            *slog.Logger
@@ -34,6 +35,7 @@ func defaultConfig() *config {
 	return &config{
 		methods:          map[string]bool{http.MethodPost: true, http.MethodPatch: true},
 		fingerprint:      DefaultFingerprint,
+		stored:           DefaultStoredStatus,
 		replayHeaders:    []string{"Content-Type", "Location", "Link"},
 		maxResponseBytes: DefaultMaxBytes,
 		maxRequestBytes:  DefaultMaxBytes,
@@ -144,10 +146,48 @@ func WithMaxRequestBytes(n int64) Option {
 }
 
 // WithStoreServerErrors stores 5xx responses too, and replays them, as
-// Stripe does. By default a 5xx rolls the transaction back and stores
-// nothing, so that a retry runs the handler again.
+// Stripe does, whatever WithStoredStatus says about them. By default a 5xx
+// rolls the transaction back and stores nothing, so that a retry runs the
+// handler again.
 func WithStoreServerErrors() Option {
 	return func(c *config) { c.storeServerErrors = true }
+}
+
+// DefaultStoredStatus is the default of WithStoredStatus. It stores a 4xx
+// that is the endpoint's final word on the request (402 a declined card,
+// 403, 404, 422 and the rest), and not one that says the endpoint never
+// began or may answer otherwise later: 400 (the request failed validation;
+// a corrected retry may reuse the key), 408, 409 (the handler's own
+// conflict), 423, 425 and 429. It stores no 5xx.
+func DefaultStoredStatus(code int) bool {
+	switch code {
+	case http.StatusBadRequest, http.StatusRequestTimeout, http.StatusConflict,
+		http.StatusLocked, http.StatusTooEarly, http.StatusTooManyRequests:
+		return false
+	}
+	return code < 500
+}
+
+// WithStoredStatus sets which of the handler's 4xx and 5xx answers are
+// stored and replayed to retries. stored is asked about each such status;
+// when it says false, the transaction rolls back (the handler's writes are
+// undone and nothing is stored), the handler's answer is sent as it is, and
+// a retry with the same key runs the handler again. A 2xx or 3xx is always
+// stored: it says the work was done. The same verdict decides whether a
+// request without a key commits. The default is DefaultStoredStatus;
+// WithStoreServerErrors adds every 5xx to whatever stored says. To store a
+// 409 of the handler's own too:
+//
+//	httpadapter.WithStoredStatus(func(code int) bool {
+//		return code == http.StatusConflict || httpadapter.DefaultStoredStatus(code)
+//	})
+func WithStoredStatus(stored func(code int) bool) Option {
+	return func(c *config) {
+		if stored == nil {
+			panic("httpadapter: WithStoredStatus(nil): want a function of the status code")
+		}
+		c.stored = stored
+	}
 }
 
 // WithRetryAfter sets the Retry-After of a 409 (a request with the same key

@@ -17,8 +17,10 @@ import (
 // gets a fresh one (NewKey); every request that carries a key is retried
 // with the same key after a network error, a 409, a 429 or a 5xx, with
 // exponential backoff and jitter, honouring Retry-After. Other 4xx answers,
-// 422 among them, are returned at once: retrying cannot change them. It
-// stops when the request's context ends.
+// 422 among them, are returned at once: retrying cannot change them. So is
+// a replay (Idempotent-Replayed: true), whatever its status: the server
+// stored it, and every retry with the key would get it again. It stops
+// when the request's context ends.
 //
 // The body is sent again on each attempt, through Request.GetBody (set by
 // http.NewRequest for in-memory bodies); a body without GetBody is read
@@ -141,6 +143,10 @@ func (t *Transport) shouldRetry(resp *http.Response, err error, attempt int) (ti
 	backoff := ceiling/2 + rand.N(ceiling/2+1) // equal jitter: never zero, never in step
 	if err != nil {
 		return backoff, true
+	}
+	if resp.Header.Get(ReplayedHeader) == "true" {
+		// A stored answer: every retry with this key gets it again.
+		return 0, false
 	}
 	switch c := resp.StatusCode; {
 	case c == http.StatusConflict, c == http.StatusTooManyRequests, c >= 500:

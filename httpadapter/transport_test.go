@@ -102,6 +102,9 @@ func TestTransportDoesNotRetry(t *testing.T) {
 		{"404", http.MethodPatch, "", 404, nil},
 		{"GET without a key", http.MethodGet, "", 503, nil},
 		{"Retry-After past MaxBackoff", http.MethodPost, "", 503, http.Header{"Retry-After": {"3600"}}},
+		// A replay repeats the stored answer to every retry.
+		{"replayed 409", http.MethodPost, "", 409, http.Header{ReplayedHeader: {"true"}}},
+		{"replayed 503", http.MethodPost, "", 503, http.Header{ReplayedHeader: {"true"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
