@@ -40,7 +40,9 @@
 // query and the body (WithFingerprint chooses other parts). The same key
 // with another fingerprint answers 422. Keys live in a scope (WithScope,
 // usually the authenticated account): a key in one scope never replays
-// another scope's response.
+// another scope's response. A scope function that returns "" (it could not
+// tell whose request this is) refuses the request with a 500 rather than
+// fall back to a scope shared by everyone.
 //
 // Replays repeat Content-Type, Location, Link and the headers named with
 // WithReplayHeaders; never Set-Cookie. The first answer carries every
@@ -55,6 +57,7 @@
 //	5xx from the handler                 the handler's response          no: rolled back, a retry runs again
 //	5xx with WithStoreServerErrors       the handler's response          yes (Stripe's choice)
 //	the handler panicked                 500 problem handler-panic       no: rolled back
+//	scope empty or over 255 bytes        500 problem scope-invalid       no: the handler does not run
 //	key missing (WithKeyRequired)        400 problem key-missing         no
 //	key invalid, or several keys         400 problem key-invalid         no
 //	request body over the limit          413 problem request-too-large   no

@@ -125,6 +125,21 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *middleware) serveWithKey(w http.ResponseWriter, r *http.Request, key string) {
+	s := m.store
+	if m.cfg.scope != nil {
+		scope := m.cfg.scope(r)
+		if scope == "" {
+			// Most likely the account is unknown here (authentication runs
+			// after this middleware, or let an anonymous request through).
+			// Falling back to one scope for everyone would let one
+			// account's key replay another's answer.
+			m.cfg.logger.ErrorContext(r.Context(), "httpadapter: the WithScope function returned an empty scope; request refused",
+				"method", r.Method, "path", r.URL.Path)
+			writeProblem(w, problemScopeInvalid, 0)
+			return
+		}
+		s = s.Scope(scope)
+	}
 	body, err := readBody(r, m.cfg.maxRequestBytes)
 	if err != nil {
 		var tooLarge *http.MaxBytesError // an outer http.MaxBytesHandler's limit
@@ -144,10 +159,6 @@ func (m *middleware) serveWithKey(w http.ResponseWriter, r *http.Request, key st
 		return
 	}
 	params := m.cfg.fingerprint(r, body)
-	s := m.store
-	if m.cfg.scope != nil {
-		s = s.Scope(m.cfg.scope(r))
-	}
 	ctx, detach, cancel := detachable(r.Context())
 	defer cancel()
 	var last *capture
@@ -334,6 +345,11 @@ func (m *middleware) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeProblem(w, problemKeyReused, 0)
 	case errors.Is(err, idempotency.ErrInProgress):
 		writeProblem(w, problemInProgress, m.cfg.retryAfter)
+	case errors.Is(err, idempotency.ErrInvalidScope):
+		// Before ErrInvalidKey, which it also matches: the scope is the
+		// service's doing, not the client's key.
+		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: invalid scope; request refused", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeProblem(w, problemScopeInvalid, 0)
 	case errors.Is(err, idempotency.ErrInvalidKey):
 		writeProblem(w, problemKeyInvalid(err), 0)
 	case errors.Is(err, idempotency.ErrOutcomeUnknown):

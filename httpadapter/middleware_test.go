@@ -303,6 +303,31 @@ func TestScopes(t *testing.T) {
 	})
 }
 
+// TestScopeRefused: a scope the service cannot name (empty: the account is
+// unknown) or cannot store (over 255 bytes) is the service's fault: a 500
+// and an error in the log, never the shared scope, never a 400 that blames
+// the client's key.
+func TestScopeRefused(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		var logs logBuffer
+		scope := WithScope(func(r *http.Request) string { return r.Header.Get("X-Account") })
+		srv := e.server(t, e.store(t), []Option{scope, WithLogger(logs.logger())}, nil)
+		url := srv.URL + "/accounts/a1/charges"
+		wantProblem(t, post(t, nil, url, "k", chargeBody), 500, ProblemScopeInvalid)
+		wantProblem(t, post(t, nil, url, "k", chargeBody, "X-Account", strings.Repeat("a", 256)), 500, ProblemScopeInvalid)
+		if n, k := e.charges(t, "r1"), e.keys(t); n != 0 || k != 0 {
+			t.Errorf("refused requests left %d charges and %d keys", n, k)
+		}
+		if got := strings.Count(logs.String(), "level=ERROR"); got != 2 || !strings.Contains(logs.String(), "scope") {
+			t.Errorf("%d error lines, want 2 about the scope:\n%s", got, logs.String())
+		}
+		// A request without a key needs no scope.
+		if r := post(t, nil, url, "", chargeBody); r.status != http.StatusCreated {
+			t.Errorf("without a key: %d %s", r.status, r.body)
+		}
+	})
+}
+
 func TestResponseLimitAndStreaming(t *testing.T) {
 	each(t, func(t *testing.T, e env) {
 		srv := e.server(t, e.store(t), []Option{WithMaxResponseBytes(10 << 10)}, nil)

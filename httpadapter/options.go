@@ -72,9 +72,19 @@ func WithKeyRequired() Option {
 // WithScope sets the function that names the scope of a request's key,
 // usually the authenticated account: a key in one scope never replays
 // another scope's response. It runs before the handler, so put the
-// middleware inside the one that authenticates. The default is one scope
-// for everyone, which lets any client replay any other's response if it
-// learns the key: set a scope whenever clients are not all the same party.
+// middleware inside the one that authenticates. A scope is 1 to 255 bytes.
+//
+// An empty scope means the function could not tell whose request this is
+// (authentication runs after the middleware, or let an anonymous request
+// through): the request is refused with a 500 problem scope-invalid and an
+// error in the log, never run in a scope shared by everyone. So is a scope
+// over 255 bytes. Return a fixed name (say "anonymous") for requests that
+// may share one on purpose. Requests without a key need no scope, and the
+// function is not called for them.
+//
+// Without WithScope there is one scope for everyone (the store's own),
+// which lets any client replay any other's response if it learns the key:
+// set a scope whenever clients are not all the same party.
 func WithScope(scope func(r *http.Request) string) Option {
 	return func(c *config) {
 		if scope == nil {

@@ -24,6 +24,7 @@ const (
 	ProblemResponseTooLarge  = ProblemTypeBase + "response-too-large" // 500
 	ProblemStreaming         = ProblemTypeBase + "streaming"          // 500
 	ProblemHandlerPanic      = ProblemTypeBase + "handler-panic"      // 500
+	ProblemScopeInvalid      = ProblemTypeBase + "scope-invalid"      // 500
 	ProblemOutcomeUnknown    = ProblemTypeBase + "outcome-unknown"    // 503
 	ProblemStoreFailed       = ProblemTypeBase + "store-failed"       // 503
 	ProblemDeadlineExceeded  = ProblemTypeBase + "deadline-exceeded"  // 503
@@ -85,6 +86,10 @@ var (
 	problemStreaming = Problem{
 		Type: ProblemStreaming, Title: "Streaming responses are not supported for idempotent requests", Status: http.StatusInternalServerError,
 		Detail: "The handler tried to stream (flush or hijack) its response, which cannot be stored for replays, so the operation was rolled back and nothing was stored. Retrying will fail the same way; the service must be fixed.",
+	}
+	problemScopeInvalid = Problem{
+		Type: ProblemScopeInvalid, Title: "Idempotency scope unavailable", Status: http.StatusInternalServerError,
+		Detail: "The service could not tell whose Idempotency-Key this is (the request's scope was empty or too long), so it refused the request rather than share keys between accounts. Nothing was done. Retrying will fail the same way until the service is fixed.",
 	}
 	problemHandlerPanic = Problem{
 		Type: ProblemHandlerPanic, Title: "Internal server error", Status: http.StatusInternalServerError,
