@@ -64,6 +64,9 @@
 //	same key, another request            422 problem key-reused          (the first one's stays)
 //	a twin still running past WithWait   409 problem in-progress, Retry-After
 //	response over the limit, or streamed 500 problem response-too-large or streaming; no: rolled back
+//	the database ended the transaction   500 problem transaction-ended: not safe to retry
+//	  while the handler ran (a deadlock      (writes after it may have committed on their own;
+//	  the handler ignored)                   nothing stored); logged as an error
 //	commit outcome unknown               503 problem outcome-unknown, Retry-After: retry resolves it
 //	other store failures                 503 problem store-failed, Retry-After; no: rolled back
 //
@@ -118,6 +121,8 @@
 // with exponential backoff, jitter and a cap, honouring Retry-After (seconds
 // or an HTTP-date). It never retries a 422 or another 4xx, nor a replay
 // (Idempotent-Replayed: true: every retry would get the same stored
-// answer), and stops when the request's context ends. Against the middleware, a request sent
+// answer), nor the 500 problems transaction-ended (not safe),
+// response-too-large, streaming and scope-invalid (a retry fails the same
+// way), and stops when the request's context ends. Against the middleware, a request sent
 // through it takes effect exactly once however often its answers are lost.
 package httpadapter

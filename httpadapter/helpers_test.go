@@ -179,6 +179,16 @@ func api() http.Handler {
 			fmt.Fprintf(w, `{"status":%d,"nonce":%q}`, code, randomID())
 		}
 	})
+	mux.HandleFunc("POST /rollback", func(w http.ResponseWriter, r *http.Request) {
+		// Ends its transaction, as InnoDB does on a deadlock and SQLite on
+		// a full disk, ignores that, and writes on: outside any transaction.
+		if _, err := Tx(r.Context()).ExecContext(r.Context(), "ROLLBACK"); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		_ = insert(r, chargeIn{Ref: "escaped", Amount: 1})
+		w.WriteHeader(http.StatusCreated)
+	})
 	mux.HandleFunc("POST /panic", func(w http.ResponseWriter, r *http.Request) {
 		if _, ok := decode(w, r); ok {
 			panic("boom")

@@ -341,6 +341,13 @@ func (m *middleware) fail(w http.ResponseWriter, r *http.Request, err error) {
 				"method", r.Method, "path", r.URL.Path, "panic", rb.value, "stack", string(rb.stack))
 			writeProblem(w, problemHandlerPanic, 0)
 		}
+	case errors.Is(err, idempotency.ErrTransactionEnded):
+		// Not a rollback like the others: the handler's writes after the
+		// end may have committed on their own, so a retry could repeat
+		// them. Say so, and make it loud.
+		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: the database ended the transaction while the handler ran and the handler went on; its later writes may have committed outside the transaction",
+			"method", r.Method, "path", r.URL.Path, "err", err)
+		writeProblem(w, problemTransactionEnded, 0)
 	case errors.Is(err, idempotency.ErrParamsMismatch):
 		writeProblem(w, problemKeyReused, 0)
 	case errors.Is(err, idempotency.ErrInProgress):

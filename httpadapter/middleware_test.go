@@ -383,6 +383,36 @@ func TestPanic(t *testing.T) {
 	})
 }
 
+// TestTransactionEnded: a handler whose transaction the database ended
+// (and that went on writing) gets a 500 that says retrying is not safe, and
+// an error in the log; never the 503 that says it is.
+func TestTransactionEnded(t *testing.T) {
+	t.Run("fail", func(t *testing.T) {
+		var logs logBuffer
+		m := Middleware(sqliteEnv(t).store(t), WithLogger(logs.logger()))(api()).(*middleware)
+		w := httptest.NewRecorder()
+		m.fail(w, httptest.NewRequest(http.MethodPost, "/x", nil), fmt.Errorf("save: %w", idempotency.ErrTransactionEnded))
+		wantProblem(t, response{status: w.Code, header: w.Header(), body: w.Body.Bytes()}, 500, ProblemTransactionEnded)
+		if !strings.Contains(logs.String(), "level=ERROR") {
+			t.Errorf("no error logged: %s", logs.String())
+		}
+	})
+	each(t, func(t *testing.T, e env) {
+		if e.Kind == "postgres" {
+			t.Skip("Postgres aborts a transaction on an error rather than end it; the mapping is tested above")
+		}
+		var logs logBuffer
+		srv := e.server(t, e.store(t), []Option{WithLogger(logs.logger())}, nil)
+		wantProblem(t, post(t, nil, srv.URL+"/rollback", "k", `{}`), 500, ProblemTransactionEnded)
+		if e.keys(t) != 0 {
+			t.Error("a key was stored for a request whose transaction had ended")
+		}
+		if !strings.Contains(logs.String(), "level=ERROR") {
+			t.Errorf("no error logged: %s", logs.String())
+		}
+	})
+}
+
 // dropFirst lets the server handle a request and commit, then drops the
 // connection instead of answering: the response is lost in transit.
 func dropFirst(n int) func(http.Handler) http.Handler {

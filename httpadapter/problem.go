@@ -25,6 +25,7 @@ const (
 	ProblemStreaming         = ProblemTypeBase + "streaming"          // 500
 	ProblemHandlerPanic      = ProblemTypeBase + "handler-panic"      // 500
 	ProblemScopeInvalid      = ProblemTypeBase + "scope-invalid"      // 500
+	ProblemTransactionEnded  = ProblemTypeBase + "transaction-ended"  // 500
 	ProblemOutcomeUnknown    = ProblemTypeBase + "outcome-unknown"    // 503
 	ProblemStoreFailed       = ProblemTypeBase + "store-failed"       // 503
 	ProblemDeadlineExceeded  = ProblemTypeBase + "deadline-exceeded"  // 503
@@ -90,6 +91,10 @@ var (
 	problemScopeInvalid = Problem{
 		Type: ProblemScopeInvalid, Title: "Idempotency scope unavailable", Status: http.StatusInternalServerError,
 		Detail: "The service could not tell whose Idempotency-Key this is (the request's scope was empty or too long), so it refused the request rather than share keys between accounts. Nothing was done. Retrying will fail the same way until the service is fixed.",
+	}
+	problemTransactionEnded = Problem{
+		Type: ProblemTransactionEnded, Title: "Transaction ended while the request ran", Status: http.StatusInternalServerError,
+		Detail: "The database ended the request's transaction while the handler ran (a deadlock, say), and the handler went on without noticing, so writes it made after that may have taken effect outside the transaction. Nothing was stored under the Idempotency-Key. Retrying is not safe: do not retry automatically; check what the request did first.",
 	}
 	problemHandlerPanic = Problem{
 		Type: ProblemHandlerPanic, Title: "Internal server error", Status: http.StatusInternalServerError,

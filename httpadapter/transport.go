@@ -2,10 +2,11 @@ package httpadapter
 
 import (
 	"bytes"
-
+	"encoding/json"
 	"errors"
 	"io"
 	"math/rand/v2"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -19,8 +20,12 @@ import (
 // exponential backoff and jitter, honouring Retry-After. Other 4xx answers,
 // 422 among them, are returned at once: retrying cannot change them. So is
 // a replay (Idempotent-Replayed: true), whatever its status: the server
-// stored it, and every retry with the key would get it again. It stops
-// when the request's context ends.
+// stored it, and every retry with the key would get it again. So are the
+// middleware's 500 problems that say a retry would fail the same way
+// (response-too-large, streaming, scope-invalid) or is not safe
+// (transaction-ended); it reads the start of a problem body to tell, and
+// leaves the whole body to the caller. It stops when the request's context
+// ends.
 //
 // The body is sent again on each attempt, through Request.GetBody (set by
 // http.NewRequest for in-memory bodies); a body without GetBody is read
@@ -149,7 +154,11 @@ func (t *Transport) shouldRetry(resp *http.Response, err error, attempt int) (ti
 		return 0, false
 	}
 	switch c := resp.StatusCode; {
-	case c == http.StatusConflict, c == http.StatusTooManyRequests, c >= 500:
+	case c == http.StatusConflict, c == http.StatusTooManyRequests:
+	case c >= 500:
+		if finalProblem(resp) {
+			return 0, false
+		}
 	default:
 		return 0, false
 	}
@@ -160,6 +169,44 @@ func (t *Transport) shouldRetry(resp *http.Response, err error, attempt int) (ti
 		return max(d, time.Millisecond), true
 	}
 	return backoff, true
+}
+
+// problemPeek bounds how much of a problem body finalProblem reads: the
+// middleware's problems are well under it.
+const problemPeek = 4 << 10
+
+// finalProblem reports whether resp is one of the middleware's 5xx
+// problems that a retry must not follow: transaction-ended (the handler's
+// writes may have committed outside its transaction, so a retry could
+// repeat them), and response-too-large, streaming and scope-invalid (a
+// retry fails the same way). It reads the start of a problem body and puts
+// it back, so the caller reads the whole body.
+func finalProblem(resp *http.Response) bool {
+	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if err != nil || mt != ProblemContentType || resp.Body == nil {
+		return false
+	}
+	head, err := io.ReadAll(io.LimitReader(resp.Body, problemPeek))
+	resp.Body = readCloser{io.MultiReader(bytes.NewReader(head), resp.Body), resp.Body}
+	if err != nil {
+		return false // the caller meets the error when it reads on
+	}
+	var p struct {
+		Type string `json:"type"`
+	}
+	if json.Unmarshal(head, &p) != nil {
+		return false
+	}
+	switch p.Type {
+	case ProblemTransactionEnded, ProblemResponseTooLarge, ProblemStreaming, ProblemScopeInvalid:
+		return true
+	}
+	return false
+}
+
+type readCloser struct {
+	io.Reader
+	io.Closer
 }
 
 // retryAfter parses a Retry-After value: delay-seconds or an HTTP-date.

@@ -267,3 +267,51 @@ func TestTransportAgainstMiddleware(t *testing.T) {
 		}
 	})
 }
+
+// TestTransportDoesNotRetryFinalProblems: the middleware's 500 problems that
+// a retry would meet again, or that say a retry is not safe, are returned
+// at once, body intact; its other 5xx are retried.
+func TestTransportDoesNotRetryFinalProblems(t *testing.T) {
+	for _, tc := range []struct {
+		typ   string
+		retry bool
+	}{
+		{ProblemTransactionEnded, false},
+		{ProblemResponseTooLarge, false},
+		{ProblemStreaming, false},
+		{ProblemScopeInvalid, false},
+		{ProblemHandlerPanic, true},
+		{"https://example.com/problems/other", true},
+	} {
+		t.Run(tc.typ[strings.LastIndexAny(tc.typ, "/#")+1:], func(t *testing.T) {
+			t.Parallel()
+			var attempts atomic.Int64
+			body := fmt.Sprintf(`{"type":%q,"title":"t","status":500,"detail":"%s"}`, tc.typ, strings.Repeat("d", 300))
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if attempts.Add(1) > 1 {
+					w.WriteHeader(http.StatusCreated)
+					return
+				}
+				w.Header().Set("Content-Type", ProblemContentType)
+				w.WriteHeader(http.StatusInternalServerError)
+				fmt.Fprint(w, body)
+			}))
+			defer srv.Close()
+			resp, err := (&http.Client{Transport: fastTransport()}).Post(srv.URL, "application/json", strings.NewReader("{}"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			got, _ := io.ReadAll(resp.Body)
+			if tc.retry {
+				if resp.StatusCode != http.StatusCreated || attempts.Load() != 2 {
+					t.Errorf("status %d after %d attempts, want a retry", resp.StatusCode, attempts.Load())
+				}
+				return
+			}
+			if resp.StatusCode != 500 || attempts.Load() != 1 || string(got) != body {
+				t.Errorf("status %d after %d attempts, body %q; want the first answer, whole", resp.StatusCode, attempts.Load(), got)
+			}
+		})
+	}
+}
