@@ -44,9 +44,12 @@
 // tell whose request this is) refuses the request with a 500 rather than
 // fall back to a scope shared by everyone.
 //
-// Replays repeat Content-Type, Location, Link and the headers named with
-// WithReplayHeaders; never Set-Cookie. The first answer carries every
-// header the handler set.
+// Replays repeat the headers that give the body its meaning
+// (Content-Type, Content-Encoding, Content-Language, Content-Disposition),
+// those that say where the result is (Location, Content-Location, Link),
+// Vary (so a cache on the way keeps a gzip body from clients that cannot
+// read it) and the headers named with WithReplayHeaders; never Set-Cookie.
+// The first answer carries every header the handler set.
 //
 // # Status mapping
 //

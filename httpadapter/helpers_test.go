@@ -2,6 +2,7 @@ package httpadapter
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -177,6 +178,22 @@ func api() http.Handler {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(code)
 			fmt.Fprintf(w, `{"status":%d,"nonce":%q}`, code, randomID())
+		}
+	})
+	mux.HandleFunc("POST /gzip", func(w http.ResponseWriter, r *http.Request) {
+		// A compressed, described answer: its headers say how to read it.
+		if in, ok := decode(w, r); ok {
+			h := w.Header()
+			h.Set("Content-Type", "application/json")
+			h.Set("Content-Encoding", "gzip")
+			h.Set("Content-Language", "fr")
+			h.Set("Content-Disposition", `attachment; filename="recu.json"`)
+			h.Set("Content-Location", "/receipts/"+in.Ref)
+			h.Set("Vary", "Accept-Encoding")
+			w.WriteHeader(http.StatusCreated)
+			zw := gzip.NewWriter(w)
+			fmt.Fprintf(zw, `{"ref":%q,"id":%q}`, in.Ref, randomID())
+			_ = zw.Close()
 		}
 	})
 	mux.HandleFunc("POST /rollback", func(w http.ResponseWriter, r *http.Request) {

@@ -2,6 +2,7 @@ package httpadapter
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
@@ -154,6 +155,37 @@ func TestExtraReplayHeaders(t *testing.T) {
 		again := post(t, nil, url, "k", chargeBody)
 		if !again.replayed() || again.header.Get("X-Not-Replayed") != "1" || again.header.Get("Set-Cookie") != "" {
 			t.Errorf("replay headers %v", again.header)
+		}
+	})
+}
+
+// TestReplayKeepsTheBodysMeaning: a replay repeats the headers that say
+// how to read its body, so a gzip answer replays as gzip, not as bytes the
+// client cannot read.
+func TestReplayKeepsTheBodysMeaning(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), nil, nil)
+		// A client that leaves the gzip to the test.
+		c := &http.Client{Transport: &http.Transport{DisableCompression: true}}
+		first := post(t, c, srv.URL+"/gzip", "k", `{"ref":"z"}`)
+		again := post(t, c, srv.URL+"/gzip", "k", `{"ref":"z"}`)
+		if first.status != http.StatusCreated || !again.replayed() || !bytes.Equal(first.body, again.body) {
+			t.Fatalf("first %d; again %d replayed=%v", first.status, again.status, again.replayed())
+		}
+		for _, h := range []string{"Content-Type", "Content-Encoding", "Content-Language", "Content-Disposition", "Content-Location", "Vary"} {
+			if got, want := again.header.Get(h), first.header.Get(h); got != want || want == "" {
+				t.Errorf("replayed %s: %q, first %q", h, got, want)
+			}
+		}
+		zr, err := gzip.NewReader(bytes.NewReader(again.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b, err := io.ReadAll(zr); err != nil || !strings.HasPrefix(string(b), `{"ref":"z"`) {
+			t.Errorf("replayed body %q, %v", b, err)
+		}
+		if n := e.charges(t, "z"); n != 1 {
+			t.Errorf("%d charges, want 1", n)
 		}
 	})
 }

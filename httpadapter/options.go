@@ -36,7 +36,7 @@ func defaultConfig() *config {
 		methods:          map[string]bool{http.MethodPost: true, http.MethodPatch: true},
 		fingerprint:      DefaultFingerprint,
 		stored:           DefaultStoredStatus,
-		replayHeaders:    []string{"Content-Type", "Location", "Link"},
+		replayHeaders:    defaultReplayHeaders(),
 		maxResponseBytes: DefaultMaxBytes,
 		maxRequestBytes:  DefaultMaxBytes,
 		retryAfter:       time.Second,
@@ -111,9 +111,26 @@ func WithFingerprint(fn func(r *http.Request, body []byte) any) Option {
 	}
 }
 
-// WithReplayHeaders adds response headers that a replay repeats. Content-Type,
-// Location and Link are always replayed; Set-Cookie never is (a replay must
-// not hand one client's session to another), and naming it panics.
+// defaultReplayHeaders are the response headers every replay repeats: those
+// that say how to read the body (without Content-Encoding a gzip answer
+// replays as bytes the client cannot read), where the result is, and Vary,
+// which tells a cache between the client and the server that the body was
+// chosen by request headers (a gzip body by Accept-Encoding) and must not be
+// served to a client that did not send them.
+func defaultReplayHeaders() []string {
+	return []string{
+		"Content-Type", "Content-Encoding", "Content-Language", "Content-Disposition",
+		"Content-Location", "Location", "Link", "Vary",
+	}
+}
+
+// WithReplayHeaders adds response headers that a replay repeats. Replays
+// always repeat the headers that give the body its meaning (Content-Type,
+// Content-Encoding, Content-Language, Content-Disposition), those that say
+// where the result is (Location, Content-Location, Link) and Vary; other
+// headers of the first answer (Cache-Control, ETag, a request id) only when
+// named here. Set-Cookie never is (a replay must not hand one client's
+// session to another), and naming it panics.
 func WithReplayHeaders(names ...string) Option {
 	return func(c *config) {
 		for _, n := range names {
