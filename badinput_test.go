@@ -45,7 +45,7 @@ func TestBadInputWritesNothing(t *testing.T) {
 		{name: "key with UTF-8", key: "clé",
 			want: "idempotency: invalid key: byte 2 is 0xc3, not printable ASCII", is: idempotency.ErrInvalidKey},
 		{name: "scope over 255 bytes", scope: long, key: "k",
-			want: "idempotency: invalid key: the scope is 256 bytes, longer than 255", is: idempotency.ErrInvalidKey},
+			want: "idempotency: invalid scope: the scope is 256 bytes, longer than 255", is: idempotency.ErrInvalidScope},
 		{name: "params a channel", key: "k", params: make(chan int),
 			want: "idempotency: params cannot be encoded as JSON: json: unsupported type: chan int"},
 		{name: "params NaN", key: "k", params: map[string]float64{"amount": math.NaN()},

@@ -32,7 +32,8 @@ reports whether the value was replayed.
   - fn's writes and the key commit in one transaction, or neither does.
   - A twin (a concurrent call with the same key) waits for the running call
     (WithWait), then replays its value, or runs if that call rolled back. Past
-    the wait it gets ErrInProgress, and nothing is stored.
+    the wait it gets ErrInProgress, and nothing is stored. While it waits it
+    holds no transaction and no pooled connection.
   - fn's error rolls everything back and is returned unchanged; a retry runs
     fn again. A FinalError (see Final) is stored and replayed instead: use it
     for answers that must not change on retry, such as a declined card.
@@ -41,7 +42,11 @@ reports whether the value was replayed.
   - A connection lost under Do's own statements before COMMIT runs the attempt
     again on another connection. A connection lost during COMMIT gives
     ErrOutcomeUnknown; a retry with the same key resolves it.
-  - Keys expire after WithTTL by the database's clock; Prune deletes them.
+  - Keys expire WithTTL after their save by the database's clock; Prune
+    deletes them.
+  - fn must return every error of tx. Where the database ends a transaction
+    on an error (MySQL on a deadlock), an fn that goes on writes outside it:
+    Do then returns ErrTransactionEnded, which is not safe to retry blindly.
 
 fn may run more than once when an attempt is rolled back (a retry after a
 deadlock, a lost race), which is why all its effects must go through tx. A

@@ -36,7 +36,11 @@ const (
 	FinalFailure Outcome = "final_failure" // fn's FinalError was stored
 	Failed       Outcome = "failed"        // fn's error (rolled back) or any other error
 	Invalid      Outcome = "invalid"       // bad input: nothing touched the database
+	Panicked     Outcome = "panicked"      // fn panicked: rolled back, and the panic goes on
 )
+
+// errPanicked is the error of a Panicked CallEvent.
+var errPanicked = errors.New("idempotency: fn panicked; the call was rolled back and the panic goes on")
 
 // CallEvent describes one finished call.
 type CallEvent struct {

@@ -20,8 +20,8 @@ import (
 // these with a detail that says what was wrong.
 var (
 	// ErrInvalidKey: the key is empty, longer than 255 bytes, or has a byte
-	// outside printable ASCII (or the scope is longer than 255 bytes).
-	// Nothing touched the database.
+	// outside printable ASCII (or the scope is longer than 255 bytes: see
+	// ErrInvalidScope). Nothing touched the database.
 	ErrInvalidKey = errors.New("idempotency: invalid key")
 
 	// ErrParamsMismatch: the key was already used with other params. fn was
@@ -36,7 +36,27 @@ var (
 	// call's writes and its key committed is unknown. Retry with the same
 	// key: it replays if they committed and runs fn if they did not.
 	ErrOutcomeUnknown = errors.New("idempotency: commit outcome unknown; retry with the same key to resolve it")
+
+	// ErrTransactionEnded: the database ended the call's transaction while
+	// fn ran (MySQL and MariaDB roll a transaction back on a deadlock, SQLite
+	// on a full disk), and fn went on without returning that error. Nothing
+	// was stored under the key, but statements fn made after that point ran
+	// outside any transaction and may have committed on their own. This is
+	// a bug in fn (it must return every error of tx), and the call is NOT
+	// safe to retry blindly: check what fn wrote first.
+	ErrTransactionEnded = errors.New("idempotency: the database ended the transaction while fn ran (fn ignored an error such as a deadlock); writes fn made after it may have committed outside the transaction, so do not retry blindly")
+
+	// ErrInvalidScope: the store's scope (Store.Scope) is longer than 255
+	// bytes. It is the service's mistake, not its client's; for callers
+	// written before it existed, it also matches ErrInvalidKey. Nothing
+	// touched the database.
+	ErrInvalidScope error = invalidScope{}
 )
+
+type invalidScope struct{}
+
+func (invalidScope) Error() string { return "idempotency: invalid scope" }
+func (invalidScope) Unwrap() error { return ErrInvalidKey }
 
 // MaxKeyLen is the longest key (and scope) in bytes.
 const MaxKeyLen = 255
@@ -68,7 +88,9 @@ type Option func(*config) error
 
 // WithTTL sets how long a key is kept after its call committed: within it,
 // retries replay; after it, the key is treated as absent (by the database's
-// clock) and Prune deletes it. The default is 24 hours.
+// clock) and Prune deletes it. The TTL counts from the statement that saves
+// the key, just before COMMIT, so a slow fn does not shorten it. The
+// default is 24 hours.
 func WithTTL(d time.Duration) Option {
 	return func(c *config) error {
 		if d < time.Millisecond {
@@ -81,11 +103,19 @@ func WithTTL(d time.Duration) Option {
 
 // WithWait sets how long Do waits for a twin (a call with the same key that
 // is still running) before it gives up with ErrInProgress. The default is 10
-// seconds; 0 means do not wait. MySQL and MariaDB count lock waits in whole
-// seconds, so there the bound is rounded up to a second. On SQLite a twin
-// waits for the database's write lock inside the driver, for the
-// connection's busy_timeout; WithWait bounds only the retries after
-// SQLITE_BUSY, so set busy_timeout to the wait you want.
+// seconds; 0 means do not wait.
+//
+// A waiting twin holds no transaction and no pooled connection while it
+// waits: it tries to claim the key, finds it held, rolls back, pauses (1ms,
+// doubling to 32ms, jittered) and tries again. It sees the holder's commit
+// at most one pause late and then replays it; if the holder rolls back, one
+// twin takes the key. Each try is one short transaction (BEGIN, claim,
+// ROLLBACK), so a twin that waits a second costs about 40 of them and other
+// calls keep the pool. Two databases wait inside a try: MySQL 8 (not
+// MariaDB) cannot bound a row-lock wait below one second, so there a try
+// holds its connection for up to a second; and on SQLite every writer,
+// twin or not, waits for the one write lock in BEGIN, for the connection's
+// busy_timeout, while the context of the call can still end the wait.
 func WithWait(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {
@@ -226,7 +256,8 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 // Scope returns a store that shares s's database and options but keeps its
 // keys apart under scope: the same key in two scopes names two calls. Use
 // the tenant, account or user the call acts for. A scope is at most 255
-// bytes; Do reports a longer one as ErrInvalidKey.
+// bytes; Do reports a longer one as ErrInvalidScope. The empty scope is the
+// store's own: a store that is never scoped keeps every key in it.
 func (s *Store) Scope(scope string) *Store {
 	c := *s
 	c.scope = scope
@@ -250,7 +281,7 @@ func (s *Store) key(key string) (dialects.Key, error) {
 		return dialects.Key{}, err
 	}
 	if len(s.scope) > MaxKeyLen {
-		return dialects.Key{}, fmt.Errorf("%w: the scope is %d bytes, longer than %d", ErrInvalidKey, len(s.scope), MaxKeyLen)
+		return dialects.Key{}, fmt.Errorf("%w: the scope is %d bytes, longer than %d", ErrInvalidScope, len(s.scope), MaxKeyLen)
 	}
 	return dialects.Key{Scope: s.scope, Key: key, Lock: lockID(s.scope, key)}, nil
 }

@@ -86,11 +86,25 @@ func run[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, param
 	var retries int
 	if h.CallEnd != nil {
 		start := time.Now()
+		returned := false
 		defer func() {
-			h.CallEnd(ctx, CallEvent{Scope: s.scope, Key: key, Outcome: outcomeOf(res.Replayed, err),
-				Retries: retries, Duration: time.Since(start), Err: err})
+			e := CallEvent{Scope: s.scope, Key: key, Outcome: outcomeOf(res.Replayed, err),
+				Retries: retries, Duration: time.Since(start), Err: err}
+			if !returned {
+				// fn panicked: the panic goes on, after the hook has seen it.
+				e.Outcome, e.Err = Panicked, errPanicked
+			}
+			h.CallEnd(ctx, e)
 		}()
+		res, err = call(ctx, s, outer, key, params, fn, &retries)
+		returned = true
+		return res, err
 	}
+	return call(ctx, s, outer, key, params, fn, &retries)
+}
+
+// call is run without the hooks.
+func call[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, params any, fn func(context.Context, *sqlx.Tx) (T, error), retries *int) (res Result[T], err error) {
 	k, err := s.key(key)
 	if err != nil {
 		return res, err
@@ -103,7 +117,10 @@ func run[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, param
 	if outer != nil {
 		u = &savepoint{tx: outer}
 	}
-	var final *FinalError
+	var (
+		final *FinalError
+		fresh T // fn's value as a replay will see it
+	)
 	work := func(ctx context.Context, tx *sqlx.Tx) ([]byte, bool, error) {
 		v, err := fn(ctx, tx)
 		if err != nil {
@@ -117,20 +134,30 @@ func run[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, param
 		if err != nil {
 			return nil, false, fmt.Errorf("idempotency: fn's value cannot be encoded as JSON (nothing was committed): %w", err)
 		}
+		// Decode before anything is saved: a value whose JSON does not
+		// decode into T would commit and then fail every call, retries
+		// included. Decoding also gives the first answer a replay's shape.
+		var zero T
+		fresh = zero
+		if err := json.Unmarshal(b, &fresh); err != nil {
+			return nil, false, fmt.Errorf("idempotency: fn's value encodes to JSON that cannot be decoded back into %T, so it could never be replayed (nothing was committed): %w", fresh, err)
+		}
 		return b, false, nil
 	}
-	rec, replayed, err := s.call(ctx, u, k, fp, work, &retries)
+	rec, replayed, err := s.loop(ctx, u, k, fp, work, retries)
 	if err != nil {
 		return res, err
 	}
 	res.Replayed = replayed
-	if rec.Failed {
-		if !replayed && final != nil {
-			return res, final
-		}
+	switch {
+	case rec.Failed && !replayed && final != nil:
+		return res, final
+	case rec.Failed:
 		return res, decodeFailure(rec.Value)
+	case !replayed:
+		res.Value = fresh
+		return res, nil
 	}
-	// Decode on both paths, so a replay cannot be told from the first answer.
 	if err := json.Unmarshal(rec.Value, &res.Value); err != nil {
 		return res, fmt.Errorf("idempotency: stored value cannot be decoded into %T: %w", res.Value, err)
 	}
@@ -145,7 +172,8 @@ const (
 	replay                // a committed record answers the call
 	again                 // start a new attempt now (a twin finished, a race was lost)
 	retry                 // serialization failure or deadlock: back off, then again
-	busy                  // the database is locked (SQLite): back off within the wait bound
+	held                  // a twin holds the key: pause, then again, within the wait bound
+	busy                  // the database is locked (SQLite): pause, then again, within the wait bound
 	failed                // fn returned a final failure: store it, without calling fn again
 )
 
@@ -153,13 +181,14 @@ const (
 // finished, an expired row was removed); each needs another call's progress.
 const maxRestarts = 100
 
-// call is the protocol's loop: it runs attempts until one commits, finds a
+// loop is the protocol's loop: it runs attempts until one commits, finds a
 // record to replay, or fails for good.
-func (s *Store) call(ctx context.Context, u unit, k dialects.Key, fp []byte, work work, retries *int) (dialects.Record, bool, error) {
-	deadline := time.Now().Add(s.cfg.wait)
+func (s *Store) loop(ctx context.Context, u unit, k dialects.Key, fp []byte, work work, retries *int) (dialects.Record, bool, error) {
 	var (
 		restarts int
-		stored   []byte // a final failure to store instead of calling fn
+		polls    int
+		deadline time.Time // of the wait for a twin, from when one is first seen
+		stored   []byte    // a final failure to store instead of calling fn
 	)
 	if s.cfg.readFirst && !u.joined() {
 		rec, ok, err := s.dialect.Lookup(ctx, s.db, k)
@@ -177,7 +206,7 @@ func (s *Store) call(ctx context.Context, u unit, k dialects.Key, fp []byte, wor
 		if err := ctx.Err(); err != nil {
 			return dialects.Record{}, false, err
 		}
-		out, rec, err := s.attempt(ctx, u, k, fp, deadline, work, stored)
+		out, rec, err := s.attempt(ctx, u, k, fp, work, stored)
 		switch out {
 		case done:
 			return rec, false, err
@@ -201,11 +230,23 @@ func (s *Store) call(ctx context.Context, u unit, k dialects.Key, fp []byte, wor
 				return dialects.Record{}, false, err
 			}
 			continue
-		case busy:
-			if u.joined() || !time.Now().Before(deadline) {
-				return dialects.Record{}, false, fmt.Errorf("%w (waited %v): %w", ErrInProgress, s.cfg.wait, err)
+		case held, busy:
+			// Wait for the twin with no transaction open and no connection
+			// held: pause, then claim again. The claim replays the twin's
+			// record once it has committed, and takes the key if it rolled
+			// back.
+			if polls == 0 {
+				deadline = time.Now().Add(s.cfg.wait)
 			}
-			if err := sleep(ctx, time.Duration(1+rand.IntN(5))*time.Millisecond); err != nil {
+			polls++
+			left := time.Until(deadline)
+			if left <= 0 || (out == busy && u.joined()) {
+				if err == nil {
+					err = errors.New("the key is held by a call that is still running")
+				}
+				return dialects.Record{}, false, fmt.Errorf("%w: key %q (waited %v): %w", ErrInProgress, k.Key, s.cfg.wait, err)
+			}
+			if err := sleep(ctx, min(pause(polls), left)); err != nil {
 				return dialects.Record{}, false, err
 			}
 			continue
@@ -230,7 +271,7 @@ type work func(ctx context.Context, tx *sqlx.Tx) (value []byte, failed bool, err
 
 // attempt runs one transaction of the protocol: claim, fn, save, commit.
 // With a stored failure it does not call fn: it saves the failure instead.
-func (s *Store) attempt(ctx context.Context, u unit, k dialects.Key, fp []byte, deadline time.Time, work work, stored []byte) (outcome, dialects.Record, error) {
+func (s *Store) attempt(ctx context.Context, u unit, k dialects.Key, fp []byte, work work, stored []byte) (outcome, dialects.Record, error) {
 	var none dialects.Record
 	d := s.dialect
 	tx, err := u.begin(ctx)
@@ -240,7 +281,7 @@ func (s *Store) attempt(ctx context.Context, u unit, k dialects.Key, fp []byte, 
 	// Rolls back on every path that does not commit, panics included.
 	defer u.rollback()
 
-	claim, rec, err := d.Claim(ctx, tx, k, fp, s.cfg.ttl, max(time.Until(deadline), 0))
+	claim, rec, err := d.Claim(ctx, tx, k, fp, s.cfg.ttl)
 	if err != nil {
 		u.rollback() // and nothing else: see the mysql dialect
 		return s.classify(ctx, "claim the key", err)
@@ -252,6 +293,9 @@ func (s *Store) attempt(ctx context.Context, u unit, k dialects.Key, fp []byte, 
 	case dialects.Taken:
 		u.rollback()
 		return s.afterTaken(ctx, u, k)
+	case dialects.Held:
+		u.rollback()
+		return held, none, nil
 	}
 
 	rec = dialects.Record{Fingerprint: fp, Value: stored, Failed: stored != nil}
@@ -275,6 +319,12 @@ func (s *Store) attempt(ctx context.Context, u unit, k dialects.Key, fp []byte, 
 		return done, none, err
 	}
 	ok, err := d.Save(ctx, tx, k, rec, s.cfg.ttl)
+	if errors.Is(err, dialects.ErrTransactionEnded) {
+		u.rollback()
+		s.cfg.logger.ErrorContext(ctx, "idempotency: the database ended the transaction while fn ran and fn ignored the error; its later writes may have committed outside the transaction",
+			"scope", k.Scope, "key", k.Key, "err", err)
+		return done, none, fmt.Errorf("%w: key %q: %w", ErrTransactionEnded, k.Key, err)
+	}
 	if err != nil {
 		u.rollback()
 		return s.classify(ctx, "save the key", err)
@@ -344,6 +394,15 @@ func (s *Store) classify(ctx context.Context, stage string, err error) (outcome,
 	return done, none, fmt.Errorf("idempotency: %s: %w", stage, err)
 }
 
+// pause is how long a call waits before it claims a held key again: 1ms,
+// doubling to 32ms, jittered so that twins do not claim in step. A twin
+// sees its holder's commit at most that late, and costs the database about
+// one short transaction per pause.
+func pause(poll int) time.Duration {
+	ceiling := time.Millisecond << min(poll-1, 5)
+	return ceiling/2 + rand.N(ceiling/2+1)
+}
+
 func backoff(attempt int) time.Duration {
 	ceiling := time.Millisecond << min(attempt, 7) // 2ms, 4ms ... 128ms
 	return ceiling/2 + rand.N(ceiling/2+1)
@@ -375,27 +434,47 @@ type ownTx struct {
 	db   *sqlx.DB
 	opts *sql.TxOptions
 	tx   *sqlx.Tx
+	end  context.CancelFunc // releases the transaction's context
 }
 
+// begin obeys ctx while it waits for a pooled connection and for BEGIN
+// (where SQLite waits for its write lock). Once the transaction has begun,
+// its fate is decided here, not by ctx: database/sql rolls back a
+// transaction whose context ends, even during COMMIT. fn and every
+// statement still get ctx, and ctx is checked before COMMIT.
 func (o *ownTx) begin(ctx context.Context) (*sqlx.Tx, error) {
-	// The transaction's fate is decided here, not by ctx: database/sql would
-	// roll back a transaction whose context ends, even during COMMIT. fn and
-	// every statement still get ctx, and ctx is checked before COMMIT.
-	tx, err := o.db.BeginTxx(context.WithoutCancel(ctx), o.opts)
-	o.tx = tx
-	return tx, err
+	txCtx, end := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, end)
+	tx, err := o.db.BeginTxx(txCtx, o.opts)
+	if !stop() {
+		// ctx ended before BEGIN was done: end went to the transaction
+		// too, and database/sql rolls it back.
+		end()
+		if err == nil {
+			_ = tx.Rollback()
+		}
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		end()
+		return nil, err
+	}
+	o.tx, o.end = tx, end
+	return tx, nil
 }
 
 func (o *ownTx) rollback() {
 	if o.tx != nil {
 		_ = o.tx.Rollback()
 		o.tx = nil
+		o.end()
 	}
 }
 
 func (o *ownTx) commit() error {
 	tx := o.tx
 	o.tx = nil
+	defer o.end()
 	return tx.Commit()
 }
 

@@ -55,15 +55,18 @@ type Claim int
 
 const (
 	// Claimed: the transaction now owns the key until it ends; no twin can
-	// claim it. Record must be called before the transaction commits.
+	// claim it. Save must be called before the transaction commits.
 	Claimed Claim = iota
 	// Found: a live record exists and was returned with the claim. The
 	// transaction must be rolled back; the record is the answer.
 	Found
-	// Taken: a row holds the key, or a twin did and Claim waited for it to
-	// end; the dialect cannot read the outcome safely inside this
-	// transaction. Roll back, then Lookup outside it.
+	// Taken: a committed row holds the key; the dialect cannot read it
+	// safely inside this transaction. Roll back, then Lookup outside it.
 	Taken
+	// Held: a twin holds the key right now (its transaction is still
+	// running). Claim does not wait for it: roll back, so that the
+	// connection goes back to the pool, and claim again a little later.
+	Held
 )
 
 // Class sorts database errors into what the protocol does with them.
@@ -98,15 +101,18 @@ type Dialect interface {
 	// Name is the dialect's name: "postgres", "mysql" or "sqlite".
 	Name() string
 
-	// Claim is the first statement of an attempt's transaction. It waits at
-	// most wait for a twin that holds the key; past that it returns an error
-	// that Classify calls LockTimeout.
-	Claim(ctx context.Context, tx Querier, k Key, fingerprint []byte, ttl, wait time.Duration) (Claim, Record, error)
+	// Claim is the first statement of an attempt's transaction. It does
+	// not wait for a twin that holds the key (beyond a bound of at most a
+	// second where the database cannot do less): it reports Held.
+	Claim(ctx context.Context, tx Querier, k Key, fingerprint []byte, ttl time.Duration) (Claim, Record, error)
 
 	// Save writes the record in the transaction that claimed the key, to
-	// expire ttl after now by the database clock. It reports false when a
-	// live record already holds the key (a twin won a race the claim could
-	// not see); the attempt then rolls back and starts again.
+	// expire ttl after now by the database clock (now being just before
+	// COMMIT, so a slow fn does not shorten the key's life). It reports
+	// false when a live record already holds the key (a twin won a race
+	// the claim could not see); the attempt then rolls back and starts
+	// again. It returns an error wrapping ErrTransactionEnded when the
+	// claimed row is gone because the database ended the transaction.
 	Save(ctx context.Context, tx Querier, k Key, rec Record, ttl time.Duration) (bool, error)
 
 	// Lookup reads the live (unexpired) record of a key outside any
@@ -124,6 +130,12 @@ type Dialect interface {
 	// Classify tells what an error returned by the driver means.
 	Classify(err error) Class
 }
+
+// ErrTransactionEnded is what Save wraps when the row the claim wrote is no
+// longer there: the database ended the transaction while fn ran (MySQL on a
+// deadlock, SQLite on a full disk) and fn did not return the error, so fn's
+// later statements ran outside the transaction.
+var ErrTransactionEnded = errors.New("the key row claimed at the start of the transaction is gone: the database ended the transaction while fn ran")
 
 // Kind returns the dialect name for a database/sql driver name: "postgres"
 // for postgres, pgx and pgx/v5; "mysql" for mysql; "sqlite" for sqlite and

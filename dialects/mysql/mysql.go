@@ -6,24 +6,36 @@
 // InnoDB has no transaction-scoped advisory lock, and a locking read of a
 // missing row takes gap locks that twins share (then both insert and
 // deadlock), so the claim is the row itself: the first statement of the
-// attempt INSERTs the key with no value and its expiry. A twin's INSERT waits
-// on that row's lock for at most the wait bound (innodb_lock_wait_timeout,
-// whole seconds, set for that one statement). When the holder commits, the
-// twin gets a duplicate-key error (1062); when the holder rolls back, one
-// twin's insert goes through and the others may get a deadlock (1213).
+// attempt INSERTs the key with no value. When a committed row holds the key
+// the INSERT fails at once with a duplicate key (1062): the attempt rolls
+// back and reads the row with a plain autocommit SELECT, which sees the
+// latest commit at every isolation level.
+//
+// When a twin's uncommitted row holds the key, the INSERT would wait for its
+// lock. It does not wait on MariaDB (innodb_lock_wait_timeout = 0 for that
+// one statement, through SET STATEMENT): it fails at once with 1205, the
+// attempt rolls back, which gives the connection back to the pool, and the
+// caller claims again after a short, growing pause, within its wait bound.
+// MySQL 8 has neither SET STATEMENT nor a lock wait under one second, so
+// there the session's wait is set to one second around the INSERT and put
+// back after it: a waiting twin holds a connection for up to a second per
+// try. Nobody waits on a lock for long, so twins whose holder rolls back do
+// not deadlock each other.
 //
 // Every error from the claim ends the attempt: after 1213 the server has
 // already rolled the transaction back, and a statement sent after it would
 // run outside any transaction and commit on its own. Nothing that writes
 // data is sent after a failed claim: on MySQL 8 the session's lock wait is
-// put back, then the attempt rolls back. On 1062 the stored row is read after the
-// rollback, by a plain autocommit SELECT, which sees the latest commit at
-// every isolation level.
+// put back, then the attempt rolls back.
 //
-// Save fills the claimed row with the value by its primary key. It also
-// checks that the claimed row is still there: when the server ended the
-// transaction under fn (a deadlock inside fn whose error fn ignored), the
-// row is gone and Save fails instead of committing nothing under a key.
+// Save fills the claimed row with the value by its primary key, and checks
+// that the row is still there. InnoDB rolls a transaction back on a
+// deadlock, and the statements after it run on their own, in autocommit
+// mode: when fn ignores such an error, the row is gone and Save fails with
+// an error that wraps dialects.ErrTransactionEnded (fn's later writes may
+// have committed; the call is not safe to retry blindly). Preventing that
+// would take a session without autocommit, whose setting would have to be
+// put back on every pooled connection at the cost of a round trip per call.
 package mysql
 
 import (
@@ -31,7 +43,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"math"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -43,7 +54,7 @@ import (
 
 // Dialect implements dialects.Dialect for MySQL 8 and MariaDB 10.5+.
 type Dialect struct {
-	insert, save, lookup, deleteExpired, prune string
+	insert, claimMariaDB, save, lookup, deleteExpired, prune string
 
 	// flavor is 0 until the first claim asks the server, then 1 for MariaDB
 	// (which can bound one statement's lock wait with SET STATEMENT) or 2
@@ -61,10 +72,14 @@ const (
 // New returns the MySQL/MariaDB dialect for the key table named table (a
 // safe identifier, optionally schema-qualified).
 func New(table string) *Dialect {
+	insert := `INSERT INTO ` + table + ` (scope, ` + "`key`" + `, fingerprint, value, failed, created_at, expires_at)
+VALUES (?, ?, ?, NULL, FALSE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)`
 	return &Dialect{
-		insert: `INSERT INTO ` + table + ` (scope, ` + "`key`" + `, fingerprint, value, failed, created_at, expires_at)
-VALUES (?, ?, ?, NULL, FALSE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)`,
-		save: `UPDATE ` + table + ` SET value = ?, failed = ?
+		insert:       insert,
+		claimMariaDB: `SET STATEMENT innodb_lock_wait_timeout = 0 FOR ` + insert,
+		// The TTL counts from this statement, just before COMMIT, not from
+		// the claim.
+		save: `UPDATE ` + table + ` SET value = ?, failed = ?, expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
 WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND value IS NULL`,
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6) AND value IS NOT NULL`,
@@ -76,27 +91,28 @@ WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6) AND va
 // Name returns "mysql".
 func (d *Dialect) Name() string { return "mysql" }
 
-// Claim inserts the key's row with no value; see the package documentation.
-func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, fingerprint []byte, ttl, wait time.Duration) (dialects.Claim, dialects.Record, error) {
+// Claim inserts the key's row with no value, without waiting for a twin's
+// row lock (up to a second on MySQL 8); see the package documentation.
+func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, fingerprint []byte, ttl time.Duration) (dialects.Claim, dialects.Record, error) {
 	var none dialects.Record
 	flavor, err := d.detect(ctx, tx)
 	if err != nil {
 		return 0, none, err
 	}
-	// innodb_lock_wait_timeout counts whole seconds; round the bound up.
-	secs := int64(math.Ceil(wait.Seconds()))
-	if secs < 1 {
-		secs = 1
-	}
 	args := []any{k.Scope, k.Key, fingerprint, ttl.Microseconds()}
 	if flavor == flavorMariaDB {
-		_, err = tx.ExecContext(ctx, fmt.Sprintf("SET STATEMENT innodb_lock_wait_timeout = %d FOR ", secs)+d.insert, args...)
+		_, err = tx.ExecContext(ctx, d.claimMariaDB, args...)
 	} else {
-		err = d.claimMySQL(ctx, tx, secs, args)
+		err = d.claimMySQL(ctx, tx, args)
 	}
 	var me *mysql.MySQLError
-	if errors.As(err, &me) && me.Number == 1062 {
-		return dialects.Taken, none, nil
+	if errors.As(err, &me) {
+		switch me.Number {
+		case 1062: // ER_DUP_ENTRY: a committed row holds the key
+			return dialects.Taken, none, nil
+		case 1205: // ER_LOCK_WAIT_TIMEOUT: a twin's row holds it
+			return dialects.Held, none, nil
+		}
 	}
 	if err != nil {
 		return 0, none, err
@@ -104,14 +120,22 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 	return dialects.Claimed, none, nil
 }
 
-func (d *Dialect) claimMySQL(ctx context.Context, tx dialects.Querier, secs int64, args []any) error {
-	if _, err := tx.ExecContext(ctx, fmt.Sprintf(
-		"SET @idempotency_lock_wait = @@SESSION.innodb_lock_wait_timeout, SESSION innodb_lock_wait_timeout = %d", secs)); err != nil {
+// claimMySQL bounds the INSERT's lock wait by setting the session's and
+// putting it back. The three statements run to the end whatever ctx does
+// (the INSERT waits a second at most): a connection goes back to the pool
+// only with the session's own setting.
+func (d *Dialect) claimMySQL(ctx context.Context, tx dialects.Querier, args []any) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ctx = context.WithoutCancel(ctx)
+	if _, err := tx.ExecContext(ctx,
+		"SET @idempotency_lock_wait = @@SESSION.innodb_lock_wait_timeout, SESSION innodb_lock_wait_timeout = 1"); err != nil {
 		return err
 	}
 	_, err := tx.ExecContext(ctx, d.insert, args...)
 	// Restoring a session variable writes no data, so it is safe even after
-	// a claim error; connections are pooled and must not keep our bound.
+	// a claim error.
 	if _, rerr := tx.ExecContext(ctx, "SET SESSION innodb_lock_wait_timeout = @idempotency_lock_wait"); err == nil {
 		err = rerr
 	}
@@ -135,8 +159,8 @@ func (d *Dialect) detect(ctx context.Context, q dialects.Querier) (int32, error)
 }
 
 // Save fills the claimed row with the value.
-func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, _ time.Duration) (bool, error) {
-	res, err := tx.ExecContext(ctx, d.save, rec.Value, rec.Failed, k.Scope, k.Key, rec.Fingerprint)
+func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
+	res, err := tx.ExecContext(ctx, d.save, rec.Value, rec.Failed, ttl.Microseconds(), k.Scope, k.Key, rec.Fingerprint)
 	if err != nil {
 		return false, err
 	}
@@ -145,14 +169,10 @@ func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key,
 		return false, fmt.Errorf("rows affected: %w", err)
 	}
 	if n != 1 {
-		return false, ErrTransactionEnded
+		return false, fmt.Errorf("%w (an error inside fn, such as a deadlock, was not returned); writes fn made after it ran outside the transaction and may have committed", dialects.ErrTransactionEnded)
 	}
 	return true, nil
 }
-
-// ErrTransactionEnded reports that the claimed row vanished before Save: the
-// server ended the transaction while fn ran.
-var ErrTransactionEnded = errors.New("the server ended the transaction while fn ran (an error inside fn, such as a deadlock, was not returned); writes fn made after it may have committed on their own")
 
 // Lookup reads the key's live record.
 func (d *Dialect) Lookup(ctx context.Context, q dialects.Querier, k dialects.Key) (dialects.Record, bool, error) {

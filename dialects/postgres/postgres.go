@@ -6,20 +6,24 @@
 // A fresh call costs one write: the claim takes a transaction-scoped advisory
 // lock on a 64-bit hash of (scope, key) and, in the same round trip, reads the
 // live record (through idempotency_claim, so that under READ COMMITTED the
-// read sees every commit made before the lock was free). fn runs, then one INSERT writes the key with its value, and
-// the lock goes away with the transaction. A twin that finds the lock taken
-// waits for the holder to end (a shared lock, bounded by lock_timeout), then
-// reports the key Taken: the caller rolls back, which returns its connection
-// to the pool, and reads the key outside any transaction, whose fresh view
-// sees the holder's commit at every isolation level. It replays that, or
-// starts a new attempt when the holder rolled back. A twin that slipped past
+// read sees every commit made before the lock was free). fn runs, then one
+// INSERT writes the key with its value, and the lock goes away with the
+// transaction.
+//
+// The claim never waits: pg_try_advisory_xact_lock answers at once. A twin
+// that finds the lock taken reports the key Held; the caller rolls back,
+// which gives its connection back to the pool, and claims again after a
+// short, growing pause, until the holder has committed (the claim then finds
+// its record and replays it), has rolled back (the claim takes the lock), or
+// the wait bound has passed. A waiting twin therefore holds a connection for
+// one round trip per try, not for the whole wait. A twin that slipped past
 // the lock (under REPEATABLE READ or SERIALIZABLE its snapshot can predate
 // the holder's commit) is caught by the INSERT: ON CONFLICT leaves a live row
 // alone, or the database raises 40001, and the attempt starts over.
 //
 // Advisory locks share one number space per database: an application that
-// takes bigint advisory locks of its own may, very rarely, wait on a key
-// whose hash equals one of its numbers. It never breaks correctness.
+// takes bigint advisory locks of its own may, very rarely, see a key as held
+// while it holds a lock of the same number. It never breaks correctness.
 package postgres
 
 import (
@@ -27,7 +31,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/exactlyonce/idempotency/dialects"
@@ -35,7 +38,7 @@ import (
 
 // Dialect implements dialects.Dialect for PostgreSQL.
 type Dialect struct {
-	claim, wait, save, lookup, deleteExpired, prune string
+	claim, save, lookup, deleteExpired, prune string
 }
 
 var _ dialects.Dialect = (*Dialect)(nil)
@@ -45,9 +48,10 @@ var _ dialects.Dialect = (*Dialect)(nil)
 func New(table string) *Dialect {
 	return &Dialect{
 		claim: claimStatement(table),
-		wait:  `SELECT pg_advisory_xact_lock_shared($1)`,
+		// The TTL counts from this statement, just before COMMIT
+		// (clock_timestamp), not from the transaction's start (now()).
 		save: `INSERT INTO ` + table + ` AS k (scope, key, fingerprint, value, failed, created_at, expires_at)
-VALUES ($1, $2, $3, $4, $5, now(), now() + $6::float8 * interval '1 microsecond')
+VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp() + $6::float8 * interval '1 microsecond')
 ON CONFLICT (scope, key) DO UPDATE SET
 	fingerprint = excluded.fingerprint, value = excluded.value, failed = excluded.failed,
 	created_at = excluded.created_at, expires_at = excluded.expires_at
@@ -83,44 +87,35 @@ LEFT JOIN ` + table + ` AS k ON k.scope = $2 AND k.key = $3 AND k.expires_at > n
 func (d *Dialect) Name() string { return "postgres" }
 
 // Claim takes the key's advisory lock and reads its live record in one
-// statement; see the package documentation.
-func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, _ []byte, _, wait time.Duration) (dialects.Claim, dialects.Record, error) {
+// statement, without waiting; see the package documentation.
+func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, _ []byte, _ time.Duration) (dialects.Claim, dialects.Record, error) {
 	var (
 		locked bool
 		rec    dialects.Record
 		failed sql.NullBool
 	)
 	err := tx.QueryRowxContext(ctx, d.claim, k.Lock, k.Scope, k.Key).Scan(&locked, &rec.Fingerprint, &rec.Value, &failed)
-	if err != nil {
+	switch {
+	case err != nil:
 		return 0, rec, err
-	}
-	if rec.Fingerprint != nil {
+	case rec.Fingerprint != nil:
 		rec.Failed = failed.Bool
 		return dialects.Found, rec, nil
-	}
-	if locked {
+	case locked:
 		return dialects.Claimed, rec, nil
 	}
-	// A twin holds the key. Wait until it ends, bounded by lock_timeout (local
-	// to this transaction, which the caller now rolls back). The wait takes
-	// the lock shared, so every waiter wakes at once when the holder ends,
-	// instead of passing an exclusive lock from one waiter to the next.
-	ms := wait.Milliseconds()
-	if ms < 1 {
-		ms = 1
-	}
-	if _, err := tx.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, true)`, strconv.FormatInt(ms, 10)+"ms"); err != nil {
-		return 0, rec, err
-	}
-	if _, err := tx.ExecContext(ctx, d.wait, k.Lock); err != nil {
-		return 0, rec, err
-	}
-	return dialects.Taken, rec, nil
+	return dialects.Held, rec, nil
 }
 
 // Save inserts the record, or replaces an expired one.
 func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
 	res, err := tx.ExecContext(ctx, d.save, k.Scope, k.Key, rec.Fingerprint, rec.Value, rec.Failed, ttl.Microseconds())
+	var coded interface{ SQLState() string }
+	if errors.As(err, &coded) && coded.SQLState() == "25P02" {
+		// Postgres refuses every statement after an error until the
+		// transaction ends, so nothing fn did escaped it; say what happened.
+		return false, fmt.Errorf("fn's transaction was aborted by an error fn did not return, so nothing was committed (return every error of tx from fn): %w", err)
+	}
 	if err != nil {
 		return false, err
 	}

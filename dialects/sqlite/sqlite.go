@@ -10,6 +10,12 @@
 // already there the INSERT fails on the primary key, the attempt rolls back,
 // and the stored row is read. Save fills the row with the value.
 //
+// Waiting is SQLite's own: a twin, like any other writer, waits for the
+// write lock in BEGIN (with _txlock=immediate) or at the claim, for the
+// connection's busy_timeout, and the call's context ends that wait. When the
+// lock is still taken after it, Do pauses and tries again within its wait
+// bound.
+//
 // Recommended DSN: _pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)
 // (and _txlock=immediate with modernc.org/sqlite). Without a busy timeout,
 // a writer that finds the database locked gets SQLITE_BUSY at once; Do then
@@ -44,7 +50,8 @@ func New(table string) *Dialect {
 	return &Dialect{
 		claim: `INSERT INTO ` + table + ` (scope, "key", fingerprint, value, failed, created_at, expires_at)
 VALUES (?, ?, ?, NULL, 0, ` + nowMillis + `, ` + nowMillis + ` + ?)`,
-		save: `UPDATE ` + table + ` SET value = ?, failed = ?
+		// The TTL counts from this statement, just before COMMIT.
+		save: `UPDATE ` + table + ` SET value = ?, failed = ?, expires_at = ` + nowMillis + ` + ?
 WHERE scope = ? AND "key" = ? AND fingerprint = ? AND value IS NULL`,
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = ? AND "key" = ? AND expires_at > ` + nowMillis + ` AND value IS NOT NULL`,
@@ -58,7 +65,7 @@ WHERE scope = ? AND "key" = ? AND expires_at > ` + nowMillis + ` AND value IS NO
 func (d *Dialect) Name() string { return "sqlite" }
 
 // Claim inserts the key's row with no value, taking the write lock.
-func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, fingerprint []byte, ttl, _ time.Duration) (dialects.Claim, dialects.Record, error) {
+func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, fingerprint []byte, ttl time.Duration) (dialects.Claim, dialects.Record, error) {
 	var none dialects.Record
 	_, err := tx.ExecContext(ctx, d.claim, k.Scope, k.Key, fingerprint, ttl.Milliseconds())
 	if err != nil {
@@ -71,8 +78,8 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 }
 
 // Save fills the claimed row with the value.
-func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, _ time.Duration) (bool, error) {
-	res, err := tx.ExecContext(ctx, d.save, rec.Value, rec.Failed, k.Scope, k.Key, rec.Fingerprint)
+func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
+	res, err := tx.ExecContext(ctx, d.save, rec.Value, rec.Failed, ttl.Milliseconds(), k.Scope, k.Key, rec.Fingerprint)
 	if err != nil {
 		return false, err
 	}
@@ -81,7 +88,9 @@ func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key,
 		return false, fmt.Errorf("rows affected: %w", err)
 	}
 	if n != 1 {
-		return false, errors.New("the claimed row vanished before the value was saved")
+		// SQLite rolls a transaction back by itself after some errors
+		// (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM); fn went on without it.
+		return false, fmt.Errorf("%w (an error inside fn, such as a full disk, was not returned); writes fn made after it ran outside the transaction and may have committed", dialects.ErrTransactionEnded)
 	}
 	return true, nil
 }
