@@ -37,8 +37,14 @@
 // stored for it. WithKeyRequired answers such a request with 400 instead.
 //
 // A request is identified by its fingerprint: the method, the path, the raw
-// query and the body (WithFingerprint chooses other parts). The same key
-// with another fingerprint answers 422. Keys live in a scope (WithScope,
+// query, the body byte-for-byte, and the Content-Type and Content-Encoding
+// headers (DefaultFingerprint); other headers, an API-version header say,
+// only through WithFingerprint. When a middleware in front has already
+// parsed the form (so the body reads empty), the parsed form and any
+// uploaded files stand in for the body, and the handler sees the same
+// r.Form and r.PostForm; a middleware in front that reads the body some
+// other way must put it back. The same key with another fingerprint
+// answers 422. Keys live in a scope (WithScope,
 // usually the authenticated account): a key in one scope never replays
 // another scope's response. A scope function that returns "" (it could not
 // tell whose request this is) refuses the request with a 500 rather than

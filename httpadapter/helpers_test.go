@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -179,6 +180,26 @@ func api() http.Handler {
 			w.WriteHeader(code)
 			fmt.Fprintf(w, `{"status":%d,"nonce":%q}`, code, randomID())
 		}
+	})
+	mux.HandleFunc("POST /form", func(w http.ResponseWriter, r *http.Request) {
+		// A form handler: what it acts on is r.PostForm (and an uploaded
+		// file's size), however the form was parsed.
+		if err := r.ParseMultipartForm(1 << 20); err != nil && !errors.Is(err, http.ErrNotMultipart) {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		amount, _ := strconv.Atoi(r.PostFormValue("amount"))
+		if _, fh, err := r.FormFile("receipt"); err == nil {
+			amount += int(fh.Size)
+		}
+		in := chargeIn{Ref: r.FormValue("to"), Amount: amount}
+		if err := insert(r, in); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_ = json.NewEncoder(w).Encode(map[string]any{"id": randomID(), "to": in.Ref, "amount": in.Amount})
 	})
 	mux.HandleFunc("POST /gzip", func(w http.ResponseWriter, r *http.Request) {
 		// A compressed, described answer: its headers say how to read it.

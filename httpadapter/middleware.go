@@ -8,9 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"mime"
+	"mime/multipart"
 	"net/http"
+	"net/url"
 	"runtime/debug"
+	"slices"
+	"strings"
 
 	"github.com/jmoiron/sqlx"
 
@@ -169,6 +175,7 @@ func (m *middleware) serveWithKey(w http.ResponseWriter, r *http.Request, key st
 		rr.Body = io.NopCloser(bytes.NewReader(body))
 		rr.ContentLength = int64(len(body))
 		rr.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+		rr.Form, rr.PostForm = cloneValues(r.Form), cloneValues(r.PostForm)
 		c, err := m.serve(w, rr)
 		last = c
 		if err == nil {
@@ -414,16 +421,106 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-// DefaultFingerprint is the default of WithFingerprint: the method, the
-// path, the raw query and the SHA-256 of the body.
+// DefaultFingerprint is the default of WithFingerprint. It has the method,
+// the path, the raw query, the SHA-256 of the body byte-for-byte, and the
+// request headers that say how to read the body: Content-Type and
+// Content-Encoding. Other headers, an API-version header among them, are
+// not in it; WithFingerprint shows how to add them.
+//
+// A middleware in front of this one that parsed the form (r.ParseForm,
+// r.FormValue, r.ParseMultipartForm) has consumed the body, which then
+// reads empty here. What the handler acts on is then r.PostForm, so that
+// is in the fingerprint too (encoded, sorted by name), with each uploaded
+// file's field, name, size, type and SHA-256.
 func DefaultFingerprint(r *http.Request, body []byte) any {
 	sum := sha256.Sum256(body)
-	return fingerprint{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Body: hex.EncodeToString(sum[:])}
+	return newFingerprint(r, hex.EncodeToString(sum[:]))
 }
 
+// fingerprint is what DefaultFingerprint returns. New fields are omitted
+// when empty, so that requests that do not have them keep the fingerprint
+// that earlier versions stored.
 type fingerprint struct {
-	Method string `json:"method"`
-	Path   string `json:"path"`
-	Query  string `json:"query"`
-	Body   string `json:"body"`
+	Method          string            `json:"method"`
+	Path            string            `json:"path"`
+	Query           string            `json:"query"`
+	Body            string            `json:"body"`
+	ContentType     string            `json:"content_type,omitempty"`
+	ContentEncoding string            `json:"content_encoding,omitempty"`
+	Form            string            `json:"form,omitempty"`
+	Files           []fileFingerprint `json:"files,omitempty"`
+}
+
+type fileFingerprint struct {
+	Field  string `json:"field"`
+	Name   string `json:"name"`
+	Type   string `json:"type"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+func newFingerprint(r *http.Request, body string) fingerprint {
+	f := fingerprint{
+		Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Body: body,
+		ContentType:     mediaType(r.Header.Values("Content-Type")),
+		ContentEncoding: strings.Join(r.Header.Values("Content-Encoding"), ", "),
+	}
+	if r.PostForm != nil {
+		f.Form = r.PostForm.Encode()
+	}
+	if r.MultipartForm != nil {
+		for _, field := range slices.Sorted(maps.Keys(r.MultipartForm.File)) {
+			for _, fh := range r.MultipartForm.File[field] {
+				f.Files = append(f.Files, fileFingerprint{
+					Field: field, Name: fh.Filename, Type: fh.Header.Get("Content-Type"), Size: fh.Size, SHA256: fileSum(fh),
+				})
+			}
+		}
+	}
+	return f
+}
+
+// mediaType is a request's Content-Type in a canonical form, without a
+// multipart boundary: the boundary says where the parts of this body
+// begin, not what it means, and a client that builds the body again picks
+// another (when the body is in the fingerprint, its bytes differ anyway).
+func mediaType(values []string) string {
+	v := strings.Join(values, ", ")
+	mt, params, err := mime.ParseMediaType(v)
+	if err != nil {
+		return v
+	}
+	delete(params, "boundary")
+	if f := mime.FormatMediaType(mt, params); f != "" {
+		return f
+	}
+	return v
+}
+
+// fileSum is the SHA-256 of an uploaded file, or "" if it cannot be read
+// (then its name, type and size still count).
+func fileSum(fh *multipart.FileHeader) string {
+	f, err := fh.Open()
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return ""
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// cloneValues copies a parsed form, so that each attempt of the handler
+// starts from the form as it was parsed, as it does from the body.
+func cloneValues(v url.Values) url.Values {
+	if v == nil {
+		return nil
+	}
+	c := make(url.Values, len(v))
+	for k, vs := range v {
+		c[k] = slices.Clone(vs)
+	}
+	return c
 }

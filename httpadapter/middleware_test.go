@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -311,6 +312,81 @@ func TestProblems(t *testing.T) {
 		}
 		if n := e.charges(t, "g"); n != 1 {
 			t.Errorf("%d charges, want 1", n)
+		}
+	})
+}
+
+// TestFingerprintSeesAParsedForm: after an outer middleware parsed the
+// form, the body reads empty; the fingerprint must still tell two forms
+// apart, and the handler must still see the form.
+func TestFingerprintSeesAParsedForm(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		parse := func(next http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if err := r.ParseMultipartForm(1 << 20); err != nil && !errors.Is(err, http.ErrNotMultipart) {
+					t.Errorf("outer parse: %v", err)
+				}
+				next.ServeHTTP(w, r)
+			})
+		}
+		srv := e.server(t, e.store(t), nil, parse)
+		form := func(key, body string) response {
+			return post(t, nil, srv.URL+"/form", key, body, "Content-Type", "application/x-www-form-urlencoded")
+		}
+		first := form("k", "amount=1&to=alice")
+		if first.status != http.StatusCreated || !strings.Contains(string(first.body), `"amount":1,`) || !strings.Contains(string(first.body), `"to":"alice"`) {
+			t.Fatalf("first: %d %s", first.status, first.body)
+		}
+		wantProblem(t, form("k", "amount=1000&to=mallory"), 422, ProblemKeyReused)
+		if again := form("k", "to=alice&amount=1"); !again.replayed() || !bytes.Equal(again.body, first.body) {
+			t.Errorf("the same form, fields in another order: %d replayed=%v %s", again.status, again.replayed(), again.body)
+		}
+		if a, m := e.charges(t, "alice"), e.charges(t, "mallory"); a != 1 || m != 0 {
+			t.Errorf("%d charges to alice, %d to mallory; want 1 and 0", a, m)
+		}
+
+		// A multipart form with a file: the file is part of the request.
+		upload := func(key, content string) response {
+			var b bytes.Buffer
+			mw := multipart.NewWriter(&b)
+			_ = mw.WriteField("to", "bob")
+			fw, _ := mw.CreateFormFile("receipt", "r.txt")
+			_, _ = io.WriteString(fw, content)
+			_ = mw.Close()
+			return post(t, nil, srv.URL+"/form", key, b.String(), "Content-Type", mw.FormDataContentType())
+		}
+		if r := upload("m", "12345"); r.status != http.StatusCreated || !strings.Contains(string(r.body), `"amount":5,`) {
+			t.Fatalf("upload: %d %s", r.status, r.body)
+		}
+		wantProblem(t, upload("m", "1234567890"), 422, ProblemKeyReused)
+		if r := upload("m", "12345"); !r.replayed() {
+			t.Errorf("the same upload: %d replayed=%v", r.status, r.replayed())
+		}
+	})
+}
+
+// TestFingerprintHeaders: the default fingerprint has the headers that say
+// how to read the body; WithFingerprint adds others, an API-version header
+// say.
+func TestFingerprintHeaders(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), nil, nil)
+		url := srv.URL + "/accounts/a1/charges"
+		post(t, nil, url, "k", chargeBody, "Content-Type", "application/json")
+		wantProblem(t, post(t, nil, url, "k", chargeBody, "Content-Type", "text/plain"), 422, ProblemKeyReused)
+		wantProblem(t, post(t, nil, url, "k", chargeBody, "Content-Type", "application/json", "Content-Encoding", "identity"), 422, ProblemKeyReused)
+		if r := post(t, nil, url, "k", chargeBody, "Content-Type", "application/json", "Api-Version", "2"); !r.replayed() {
+			t.Errorf("a header outside the default fingerprint: %d replayed=%v, want a replay", r.status, r.replayed())
+		}
+
+		versioned := e.server(t, e.store(t), []Option{WithFingerprint(func(r *http.Request, body []byte) any {
+			return []any{DefaultFingerprint(r, body), r.Header.Get("Api-Version")}
+		})}, nil)
+		url = versioned.URL + "/accounts/a1/charges"
+		post(t, nil, url, "v", chargeBody, "Api-Version", "1")
+		wantProblem(t, post(t, nil, url, "v", chargeBody, "Api-Version", "2"), 422, ProblemKeyReused)
+		if r := post(t, nil, url, "v", chargeBody, "Api-Version", "1"); !r.replayed() {
+			t.Errorf("same version: %d replayed=%v", r.status, r.replayed())
 		}
 	})
 }

@@ -97,11 +97,16 @@ func WithScope(scope func(r *http.Request) string) Option {
 // WithFingerprint sets what identifies a request, beyond its key: a retry
 // whose fingerprint differs from the stored one answers 422. fn returns any
 // JSON-encodable value; body is the request body as read. The default is
-// DefaultFingerprint; to add a part of the request, include it:
+// DefaultFingerprint (the body byte-for-byte). To add a part of the
+// request, include it; for example an API-version header, whose value
+// changes what the same body asks for:
 //
 //	httpadapter.WithFingerprint(func(r *http.Request, body []byte) any {
-//		return []any{httpadapter.DefaultFingerprint(r, body), r.Header.Get("Content-Type")}
+//		return []any{httpadapter.DefaultFingerprint(r, body), r.Header.Get("Api-Version")}
 //	})
+//
+// Changing the fingerprint changes it for keys already stored: until they
+// expire, a retry of a request made before the change answers 422.
 func WithFingerprint(fn func(r *http.Request, body []byte) any) Option {
 	return func(c *config) {
 		if fn == nil {
