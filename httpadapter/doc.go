@@ -44,7 +44,9 @@
 // uploaded files stand in for the body, and the handler sees the same
 // r.Form and r.PostForm; a middleware in front that reads the body some
 // other way must put it back. The same key with another fingerprint
-// answers 422. Keys live in a scope (WithScope,
+// answers 422. Byte-for-byte means one extra space in a JSON body is
+// another request; WithFingerprint(JSONFingerprint) compares a JSON body by
+// its meaning instead (key order, spacing and escapes do not count). Keys live in a scope (WithScope,
 // usually the authenticated account): a key in one scope never replays
 // another scope's response. A scope function that returns "" (it could not
 // tell whose request this is) refuses the request with a 500 rather than

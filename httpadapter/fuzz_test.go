@@ -1,6 +1,8 @@
 package httpadapter
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -37,6 +39,35 @@ func FuzzParseKey(f *testing.F) {
 		if key[0] != '"' && strings.Trim(key, " \t") == key {
 			if got, err := ParseKey(key); err != nil || got != key {
 				t.Fatalf("ParseKey(%q) = %q, %v; want the key back", key, got, err)
+			}
+		}
+	})
+}
+
+// FuzzCanonicalJSON: a canonical text is valid JSON and its own canonical
+// form, so JSONFingerprint can never confuse a JSON body with another body
+// compared byte-for-byte; and equal meaning gives equal text.
+func FuzzCanonicalJSON(f *testing.F) {
+	for _, s := range []string{`{"b":1,"a":[true,null,"x"]}`, ` { "a" : 1.50e3 } `, `"\u00e9<&>"`, `12345678901234567890123`, `{"a":1,"a":2}`, `[] []`, "\xff", ``, `{"a":"\ud800"}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		c, ok := canonicalJSON([]byte(s))
+		if !ok {
+			return
+		}
+		if !json.Valid(c) {
+			t.Fatalf("canonicalJSON(%q) = %q, not JSON", s, c)
+		}
+		again, ok := canonicalJSON(c)
+		if !ok || !bytes.Equal(again, c) {
+			t.Fatalf("canonicalJSON(%q) = %q, whose canonical form is %q, %v", s, c, again, ok)
+		}
+		// The same value indented reads the same.
+		var b bytes.Buffer
+		if err := json.Indent(&b, []byte(s), " ", "\t"); err == nil {
+			if ind, ok := canonicalJSON(b.Bytes()); !ok || !bytes.Equal(ind, c) {
+				t.Fatalf("indented %q: %q, %v; want %q", s, ind, ok, c)
 			}
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jmoiron/sqlx"
 
@@ -523,4 +525,49 @@ func cloneValues(v url.Values) url.Values {
 		c[k] = slices.Clone(vs)
 	}
 	return c
+}
+
+// JSONFingerprint is DefaultFingerprint with a JSON body compared by its
+// meaning rather than byte-for-byte: the body is decoded and encoded again
+// canonically (object keys sorted, no insignificant whitespace, escapes
+// written one way), so a retry that spaces or orders its JSON otherwise
+// replays rather than answer 422. Values still count, and numbers are kept
+// exactly as written (100 and 100.0 differ: a handler may read them
+// differently). Duplicate keys count as the last one, as encoding/json
+// decodes them. A body that is not one JSON value in valid UTF-8 is
+// compared byte-for-byte. Use it with WithFingerprint:
+//
+//	httpadapter.Middleware(store, httpadapter.WithFingerprint(httpadapter.JSONFingerprint))
+//
+// It costs a decode and an encode of the body per keyed request.
+func JSONFingerprint(r *http.Request, body []byte) any {
+	if c, ok := canonicalJSON(body); ok {
+		body = c
+	}
+	return DefaultFingerprint(r, body)
+}
+
+// canonicalJSON returns b decoded and encoded again by encoding/json, which
+// sorts object keys, drops whitespace and writes every string one way; it
+// reports false when b is not exactly one JSON value. A canonical text is
+// its own canonical form, so it cannot be confused with another body
+// compared byte-for-byte.
+func canonicalJSON(b []byte) ([]byte, bool) {
+	if !utf8.Valid(b) {
+		return nil, false // decoding would turn each bad byte into U+FFFD
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber() // keeps a number's digits: no rounding through float64
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return nil, false
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, false // more than one value, or trailing garbage
+	}
+	c, err := json.Marshal(v)
+	if err != nil {
+		return nil, false
+	}
+	return c, true
 }

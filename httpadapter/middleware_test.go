@@ -391,6 +391,49 @@ func TestFingerprintHeaders(t *testing.T) {
 	})
 }
 
+// TestJSONFingerprint: with JSONFingerprint, a JSON body is compared by
+// its meaning: spacing, key order and escapes do not count, values do.
+func TestJSONFingerprint(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		srv := e.server(t, e.store(t), []Option{WithFingerprint(JSONFingerprint)}, nil)
+		url := srv.URL + "/accounts/a1/charges"
+		first := post(t, nil, url, "k", `{"ref":"j","amount":100}`)
+		if first.status != http.StatusCreated {
+			t.Fatalf("first: %d %s", first.status, first.body)
+		}
+		for _, same := range []string{
+			"{\n  \"amount\": 100,\n  \"ref\": \"j\"\n}\n",
+			`{"ref":"\u006a","amount":100}`,
+		} {
+			if r := post(t, nil, url, "k", same); !r.replayed() || !bytes.Equal(r.body, first.body) {
+				t.Errorf("%q: %d replayed=%v, want the first answer", same, r.status, r.replayed())
+			}
+		}
+		for _, other := range []string{
+			`{"ref":"j","amount":101}`,
+			`{"ref":"j","amount":100.0}`, // numbers are compared as written
+			`{"ref":"j","amount":100,"note":null}`,
+			`[{"ref":"j","amount":100}]`,
+			`{"ref":"j","amount":100} {}`,
+		} {
+			wantProblem(t, post(t, nil, url, "k", other), 422, ProblemKeyReused)
+		}
+		if n := e.charges(t, "j"); n != 1 {
+			t.Errorf("%d charges, want 1", n)
+		}
+
+		// A body that is not JSON is compared byte-for-byte.
+		form := func(body string) response {
+			return post(t, nil, srv.URL+"/form", "f", body, "Content-Type", "application/x-www-form-urlencoded")
+		}
+		form("amount=1&to=carol")
+		if r := form("amount=1&to=carol"); !r.replayed() {
+			t.Errorf("the same form: %d replayed=%v", r.status, r.replayed())
+		}
+		wantProblem(t, form("amount=1&to=carol+"), 422, ProblemKeyReused)
+	})
+}
+
 func TestScopes(t *testing.T) {
 	each(t, func(t *testing.T, e env) {
 		scope := WithScope(func(r *http.Request) string { return r.Header.Get("X-Account") })

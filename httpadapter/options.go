@@ -97,9 +97,10 @@ func WithScope(scope func(r *http.Request) string) Option {
 // WithFingerprint sets what identifies a request, beyond its key: a retry
 // whose fingerprint differs from the stored one answers 422. fn returns any
 // JSON-encodable value; body is the request body as read. The default is
-// DefaultFingerprint (the body byte-for-byte). To add a part of the
-// request, include it; for example an API-version header, whose value
-// changes what the same body asks for:
+// DefaultFingerprint (the body byte-for-byte); JSONFingerprint compares a
+// JSON body by its meaning instead. To add a part of the request, include
+// it; for example an API-version header, whose value changes what the same
+// body asks for:
 //
 //	httpadapter.WithFingerprint(func(r *http.Request, body []byte) any {
 //		return []any{httpadapter.DefaultFingerprint(r, body), r.Header.Get("Api-Version")}
