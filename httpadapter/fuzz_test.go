@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/exactlyonce/idempotency"
 )
@@ -70,5 +72,17 @@ func FuzzCanonicalJSON(f *testing.F) {
 				t.Fatalf("indented %q: %q, %v; want %q", s, ind, ok, c)
 			}
 		}
+	})
+}
+
+func FuzzBackoff(f *testing.F) {
+	f.Add(int64(time.Millisecond), int64(20*time.Millisecond), 3)
+	f.Add(int64(time.Hour), int64(0), 40)
+	f.Add(int64(math.MaxInt64), int64(math.MaxInt64), math.MaxInt)
+	f.Fuzz(func(t *testing.T, minB, maxB int64, attempt int) {
+		if attempt < 1 {
+			attempt = 1 // the transport counts from 1
+		}
+		checkBackoff(t, time.Duration(minB), time.Duration(maxB), attempt)
 	})
 }

@@ -144,8 +144,7 @@ func (t *Transport) shouldRetry(resp *http.Response, err error, attempt int) (ti
 	if maxB <= 0 {
 		maxB = 10 * time.Second
 	}
-	ceiling := min(minB<<min(attempt-1, 30), maxB)
-	backoff := ceiling/2 + rand.N(ceiling/2+1) // equal jitter: never zero, never in step
+	backoff := backoff(minB, maxB, attempt)
 	if err != nil {
 		return backoff, true
 	}
@@ -169,6 +168,21 @@ func (t *Transport) shouldRetry(resp *http.Response, err error, attempt int) (ti
 		return max(d, time.Millisecond), true
 	}
 	return backoff, true
+}
+
+// backoff returns the wait after attempt (counted from 1): minB doubled for
+// each attempt after the first, capped at maxB (both positive), with equal
+// jitter.
+func backoff(minB, maxB time.Duration, attempt int) time.Duration {
+	ceiling := maxB
+	// Compare before shifting: minB<<shift overflows, into a negative
+	// duration, long before the cap would be reached with a large minB.
+	if shift := max(attempt-1, 0); shift < 63 && minB <= maxB>>shift {
+		ceiling = minB << shift
+	}
+	// Equal jitter: within [ceiling/2, ceiling], never zero, never in step
+	// with other clients.
+	return ceiling - rand.N(ceiling/2+1)
 }
 
 // problemPeek bounds how much of a problem body finalProblem reads: the

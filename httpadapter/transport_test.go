@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -313,5 +314,56 @@ func TestTransportDoesNotRetryFinalProblems(t *testing.T) {
 				t.Errorf("status %d after %d attempts, body %q; want the first answer, whole", resp.StatusCode, attempts.Load(), got)
 			}
 		})
+	}
+}
+
+// TestBackoffBounds: the wait before a retry is never zero or negative,
+// never over MaxBackoff, within [ceiling/2, ceiling] of the doubling
+// ceiling, and never panics, however large MinBackoff and the attempt.
+func TestBackoffBounds(t *testing.T) {
+	for _, tc := range []struct{ minB, maxB time.Duration }{
+		{0, 0},
+		{time.Millisecond, 20 * time.Millisecond},
+		{time.Hour, 0},
+		{24 * time.Hour, 365 * 24 * time.Hour},
+		{365 * 24 * time.Hour, math.MaxInt64},
+		{math.MaxInt64, math.MaxInt64},
+		{time.Second, time.Millisecond}, // MinBackoff over MaxBackoff
+		{1, 1},
+		{1, 3},
+	} {
+		for _, attempt := range []int{1, 2, 3, 10, 30, 31, 32, 33, 62, 63, 64, 65, 100, math.MaxInt} {
+			checkBackoff(t, tc.minB, tc.maxB, attempt)
+		}
+	}
+}
+
+func checkBackoff(t *testing.T, minB, maxB time.Duration, attempt int) {
+	t.Helper()
+	tr := &Transport{MinBackoff: minB, MaxBackoff: maxB}
+	var (
+		wait  time.Duration
+		retry bool
+	)
+	func() {
+		defer func() {
+			if v := recover(); v != nil {
+				t.Fatalf("MinBackoff %v, MaxBackoff %v, attempt %d: panic %v", minB, maxB, attempt, v)
+			}
+		}()
+		wait, retry = tr.shouldRetry(nil, errInjected, attempt)
+	}()
+	if minB <= 0 {
+		minB = 100 * time.Millisecond
+	}
+	if maxB <= 0 {
+		maxB = 10 * time.Second
+	}
+	ceiling := maxB
+	if shift := attempt - 1; shift < 63 && minB <= maxB>>shift {
+		ceiling = minB << shift
+	}
+	if !retry || wait <= 0 || wait > maxB || wait < ceiling/2 || wait > ceiling {
+		t.Fatalf("MinBackoff %v, MaxBackoff %v, attempt %d: wait %v (retry %v), want within [%v, %v]", minB, maxB, attempt, wait, retry, ceiling/2, ceiling)
 	}
 }
