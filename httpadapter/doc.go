@@ -134,6 +134,9 @@
 // (Idempotent-Replayed: true: every retry would get the same stored
 // answer), nor the 500 problems transaction-ended (not safe),
 // response-too-large, streaming and scope-invalid (a retry fails the same
-// way), and stops when the request's context ends. Against the middleware, a request sent
-// through it takes effect exactly once however often its answers are lost.
+// way), and stops when the request's context ends. OnRetry reports every
+// retry, those that net/http's own transport makes by itself when a reused
+// connection fails included (see Transport). Against the middleware, a
+// request sent through it takes effect exactly once however often its
+// answers are lost.
 package httpadapter

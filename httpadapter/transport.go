@@ -2,14 +2,17 @@ package httpadapter
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"math/rand/v2"
 	"mime"
 	"net/http"
+	"net/http/httptrace"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -30,6 +33,20 @@ import (
 // The body is sent again on each attempt, through Request.GetBody (set by
 // http.NewRequest for in-memory bodies); a body without GetBody is read
 // into memory first. The caller's request is never modified.
+//
+// # Resends inside net/http
+//
+// net/http's own transport (Base) treats a request that carries an
+// Idempotency-Key header as safe to repeat, as it does a GET: when the
+// keep-alive connection it reused from its pool fails before an answer
+// arrives (typically the server closed it as idle just as the request
+// went out), it sends the request again by itself, at once, on a new
+// connection, rewinding the body through GetBody (which every attempt
+// has). Such a resend is safe, for it carries the same key, but it happens
+// within one attempt of this transport: it is not counted in MaxAttempts,
+// waits no backoff and honours no Retry-After. OnRetry reports it, with
+// ErrResent. To have none, give Base an http.Transport with
+// DisableKeepAlives, at the cost of a new connection per request.
 //
 // The zero value is ready to use, on http.DefaultTransport:
 //
@@ -57,7 +74,25 @@ type Transport struct {
 
 	// NewKey makes a key; nil means the package's NewKey (a UUIDv7).
 	NewKey func() string
+
+	// OnRetry, if set, is called for every retry, to log or count them:
+	// before the transport waits to send the request again, and when
+	// net/http has sent it again by itself (see Resends inside net/http). req is the attempt's
+	// request, with its Idempotency-Key; attempt counts the transport's
+	// attempts from 1 and names the one that failed; resp is its response
+	// (nil after a network error), whose body is discarded after OnRetry
+	// returns; err is its error; wait is how long the transport waits
+	// before the next attempt. For a resend inside net/http, resp is nil,
+	// err is ErrResent and wait is 0, and the attempt goes on. OnRetry runs
+	// on the goroutine of the request (or of net/http's connection): keep
+	// it short.
+	OnRetry func(req *http.Request, attempt int, resp *http.Response, err error, wait time.Duration)
 }
+
+// ErrResent is the error OnRetry gets when net/http has sent an attempt
+// again by itself, on a new connection, after the reused one it went out
+// on failed before an answer.
+var ErrResent = errors.New("httpadapter: a reused connection failed before an answer; net/http sent the request again on a new connection")
 
 var _ http.RoundTripper = (*Transport)(nil)
 
@@ -89,12 +124,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		attempts = 5
 	}
 	for attempt := 1; ; attempt++ {
-		r := req.Clone(ctx)
+		var r *http.Request
+		r = req.Clone(t.traced(ctx, &r, attempt))
 		r.Header.Set(KeyHeader, key)
 		if getBody != nil {
 			if r.Body, err = getBody(); err != nil {
 				return nil, err
 			}
+			r.GetBody = getBody // what net/http rewinds with, if it resends
 		}
 		resp, err := base.RoundTrip(r)
 		if ctx.Err() != nil {
@@ -106,6 +143,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		wait, retry := t.shouldRetry(resp, err, attempt)
 		if !retry || attempt >= attempts {
 			return resp, err
+		}
+		if t.OnRetry != nil {
+			t.OnRetry(r, attempt, resp, err, wait)
 		}
 		if resp != nil {
 			// Drain a little so the connection can be reused.
@@ -120,6 +160,23 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		case <-timer.C:
 		}
 	}
+}
+
+// traced returns ctx with a trace that reports net/http's own resends of
+// attempt to OnRetry: net/http gets a connection once per send, so a
+// second connection within one attempt is a resend.
+func (t *Transport) traced(ctx context.Context, r **http.Request, attempt int) context.Context {
+	if t.OnRetry == nil {
+		return ctx
+	}
+	var conns atomic.Int32
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		GotConn: func(httptrace.GotConnInfo) {
+			if conns.Add(1) > 1 {
+				t.OnRetry(*r, attempt, nil, ErrResent, 0)
+			}
+		},
+	})
 }
 
 func (t *Transport) keyed(method string) bool {

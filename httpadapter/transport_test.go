@@ -1,14 +1,17 @@
 package httpadapter
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -365,5 +368,140 @@ func checkBackoff(t *testing.T, minB, maxB time.Duration, attempt int) {
 	}
 	if !retry || wait <= 0 || wait > maxB || wait < ceiling/2 || wait > ceiling {
 		t.Fatalf("MinBackoff %v, MaxBackoff %v, attempt %d: wait %v (retry %v), want within [%v, %v]", minB, maxB, attempt, wait, retry, ceiling/2, ceiling)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+type retryCall struct {
+	key     string
+	attempt int
+	status  int
+	err     error
+	wait    time.Duration
+}
+
+// recordRetries sets t.OnRetry to record its calls.
+func recordRetries(t *Transport) func() []retryCall {
+	var (
+		mu    sync.Mutex
+		calls []retryCall
+	)
+	t.OnRetry = func(req *http.Request, attempt int, resp *http.Response, err error, wait time.Duration) {
+		c := retryCall{key: req.Header.Get(KeyHeader), attempt: attempt, err: err, wait: wait}
+		if resp != nil {
+			c.status = resp.StatusCode
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		calls = append(calls, c)
+	}
+	return func() []retryCall {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(calls)
+	}
+}
+
+// TestTransportOnRetry: every retry the transport makes is reported, with
+// what failed and how long it waits.
+func TestTransportOnRetry(t *testing.T) {
+	s := &script{statuses: []int{503, 429, 201}, header: http.Header{"Retry-After": {"0"}}}
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	var n atomic.Int64
+	third := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if n.Add(1) == 3 { // the 3rd attempt fails before it is sent
+			r.Body.Close()
+			return nil, errInjected
+		}
+		return srv.Client().Transport.RoundTrip(r)
+	})
+	tr := &Transport{Base: third, MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond}
+	calls := recordRetries(tr)
+	resp, err := (&http.Client{Transport: tr}).Post(srv.URL, "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	got := calls()
+	if resp.StatusCode != 201 || len(got) != 3 {
+		t.Fatalf("status %d after %d retries reported: %+v", resp.StatusCode, len(got), got)
+	}
+	for i, want := range []retryCall{{attempt: 1, status: 503}, {attempt: 2, status: 429}, {attempt: 3, err: errInjected}} {
+		c := got[i]
+		if c.key != s.keys[0] || c.attempt != want.attempt || c.status != want.status || !errors.Is(c.err, want.err) || c.wait <= 0 || c.wait > 20*time.Millisecond {
+			t.Errorf("retry %d: %+v, want attempt %d, status %d, err %v, the key %s and a wait", i, c, want.attempt, want.status, want.err, s.keys[0])
+		}
+	}
+	if len(s.keys) != 3 {
+		t.Errorf("%d attempts reached the server, want 3", len(s.keys))
+	}
+}
+
+// TestTransportSeesNetHTTPResend: net/http sends a request with an
+// Idempotency-Key again by itself when the reused connection it went out on
+// closes before an answer; the transport reports that too.
+func TestTransportSeesNetHTTPResend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	keys := make(chan string, 4)
+	go func() {
+		// The first connection answers a GET, then closes under the POST
+		// that reuses it; the second answers the POST.
+		for conn := 0; conn < 2; conn++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			br := bufio.NewReader(c)
+			for {
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					break
+				}
+				_, _ = io.Copy(io.Discard, req.Body)
+				if req.Method == http.MethodGet {
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+					continue
+				}
+				keys <- req.Header.Get(KeyHeader)
+				if conn == 1 {
+					_, _ = io.WriteString(c, "HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+				}
+				break
+			}
+			c.Close()
+		}
+	}()
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
+	tr := &Transport{Base: base, MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond}
+	calls := recordRetries(tr)
+	c := &http.Client{Transport: tr}
+	url := "http://" + ln.Addr().String()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	resp, err = c.Post(url, "text/plain", io.NopCloser(strings.NewReader("payload"))) // no GetBody of its own
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	first, second := <-keys, <-keys
+	got := calls()
+	if first == "" || second != first || len(got) != 1 || !errors.Is(got[0].err, ErrResent) || got[0].attempt != 1 || got[0].key != first {
+		t.Errorf("keys %q and %q; retries reported %+v; want one net/http resend of attempt 1 with the same key", first, second, got)
 	}
 }
