@@ -36,30 +36,46 @@
 // same code either way and Tx is never nil for POST and PATCH; nothing is
 // stored for it. WithKeyRequired answers such a request with 400 instead.
 //
-// A request is identified by its fingerprint: the method, the path, the raw
-// query, the body byte-for-byte, and the Content-Type and Content-Encoding
-// headers (DefaultFingerprint); other headers, an API-version header say,
-// only through WithFingerprint. When a middleware in front has already
-// parsed the form (so the body reads empty), the parsed form and any
-// uploaded files stand in for the body, and the handler sees the same
-// r.Form and r.PostForm; a middleware in front that reads the body some
-// other way must put it back. The same key with another fingerprint
-// answers 422. Byte-for-byte means one extra space in a JSON body is
-// another request; WithFingerprint(JSONFingerprint) compares a JSON body by
-// its meaning instead (key order, spacing and escapes do not count). Keys live in a scope (WithScope,
-// usually the authenticated account): a key in one scope never replays
-// another scope's response. A scope function that returns "" (it could not
-// tell whose request this is) refuses the request with a 500 rather than
-// fall back to a scope shared by everyone.
+// # Fingerprint
+//
+// A request is identified by its fingerprint; the same key with another
+// fingerprint answers 422. DefaultFingerprint has the method, the path, the
+// raw query, the body byte-for-byte, and the request headers that say how
+// to read the body: Content-Type (without a multipart boundary) and
+// Content-Encoding. No other header is in it: when one changes what a
+// request means, an API-version header say, add it with WithFingerprint.
+//
+// Byte-for-byte means that one extra space in a JSON body makes another
+// request. WithFingerprint(JSONFingerprint) compares a JSON body by its
+// meaning instead: key order, spacing and escapes do not count, values and
+// the digits of numbers do.
+//
+// A middleware in front of this one that parsed the form (r.ParseForm,
+// r.FormValue) has consumed the body, which then reads empty; the parsed
+// form, and the name, size and SHA-256 of each uploaded file, then stand
+// in for it, and the handler sees the same r.Form and r.PostForm. A
+// middleware in front that reads the body any other way must put it back.
+//
+// # Scope
+//
+// Keys live in a scope (WithScope, usually the authenticated account): a
+// key in one scope never replays another scope's response. A scope
+// function that returns "" could not tell whose request this is: the
+// request is refused with a 500 problem scope-invalid and an error in the
+// log, never run in a scope shared by everyone.
+//
+// # Replays
 //
 // Replays repeat the headers that give the body its meaning
 // (Content-Type, Content-Encoding, Content-Language, Content-Disposition),
 // those that say where the result is (Location, Content-Location, Link),
-// Vary (so a cache on the way keeps a gzip body from clients that cannot
-// read it) and the headers named with WithReplayHeaders; never Set-Cookie.
-// The first answer carries every header the handler set.
+// Vary (so that a cache on the way does not hand a gzip body to a client
+// that cannot read it) and the headers named with WithReplayHeaders; never
+// Set-Cookie. The first answer carries every header the handler set.
 //
 // # Status mapping
+//
+// Nothing is ever answered 2xx unless it committed.
 //
 //	handler or store outcome             answer                          stored
 //	2xx or 3xx from the handler          the handler's response          yes, replayed to retries
@@ -71,13 +87,18 @@
 //	scope empty or over 255 bytes        500 problem scope-invalid       no: the handler does not run
 //	key missing (WithKeyRequired)        400 problem key-missing         no
 //	key invalid, or several keys         400 problem key-invalid         no
-//	request body over the limit          413 problem request-too-large   no
+//	request body over the limit (ours,   413 problem request-too-large   no
+//	  or an outer http.MaxBytesHandler's)
+//	request body fails to read           400 problem request-unreadable  no
 //	same key, another request            422 problem key-reused          (the first one's stays)
 //	a twin still running past WithWait   409 problem in-progress, Retry-After
 //	response over the limit, or streamed 500 problem response-too-large or streaming; no: rolled back
-//	the database ended the transaction   500 problem transaction-ended: not safe to retry
-//	  while the handler ran (a deadlock      (writes after it may have committed on their own;
-//	  the handler ignored)                   nothing stored); logged as an error
+//	the database ended the transaction   500 problem transaction-ended   no, but writes after the end
+//	  while the handler ran, and the                                     may have committed on their
+//	  handler ignored it (a deadlock)                                    own: not safe to retry
+//	an outer deadline ran out while the  503 problem deadline-exceeded,  no: rolled back
+//	  handler ran or a twin was awaited    Retry-After
+//	the client hung up first             nothing: nobody is listening    no: rolled back
 //	commit outcome unknown               503 problem outcome-unknown, Retry-After: retry resolves it
 //	other store failures                 503 problem store-failed, Retry-After; no: rolled back
 //
@@ -91,7 +112,9 @@
 //
 // Every answer of the middleware's own is application/problem+json
 // (RFC 9457) with type, title, status and detail; the detail says what the
-// client should do. The types are the Problem* constants.
+// client should do. The types are the Problem* constants. Those that mean
+// the service is at fault (scope-invalid, transaction-ended, handler-panic,
+// store-failed) are logged (WithLogger).
 //
 // # Large and streamed responses
 //
@@ -110,15 +133,23 @@
 // fingerprint it and to give each attempt a fresh copy; one over
 // WithMaxRequestBytes (default 1 MiB) answers 413.
 //
-// # Hang-ups and commits
+// # Hang-ups, deadlines and commits
 //
 // The request's context decides the transaction's fate only while the
 // handler runs: if the client hangs up before the handler returns, the
 // transaction rolls back and nothing is stored (the client never saw an
 // answer; its retry runs the handler again). Once the handler has returned,
 // the commit goes ahead even if the client has gone, so its retry finds the
-// stored response. The handler's context is cancelled when the client
-// hangs up, but carries no deadline of the request's own.
+// stored response. The handler's context is cancelled when the request's
+// context ends, but carries no deadline of the request's own.
+//
+// A deadline that a middleware in front of this one puts on the request's
+// context rolls back the same way when it runs out before the handler
+// returns (or while the request waits for a twin, or for a database
+// connection), but the client is still waiting: it gets a 503 problem
+// deadline-exceeded with Retry-After. Only a context ended by net/http
+// because the connection closed (a plain context.Canceled) is taken to
+// mean that nobody is listening.
 //
 // # Client
 //
