@@ -39,7 +39,9 @@ type Result[T any] struct {
 // fn must make its database writes through tx: calls to other systems are
 // not undone by a rollback, and fn may run more than once when an attempt is
 // rolled back. Write an outbox row through tx instead, and send it after the
-// commit.
+// commit. fn must return every error tx gives it and must not commit or
+// roll back tx itself: where the database has ended the transaction (MySQL
+// on a deadlock), Do reports ErrTransactionEnded.
 func Do[T any](ctx context.Context, s *Store, key string, params any, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (T, error) {
 	r, err := run(ctx, s, nil, key, params, fn)
 	return r.Value, err
