@@ -38,7 +38,7 @@ import (
 
 // Dialect implements dialects.Dialect for PostgreSQL.
 type Dialect struct {
-	claim, save, lookup, deleteExpired, prune string
+	sql Statements
 }
 
 var _ dialects.Dialect = (*Dialect)(nil)
@@ -46,26 +46,60 @@ var _ dialects.Dialect = (*Dialect)(nil)
 // New returns the PostgreSQL dialect for the key table named table (which
 // may be schema-qualified; it must already be a safe identifier).
 func New(table string) *Dialect {
-	return &Dialect{
-		claim: claimStatement(table),
-		// The TTL counts from this statement, just before COMMIT
-		// (clock_timestamp), not from the transaction's start (now()).
-		save: `INSERT INTO ` + table + ` AS k (scope, key, fingerprint, value, failed, created_at, expires_at)
-VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp() + $6::float8 * interval '1 microsecond')
+	return &Dialect{sql: SQL(table)}
+}
+
+// Statements are the key protocol's statements for one key table, shared by
+// the database/sql dialect and the pgx store, so that both kinds of store
+// can work on one database.
+type Statements struct {
+	// Claim ($1 lock, $2 scope, $3 key) takes the key's advisory lock
+	// without waiting and reads its live record: locked, fingerprint,
+	// value, failed.
+	Claim string
+	// Save ($1 scope, $2 key, $3 fingerprint, $4 value, $5 failed, $6 TTL
+	// in microseconds) inserts the record or replaces an expired one; it
+	// affects no row when a live record holds the key.
+	Save string
+	// Insert (Save's parameters) inserts the record, failing with 23505
+	// when any row holds the key: for a pipeline, where an error, unlike
+	// a row count, keeps the COMMIT queued after it from running. Send
+	// DeleteExpired before it, under the key's lock.
+	Insert string
+	// Lookup ($1 scope, $2 key) reads the live record: fingerprint, value,
+	// failed.
+	Lookup string
+	// DeleteExpired ($1 scope, $2 key) removes the key's expired row.
+	DeleteExpired string
+	// Prune deletes up to %d expired rows (format the limit in; see
+	// Dialect.Prune).
+	Prune string
+}
+
+// SQL returns the statements for the key table named table.
+func SQL(table string) Statements {
+	// The TTL counts from the save, just before COMMIT (clock_timestamp),
+	// not from the transaction's start (now()).
+	const values = `VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp() + $6::float8 * interval '1 microsecond')`
+	return Statements{
+		Claim: claimStatement(table),
+		Save: `INSERT INTO ` + table + ` AS k (scope, key, fingerprint, value, failed, created_at, expires_at)
+` + values + `
 ON CONFLICT (scope, key) DO UPDATE SET
 	fingerprint = excluded.fingerprint, value = excluded.value, failed = excluded.failed,
 	created_at = excluded.created_at, expires_at = excluded.expires_at
 WHERE k.expires_at <= now()`,
-		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
+		Insert: `INSERT INTO ` + table + ` (scope, key, fingerprint, value, failed, created_at, expires_at)
+` + values,
+		Lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = $1 AND key = $2 AND expires_at > now()`,
-		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = $1 AND key = $2 AND expires_at <= now()`,
+		DeleteExpired: `DELETE FROM ` + table + ` WHERE scope = $1 AND key = $2 AND expires_at <= now()`,
 		// Batches locked with SKIP LOCKED: a pruner never waits on a row a
 		// live call holds, and two pruners never wait on each other. A row
 		// is named by (tableoid, ctid): a ctid alone is unique only within
 		// one partition or inheritance child, so on a partitioned key table
-		// it would also name live rows of other partitions. The limit is
-		// written into the statement (see Prune).
-		prune: `DELETE FROM ` + table + ` WHERE (tableoid, ctid) IN (
+		// it would also name live rows of other partitions.
+		Prune: `DELETE FROM ` + table + ` WHERE (tableoid, ctid) IN (
 	SELECT tableoid, ctid FROM ` + table + ` WHERE expires_at <= now() LIMIT %d FOR UPDATE SKIP LOCKED)`,
 	}
 }
@@ -94,7 +128,7 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 		rec    dialects.Record
 		failed sql.NullBool
 	)
-	err := tx.QueryRowxContext(ctx, d.claim, k.Lock, k.Scope, k.Key).Scan(&locked, &rec.Fingerprint, &rec.Value, &failed)
+	err := tx.QueryRowxContext(ctx, d.sql.Claim, k.Lock, k.Scope, k.Key).Scan(&locked, &rec.Fingerprint, &rec.Value, &failed)
 	switch {
 	case err != nil:
 		return 0, rec, err
@@ -109,15 +143,9 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 
 // Save inserts the record, or replaces an expired one.
 func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
-	res, err := tx.ExecContext(ctx, d.save, k.Scope, k.Key, rec.Fingerprint, rec.Value, rec.Failed, ttl.Microseconds())
-	var coded interface{ SQLState() string }
-	if errors.As(err, &coded) && coded.SQLState() == "25P02" {
-		// Postgres refuses every statement after an error until the
-		// transaction ends, so nothing fn did escaped it; say what happened.
-		return false, fmt.Errorf("fn's transaction was aborted by an error fn did not return, so nothing was committed (return every error of tx from fn): %w", err)
-	}
+	res, err := tx.ExecContext(ctx, d.sql.Save, k.Scope, k.Key, rec.Fingerprint, rec.Value, rec.Failed, ttl.Microseconds())
 	if err != nil {
-		return false, err
+		return false, SaveError(err)
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
@@ -126,10 +154,21 @@ func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key,
 	return n == 1, nil
 }
 
+// SaveError says what a failed save means when fn ignored an error: Postgres
+// refuses every statement after an error until the transaction ends, so
+// nothing fn did escaped it. Other errors are returned as they are.
+func SaveError(err error) error {
+	var coded interface{ SQLState() string }
+	if errors.As(err, &coded) && coded.SQLState() == "25P02" {
+		return fmt.Errorf("fn's transaction was aborted by an error fn did not return, so nothing was committed (return every error of tx from fn): %w", err)
+	}
+	return err
+}
+
 // Lookup reads the key's live record.
 func (d *Dialect) Lookup(ctx context.Context, q dialects.Querier, k dialects.Key) (dialects.Record, bool, error) {
 	var rec dialects.Record
-	err := q.QueryRowxContext(ctx, d.lookup, k.Scope, k.Key).Scan(&rec.Fingerprint, &rec.Value, &rec.Failed)
+	err := q.QueryRowxContext(ctx, d.sql.Lookup, k.Scope, k.Key).Scan(&rec.Fingerprint, &rec.Value, &rec.Failed)
 	if errors.Is(err, sql.ErrNoRows) {
 		return rec, false, nil
 	}
@@ -138,7 +177,7 @@ func (d *Dialect) Lookup(ctx context.Context, q dialects.Querier, k dialects.Key
 
 // DeleteExpired removes the key's row if it has expired.
 func (d *Dialect) DeleteExpired(ctx context.Context, q dialects.Querier, k dialects.Key) error {
-	_, err := q.ExecContext(ctx, d.deleteExpired, k.Scope, k.Key)
+	_, err := q.ExecContext(ctx, d.sql.DeleteExpired, k.Scope, k.Key)
 	return err
 }
 
@@ -149,7 +188,7 @@ func (d *Dialect) DeleteExpired(ctx context.Context, q dialects.Querier, k diale
 // every row of the table to find the batch (126 ms against 26 ms for 5000
 // of 400,000 rows), where a known limit looks each row up by its ctid.
 func (d *Dialect) Prune(ctx context.Context, q dialects.Querier, limit int) (int64, error) {
-	res, err := q.ExecContext(ctx, fmt.Sprintf(d.prune, limit))
+	res, err := q.ExecContext(ctx, fmt.Sprintf(d.sql.Prune, limit))
 	if err != nil {
 		return 0, err
 	}
@@ -157,7 +196,11 @@ func (d *Dialect) Prune(ctx context.Context, q dialects.Querier, limit int) (int
 }
 
 // Classify sorts errors of lib/pq and pgx by SQLSTATE.
-func (d *Dialect) Classify(err error) dialects.Class {
+func (d *Dialect) Classify(err error) dialects.Class { return Classify(err) }
+
+// Classify sorts errors of lib/pq and pgx (database/sql or native) by
+// SQLSTATE.
+func Classify(err error) dialects.Class {
 	var coded interface{ SQLState() string }
 	if !errors.As(err, &coded) {
 		if dialects.ConnectionLost(err) {
