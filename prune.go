@@ -11,14 +11,14 @@ import (
 // never stalled behind a long delete; on Postgres a batch skips rows that
 // are locked. Many instances may prune at once. RunPruner does this on a
 // schedule, with a pause between batches.
-func (s *Store) Prune(ctx context.Context) (int64, error) {
+func (s *TxStore[TTx]) Prune(ctx context.Context) (int64, error) {
 	total, _, _, err := s.prunePaced(ctx, 0)
 	return total, err
 }
 
 // prunePaced deletes expired keys batch by batch, pausing between batches,
 // and reports to the Pruned hook.
-func (s *Store) prunePaced(ctx context.Context, pause time.Duration) (total int64, batches int, d time.Duration, err error) {
+func (s *TxStore[TTx]) prunePaced(ctx context.Context, pause time.Duration) (total int64, batches int, d time.Duration, err error) {
 	start := time.Now()
 	defer func() {
 		d = time.Since(start)
@@ -29,7 +29,7 @@ func (s *Store) prunePaced(ctx context.Context, pause time.Duration) (total int6
 	for {
 		batches++
 		began := time.Now()
-		n, err := s.dialect.Prune(ctx, s.db, s.cfg.pruneBatch)
+		n, err := s.driver.Prune(ctx, s.cfg.pruneBatch)
 		total += n
 		if err != nil {
 			return total, batches, 0, fmt.Errorf("idempotency: prune batch %d (after %d rows): %w", batches, total, err)

@@ -96,7 +96,7 @@ func PruneAtStart() PrunerOption {
 // so the worst case of two pruners at once is a batch that finds nothing.
 //
 //	go func() { _ = store.RunPruner(ctx, idempotency.PruneEvery(time.Minute)) }()
-func (s *Store) RunPruner(ctx context.Context, opts ...PrunerOption) error {
+func (s *TxStore[TTx]) RunPruner(ctx context.Context, opts ...PrunerOption) error {
 	cfg := prunerConfig{interval: 5 * time.Minute, jitter: 0.2, logger: s.cfg.logger, pause: 50 * time.Millisecond}
 	for _, opt := range opts {
 		if opt == nil {
@@ -124,7 +124,7 @@ func (s *Store) RunPruner(ctx context.Context, opts ...PrunerOption) error {
 }
 
 // pruneOnce runs one prune and logs it.
-func (s *Store) pruneOnce(ctx context.Context, cfg *prunerConfig, run int) {
+func (s *TxStore[TTx]) pruneOnce(ctx context.Context, cfg *prunerConfig, run int) {
 	log := cfg.logger
 	rows, batches, d, err := s.prunePaced(ctx, cfg.pause)
 	switch {

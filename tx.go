@@ -3,16 +3,14 @@ package idempotency
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"reflect"
 	"strconv"
 	"sync/atomic"
 	"time"
-
-	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency/dialects"
 )
@@ -42,13 +40,13 @@ type Result[T any] struct {
 // commit. fn must return every error tx gives it and must not commit or
 // roll back tx itself: where the database has ended the transaction (MySQL
 // on a deadlock), Do reports ErrTransactionEnded.
-func Do[T any](ctx context.Context, s *Store, key string, params any, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (T, error) {
+func Do[T, TTx any](ctx context.Context, s *TxStore[TTx], key string, params any, fn func(ctx context.Context, tx TTx) (T, error)) (T, error) {
 	r, err := run(ctx, s, nil, key, params, fn)
 	return r.Value, err
 }
 
 // Run is Do that also reports whether the value was replayed.
-func Run[T any](ctx context.Context, s *Store, key string, params any, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (Result[T], error) {
+func Run[T, TTx any](ctx context.Context, s *TxStore[TTx], key string, params any, fn func(ctx context.Context, tx TTx) (T, error)) (Result[T], error) {
 	return run(ctx, s, nil, key, params, fn)
 }
 
@@ -61,20 +59,75 @@ func Run[T any](ctx context.Context, s *Store, key string, params any, fn func(c
 // deadlock is returned (after it, tx must be rolled back; a new transaction
 // with the same key is safe). On Postgres under REPEATABLE READ or
 // SERIALIZABLE a twin that committed after tx's snapshot surfaces that way.
-func DoTx[T any](ctx context.Context, tx *sqlx.Tx, s *Store, key string, params any, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (T, error) {
+func DoTx[T, TTx any](ctx context.Context, tx TTx, s *TxStore[TTx], key string, params any, fn func(ctx context.Context, tx TTx) (T, error)) (T, error) {
 	r, err := RunTx(ctx, tx, s, key, params, fn)
 	return r.Value, err
 }
 
 // RunTx is DoTx that also reports whether the value was replayed.
-func RunTx[T any](ctx context.Context, tx *sqlx.Tx, s *Store, key string, params any, fn func(ctx context.Context, tx *sqlx.Tx) (T, error)) (Result[T], error) {
-	if tx == nil {
-		return Result[T]{}, errors.New("idempotency: DoTx with a nil *sqlx.Tx: begin one, or call Do")
+func RunTx[T, TTx any](ctx context.Context, tx TTx, s *TxStore[TTx], key string, params any, fn func(ctx context.Context, tx TTx) (T, error)) (Result[T], error) {
+	if isNil(tx) {
+		return Result[T]{}, fmt.Errorf("idempotency: DoTx with a nil %v: begin one, or call Do", reflect.TypeFor[TTx]())
 	}
-	return run(ctx, s, tx, key, params, fn)
+	return run(ctx, s, &tx, key, params, fn)
 }
 
-func run[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, params any, fn func(context.Context, *sqlx.Tx) (T, error)) (res Result[T], err error) {
+// InTx runs fn in a transaction of the store's, with no key: fn's writes
+// commit when it returns nil and roll back when it returns an error or
+// panics. It is for work that goes beside idempotent calls on the same
+// transactions (the HTTP adapter runs requests without a key in it).
+// Waiting for a connection obeys ctx; once begun, the transaction ends as fn
+// says, whatever ctx does. A failed COMMIT is returned wrapped; its outcome
+// is unknown when the connection broke.
+func InTx[TTx any](ctx context.Context, s *TxStore[TTx], fn func(ctx context.Context, tx TTx) error) (err error) {
+	if s == nil {
+		return errors.New("idempotency: nil *Store: create one with idempotency.New")
+	}
+	if fn == nil {
+		return errors.New("idempotency: InTx with a nil fn: pass the function that does the work")
+	}
+	tx, err := s.driver.BeginPlain(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("idempotency: %w", err)
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			s.driver.Rollback(tx) // panics included
+		}
+	}()
+	if err := fn(ctx, tx); err != nil {
+		return err
+	}
+	committed = true
+	if err := s.driver.CommitPlain(tx); err != nil {
+		switch s.driver.Classify(err) {
+		case dialects.Unknown, dialects.Lost:
+			return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
+		}
+		return fmt.Errorf("idempotency: commit (nothing was committed): %w", err)
+	}
+	return nil
+}
+
+// isNil reports whether a transaction value is a nil pointer or interface.
+func isNil[TTx any](tx TTx) bool {
+	var v any = tx
+	if v == nil {
+		return true
+	}
+	rv := reflect.ValueOf(v)
+	switch rv.Kind() {
+	case reflect.Pointer, reflect.Interface:
+		return rv.IsNil()
+	}
+	return false
+}
+
+func run[T, TTx any](ctx context.Context, s *TxStore[TTx], outer *TTx, key string, params any, fn func(context.Context, TTx) (T, error)) (res Result[T], err error) {
 	if s == nil {
 		return res, errors.New("idempotency: nil *Store: create one with idempotency.New")
 	}
@@ -106,7 +159,7 @@ func run[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, param
 }
 
 // call is run without the hooks.
-func call[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, params any, fn func(context.Context, *sqlx.Tx) (T, error), retries *int) (res Result[T], err error) {
+func call[T, TTx any](ctx context.Context, s *TxStore[TTx], outer *TTx, key string, params any, fn func(context.Context, TTx) (T, error), retries *int) (res Result[T], err error) {
 	k, err := s.key(key)
 	if err != nil {
 		return res, err
@@ -115,15 +168,15 @@ func call[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, para
 	if err != nil {
 		return res, err
 	}
-	var u unit = &ownTx{db: s.db, opts: s.cfg.txOptions}
+	var u unit[TTx] = ownTx[TTx]{s.driver}
 	if outer != nil {
-		u = &savepoint{tx: outer}
+		u = &savepoint[TTx]{d: s.driver, tx: *outer}
 	}
 	var (
 		final *FinalError
 		fresh T // fn's value as a replay will see it
 	)
-	work := func(ctx context.Context, tx *sqlx.Tx) ([]byte, bool, error) {
+	work := func(ctx context.Context, tx TTx) ([]byte, bool, error) {
 		v, err := fn(ctx, tx)
 		if err != nil {
 			if errors.As(err, &final) {
@@ -166,7 +219,7 @@ func call[T any](ctx context.Context, s *Store, outer *sqlx.Tx, key string, para
 	return res, nil
 }
 
-// outcome is what one attempt asks the loop in call to do next.
+// outcome is what one attempt asks the loop to do next.
 type outcome int
 
 const (
@@ -185,7 +238,7 @@ const maxRestarts = 100
 
 // loop is the protocol's loop: it runs attempts until one commits, finds a
 // record to replay, or fails for good.
-func (s *Store) loop(ctx context.Context, u unit, k dialects.Key, fp []byte, work work, retries *int) (dialects.Record, bool, error) {
+func (s *TxStore[TTx]) loop(ctx context.Context, u unit[TTx], k dialects.Key, fp []byte, work work[TTx], retries *int) (dialects.Record, bool, error) {
 	var (
 		restarts int
 		polls    int
@@ -193,7 +246,7 @@ func (s *Store) loop(ctx context.Context, u unit, k dialects.Key, fp []byte, wor
 		stored   []byte    // a final failure to store instead of calling fn
 	)
 	if s.cfg.readFirst && !u.joined() {
-		rec, ok, err := s.dialect.Lookup(ctx, s.db, k)
+		rec, ok, err := s.driver.Lookup(ctx, k)
 		if err != nil {
 			if ctx.Err() != nil {
 				return dialects.Record{}, false, ctx.Err()
@@ -269,104 +322,92 @@ func replayOf(rec dialects.Record, fp []byte, k dialects.Key) (dialects.Record, 
 
 // work runs fn in the attempt's transaction and encodes its value, or its
 // final failure (failed), as JSON.
-type work func(ctx context.Context, tx *sqlx.Tx) (value []byte, failed bool, err error)
+type work[TTx any] func(ctx context.Context, tx TTx) (value []byte, failed bool, err error)
 
 // attempt runs one transaction of the protocol: claim, fn, save, commit.
 // With a stored failure it does not call fn: it saves the failure instead.
-func (s *Store) attempt(ctx context.Context, u unit, k dialects.Key, fp []byte, work work, stored []byte) (outcome, dialects.Record, error) {
+func (s *TxStore[TTx]) attempt(ctx context.Context, u unit[TTx], k dialects.Key, fp []byte, work work[TTx], stored []byte) (outcome, dialects.Record, error) {
 	var none dialects.Record
-	d := s.dialect
-	tx, err := u.begin(ctx)
+	tx, claim, rec, err := u.begin(ctx, k, fp, s.cfg.ttl)
 	if err != nil {
-		return s.classify(ctx, "begin a transaction", err)
-	}
-	// Rolls back on every path that does not commit, panics included.
-	defer u.rollback()
-
-	claim, rec, err := d.Claim(ctx, tx, k, fp, s.cfg.ttl)
-	if err != nil {
-		u.rollback() // and nothing else: see the mysql dialect
-		return s.classify(ctx, "claim the key", err)
+		return s.classify(ctx, "", err)
 	}
 	switch claim {
 	case dialects.Found:
-		u.rollback()
 		return replay, rec, nil
 	case dialects.Taken:
-		u.rollback()
 		return s.afterTaken(ctx, u, k)
 	case dialects.Held:
-		u.rollback()
 		return held, none, nil
 	}
+	// The transaction is open until commit or rollback ends it; on every
+	// path that does neither (a panic in fn), roll back.
+	open := true
+	defer func() {
+		if open {
+			u.rollback(tx)
+		}
+	}()
+	end := func() { open = false; u.rollback(tx) }
 
 	rec = dialects.Record{Fingerprint: fp, Value: stored, Failed: stored != nil}
 	if stored == nil {
 		value, final, err := work(ctx, tx)
 		switch {
 		case err != nil:
-			u.rollback()
-			if d.Classify(err) == dialects.Retry {
+			end()
+			if s.driver.Classify(err) == dialects.Retry {
 				return retry, none, err
 			}
 			return done, none, err
 		case final:
 			// Undo fn's writes; the next attempt stores the failure alone.
-			u.rollback()
+			end()
 			return failed, dialects.Record{Value: value}, nil
 		}
 		rec.Value = value
 	}
 	if err := ctx.Err(); err != nil {
+		end()
 		return done, none, err
 	}
-	ok, err := d.Save(ctx, tx, k, rec, s.cfg.ttl)
-	if errors.Is(err, dialects.ErrTransactionEnded) {
-		u.rollback()
+	open = false // commit ends the transaction, whatever it returns
+	err = u.commit(ctx, tx, k, rec, s.cfg.ttl)
+	var ce *dialects.CommitError
+	switch {
+	case err == nil:
+		return done, rec, nil
+	case errors.Is(err, dialects.ErrConflict):
+		return again, none, nil
+	case errors.Is(err, dialects.ErrTransactionEnded):
 		s.cfg.logger.ErrorContext(ctx, "idempotency: the database ended the transaction while fn ran and fn ignored the error; its later writes may have committed outside the transaction",
 			"scope", k.Scope, "key", k.Key, "err", err)
 		return done, none, fmt.Errorf("%w: key %q: %w", ErrTransactionEnded, k.Key, err)
-	}
-	if err != nil {
-		u.rollback()
-		return s.classify(ctx, "save the key", err)
-	}
-	if !ok {
-		u.rollback()
-		return again, none, nil
-	}
-	if err := ctx.Err(); err != nil {
-		return done, none, err
-	}
-	if err := u.commit(); err != nil {
-		switch d.Classify(err) {
+	case errors.As(err, &ce):
+		switch s.driver.Classify(ce.Err) {
 		case dialects.Retry:
-			return retry, none, err
+			return retry, none, ce.Err
 		case dialects.Unknown, dialects.Lost:
-			if !errors.Is(err, sql.ErrTxDone) {
-				return done, none, fmt.Errorf("%w: key %q: %w", ErrOutcomeUnknown, k.Key, err)
-			}
+			return done, none, fmt.Errorf("%w: key %q: %w", ErrOutcomeUnknown, k.Key, ce.Err)
 		}
-		return done, none, fmt.Errorf("idempotency: commit (nothing was stored): %w", err)
+		return done, none, fmt.Errorf("idempotency: commit (nothing was stored): %w", ce.Err)
 	}
-	return done, rec, nil
+	return s.classify(ctx, "save the key", err)
 }
 
 // afterTaken reads the row that made the claim fail, after the rollback.
-func (s *Store) afterTaken(ctx context.Context, u unit, k dialects.Key) (outcome, dialects.Record, error) {
-	for _, q := range u.readers(s.db) {
-		rec, ok, err := s.dialect.Lookup(ctx, q, k)
-		if err != nil {
-			return s.classify(ctx, "read the stored key", err)
-		}
-		if ok {
-			return replay, rec, nil
-		}
+func (s *TxStore[TTx]) afterTaken(ctx context.Context, u unit[TTx], k dialects.Key) (outcome, dialects.Record, error) {
+	rec, ok, err := u.lookup(ctx, k)
+	if err != nil {
+		return s.classify(ctx, "read the stored key", err)
+	}
+	if ok {
+		return replay, rec, nil
 	}
 	// The row expired, or its holder rolled back: clear it and claim. Twins
 	// that woke together all come here; a little jitter lets one of them win
 	// the next claim cleanly.
-	if err := s.dialect.DeleteExpired(ctx, s.db, k); err != nil {
+	if err := s.driver.DeleteExpired(ctx, k); err != nil {
 		return s.classify(ctx, "delete the expired key", err)
 	}
 	if err := sleep(ctx, rand.N(time.Millisecond)); err != nil {
@@ -375,25 +416,28 @@ func (s *Store) afterTaken(ctx context.Context, u unit, k dialects.Key) (outcome
 	return again, dialects.Record{}, nil
 }
 
-func (s *Store) classify(ctx context.Context, stage string, err error) (outcome, dialects.Record, error) {
+func (s *TxStore[TTx]) classify(ctx context.Context, stage string, err error) (outcome, dialects.Record, error) {
 	var none dialects.Record
 	if ctx.Err() != nil {
 		// The statement failed because ctx ended; say so plainly.
 		return done, none, ctx.Err()
 	}
-	switch s.dialect.Classify(err) {
+	if stage != "" {
+		err = fmt.Errorf("%s: %w", stage, err)
+	}
+	switch s.driver.Classify(err) {
 	case dialects.Retry:
 		return retry, none, err
 	case dialects.Lost:
 		// Before COMMIT a broken connection took the whole transaction with
 		// it: nothing committed, so the attempt can run again on another.
-		return retry, none, fmt.Errorf("idempotency: %s: %w", stage, err)
+		return retry, none, fmt.Errorf("idempotency: %w", err)
 	case dialects.LockTimeout:
 		return done, none, fmt.Errorf("%w (waited %v): %w", ErrInProgress, s.cfg.wait, err)
 	case dialects.Busy:
 		return busy, none, err
 	}
-	return done, none, fmt.Errorf("idempotency: %s: %w", stage, err)
+	return done, none, fmt.Errorf("idempotency: %w", err)
 }
 
 // pause is how long a call waits before it claims a held key again: 1ms,
@@ -421,106 +465,96 @@ func sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// unit is the transaction an attempt runs in: one Do begins and ends its
-// own; DoTx runs each attempt under a savepoint of the caller's.
-type unit interface {
-	begin(ctx context.Context) (*sqlx.Tx, error)
-	rollback()
-	commit() error
+// unit is the transaction an attempt runs in: Do begins and ends its own
+// through the driver; DoTx runs each attempt under a savepoint of the
+// caller's transaction.
+type unit[TTx any] interface {
+	// begin starts the attempt and claims the key; unless it returns
+	// Claimed and no error, the attempt's transaction has already ended.
+	begin(ctx context.Context, k dialects.Key, fp []byte, ttl time.Duration) (TTx, dialects.Claim, dialects.Record, error)
+	// commit saves rec and ends the attempt's transaction, keeping its
+	// writes; its errors are those of dialects.Driver.Commit.
+	commit(ctx context.Context, tx TTx, k dialects.Key, rec dialects.Record, ttl time.Duration) error
+	rollback(tx TTx)
 	joined() bool
-	// readers are where a stored row is looked up after a failed claim.
-	readers(db *sqlx.DB) []dialects.Querier
+	// lookup reads a stored row after a failed claim.
+	lookup(ctx context.Context, k dialects.Key) (dialects.Record, bool, error)
 }
 
-type ownTx struct {
-	db   *sqlx.DB
-	opts *sql.TxOptions
-	tx   *sqlx.Tx
-	end  context.CancelFunc // releases the transaction's context
+type ownTx[TTx any] struct{ d dialects.Driver[TTx] }
+
+func (o ownTx[TTx]) begin(ctx context.Context, k dialects.Key, fp []byte, ttl time.Duration) (TTx, dialects.Claim, dialects.Record, error) {
+	return o.d.Begin(ctx, k, fp, ttl)
 }
 
-// begin obeys ctx while it waits for a pooled connection and for BEGIN
-// (where SQLite waits for its write lock). Once the transaction has begun,
-// its fate is decided here, not by ctx: database/sql rolls back a
-// transaction whose context ends, even during COMMIT. fn and every
-// statement still get ctx, and ctx is checked before COMMIT.
-func (o *ownTx) begin(ctx context.Context) (*sqlx.Tx, error) {
-	txCtx, end := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(ctx, end)
-	tx, err := o.db.BeginTxx(txCtx, o.opts)
-	if !stop() {
-		// ctx ended before BEGIN was done: end went to the transaction
-		// too, and database/sql rolls it back.
-		end()
-		if err == nil {
-			_ = tx.Rollback()
-		}
-		return nil, ctx.Err()
-	}
-	if err != nil {
-		end()
-		return nil, err
-	}
-	o.tx, o.end = tx, end
-	return tx, nil
+func (o ownTx[TTx]) commit(ctx context.Context, tx TTx, k dialects.Key, rec dialects.Record, ttl time.Duration) error {
+	return o.d.Commit(ctx, tx, k, rec, ttl)
 }
 
-func (o *ownTx) rollback() {
-	if o.tx != nil {
-		_ = o.tx.Rollback()
-		o.tx = nil
-		o.end()
-	}
+func (o ownTx[TTx]) rollback(tx TTx) { o.d.Rollback(tx) }
+
+func (o ownTx[TTx]) joined() bool { return false }
+
+func (o ownTx[TTx]) lookup(ctx context.Context, k dialects.Key) (dialects.Record, bool, error) {
+	return o.d.Lookup(ctx, k)
 }
-
-func (o *ownTx) commit() error {
-	tx := o.tx
-	o.tx = nil
-	defer o.end()
-	return tx.Commit()
-}
-
-func (o *ownTx) joined() bool { return false }
-
-func (o *ownTx) readers(db *sqlx.DB) []dialects.Querier { return []dialects.Querier{db} }
 
 var savepointSeq atomic.Uint64
 
-type savepoint struct {
-	tx   *sqlx.Tx
+type savepoint[TTx any] struct {
+	d    dialects.Driver[TTx]
+	tx   TTx
 	ctx  context.Context
 	name string
 }
 
-func (p *savepoint) begin(ctx context.Context) (*sqlx.Tx, error) {
+func (p *savepoint[TTx]) begin(ctx context.Context, k dialects.Key, fp []byte, ttl time.Duration) (TTx, dialects.Claim, dialects.Record, error) {
+	var none TTx
 	// Unique names: MySQL drops an older savepoint of the same name, which
 	// would break a DoTx nested in another's fn.
 	p.name = "idempotency_" + strconv.FormatUint(savepointSeq.Add(1), 10)
 	p.ctx = context.WithoutCancel(ctx)
-	if _, err := p.tx.ExecContext(p.ctx, "SAVEPOINT "+p.name); err != nil {
-		p.name = ""
-		return nil, err
+	if err := p.d.Savepoint(ctx, p.tx, p.name); err != nil {
+		return none, 0, dialects.Record{}, fmt.Errorf("savepoint: %w", err)
 	}
-	return p.tx, nil
-}
-
-func (p *savepoint) rollback() {
-	if p.name != "" {
-		_, _ = p.tx.ExecContext(p.ctx, "ROLLBACK TO SAVEPOINT "+p.name)
-		_, _ = p.tx.ExecContext(p.ctx, "RELEASE SAVEPOINT "+p.name)
-		p.name = ""
+	c, rec, err := p.d.Claim(ctx, p.tx, k, fp, ttl)
+	if err != nil || c != dialects.Claimed {
+		p.rollback(p.tx)
+		if err != nil {
+			err = fmt.Errorf("claim the key: %w", err)
+		}
+		return none, c, rec, err
 	}
+	return p.tx, dialects.Claimed, rec, nil
 }
 
-func (p *savepoint) commit() error {
-	name := p.name
-	p.name = ""
-	_, err := p.tx.ExecContext(p.ctx, "RELEASE SAVEPOINT "+name)
-	return err
+func (p *savepoint[TTx]) commit(ctx context.Context, tx TTx, k dialects.Key, rec dialects.Record, ttl time.Duration) error {
+	ok, err := p.d.Save(ctx, tx, k, rec, ttl)
+	if err != nil || !ok {
+		p.rollback(tx)
+		if err == nil {
+			return dialects.ErrConflict
+		}
+		return err
+	}
+	if err := p.d.Release(p.ctx, tx, p.name); err != nil {
+		return fmt.Errorf("release the savepoint: %w", err)
+	}
+	return nil
 }
 
-func (p *savepoint) joined() bool { return true }
+func (p *savepoint[TTx]) rollback(tx TTx) {
+	_ = p.d.RollbackTo(p.ctx, tx, p.name)
+}
 
-func (p *savepoint) readers(db *sqlx.DB) []dialects.Querier {
-	return []dialects.Querier{p.tx, db}
+func (p *savepoint[TTx]) joined() bool { return true }
+
+// lookup reads in the caller's transaction first (it sees its own keys),
+// then outside it (where a twin's commit after its snapshot shows).
+func (p *savepoint[TTx]) lookup(ctx context.Context, k dialects.Key) (dialects.Record, bool, error) {
+	rec, ok, err := p.d.LookupTx(ctx, p.tx, k)
+	if err != nil || ok {
+		return rec, ok, err
+	}
+	return p.d.Lookup(ctx, k)
 }

@@ -3,9 +3,20 @@
 // package of their own (postgres, mysql, sqlite) and the root package never
 // branches on a driver name outside the one place that picks a dialect.
 //
+// Two layers:
+//
+//   - Driver[TTx] is what the protocol engine (the root package) speaks to:
+//     begin and claim, commit with the save, roll back, savepoints, lookups,
+//     prune and error classes, for transactions of type TTx. A driver may
+//     pipeline (the pgx store sends BEGIN with the claim, and the save with
+//     COMMIT).
+//   - Dialect is one database's statements for database/sql, one round trip
+//     each; SQL turns a Dialect and a *sqlx.DB into a Driver[*sqlx.Tx].
+//
 // Most users never import this package: idempotency.New picks the dialect
-// from the driver name. It is exported for idempotency.WithDialect and for
-// drivers registered under other names.
+// from the driver name, and pgxstore.New builds its own driver. It is
+// exported for idempotency.WithDialect, for drivers registered under other
+// names, and for drivers of other client APIs.
 package dialects
 
 import (

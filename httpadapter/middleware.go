@@ -31,9 +31,15 @@ type txKey struct{}
 // handler makes its database writes through it, and they commit together
 // with the stored response. It is never nil in a handler behind Middleware
 // for the methods it handles (POST and PATCH by default), key or no key;
-// elsewhere it is nil.
-func Tx(ctx context.Context) *sqlx.Tx {
-	tx, _ := ctx.Value(txKey{}).(*sqlx.Tx)
+// elsewhere it is nil. With another kind of store, use TxFrom.
+func Tx(ctx context.Context) *sqlx.Tx { return TxFrom[*sqlx.Tx](ctx) }
+
+// TxFrom is Tx for a store of any transaction type: behind MiddlewareFor on
+// the pgx store, TxFrom[pgx.Tx](r.Context()) is the request's pgx.Tx. It
+// returns the zero value (nil) where there is none, or where the request's
+// transaction is of another type.
+func TxFrom[TTx any](ctx context.Context) TTx {
+	tx, _ := ctx.Value(txKey{}).(TTx)
 	return tx
 }
 
@@ -90,6 +96,16 @@ func Middleware(store *idempotency.Store, opts ...Option) func(http.Handler) htt
 	if store == nil {
 		panic("httpadapter: Middleware(nil): want a store from idempotency.New")
 	}
+	return MiddlewareFor(store, opts...)
+}
+
+// MiddlewareFor is Middleware for a store of any transaction type, such as
+// the pgx store (pgxstore.New): handlers get the request's transaction with
+// TxFrom. It panics if store is nil or an option is invalid.
+func MiddlewareFor[TTx any](store *idempotency.TxStore[TTx], opts ...Option) func(http.Handler) http.Handler {
+	if store == nil {
+		panic("httpadapter: MiddlewareFor(nil): want a store")
+	}
 	cfg := defaultConfig()
 	for _, opt := range opts {
 		if opt != nil {
@@ -100,20 +116,20 @@ func Middleware(store *idempotency.Store, opts ...Option) func(http.Handler) htt
 		if next == nil {
 			panic("httpadapter: Middleware(...)(nil): want a handler")
 		}
-		return &middleware{store: store, cfg: cfg, next: next}
+		return &middleware[TTx]{store: store, cfg: cfg, next: next}
 	}
 }
 
-type middleware struct {
-	store *idempotency.Store
+type middleware[TTx any] struct {
+	store *idempotency.TxStore[TTx]
 	cfg   *config
 	next  http.Handler
 }
 
-func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (m *middleware[TTx]) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// A request already in a transaction (the middleware applied twice)
 	// keeps it.
-	if !m.cfg.methods[r.Method] || Tx(r.Context()) != nil {
+	if !m.cfg.methods[r.Method] || r.Context().Value(txKey{}) != nil {
 		m.next.ServeHTTP(w, r)
 		return
 	}
@@ -132,7 +148,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (m *middleware) serveWithKey(w http.ResponseWriter, r *http.Request, key string) {
+func (m *middleware[TTx]) serveWithKey(w http.ResponseWriter, r *http.Request, key string) {
 	s := m.store
 	if m.cfg.scope != nil {
 		scope := m.cfg.scope(r)
@@ -170,7 +186,7 @@ func (m *middleware) serveWithKey(w http.ResponseWriter, r *http.Request, key st
 	ctx, detach, cancel := detachable(r.Context())
 	defer cancel()
 	var last *capture
-	res, err := idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx *sqlx.Tx) (storedResponse, error) {
+	res, err := idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx TTx) (storedResponse, error) {
 		rr := r.WithContext(context.WithValue(ctx, txKey{}, tx))
 		// A fresh copy of the body for every attempt: the store runs fn
 		// again after a serialization failure.
@@ -201,46 +217,40 @@ func (m *middleware) serveWithKey(w http.ResponseWriter, r *http.Request, key st
 	}
 }
 
-func (m *middleware) serveWithoutKey(w http.ResponseWriter, r *http.Request) {
+func (m *middleware[TTx]) serveWithoutKey(w http.ResponseWriter, r *http.Request) {
 	ctx, detach, cancel := detachable(r.Context())
 	defer cancel()
-	// Waiting for a pooled connection obeys the request's context; the
-	// transaction begun on it does not, since database/sql would roll it
-	// back when the context ends, even during COMMIT: its fate is decided
-	// by verdict.
-	conn, err := m.store.DB().Connx(ctx)
-	if err != nil {
-		m.fail(w, r, fmt.Errorf("httpadapter: get a database connection: %w", err))
-		return
-	}
-	defer func() { _ = conn.Close() }() // back to the pool, once the transaction is over
-	tx, err := conn.BeginTxx(context.WithoutCancel(ctx), m.store.TxOptions())
-	if err != nil {
-		m.fail(w, r, fmt.Errorf("httpadapter: begin a transaction: %w", err))
-		return
-	}
-	defer func() { _ = tx.Rollback() }() // after a commit, a no-op
-	c, err := m.serve(w, r.WithContext(context.WithValue(ctx, txKey{}, tx)))
-	if err == nil {
-		err = m.verdict(c, detach)
-	}
-	if err != nil {
-		_ = tx.Rollback()
-		m.fail(w, r, err)
-		return
-	}
-	if testHookBeforeCommit != nil {
-		testHookBeforeCommit(r)
-	}
-	if err := tx.Commit(); err != nil {
+	// InTx waits for a connection under the request's context; the
+	// transaction's fate is then decided by verdict, not by the context.
+	var c *capture
+	served := false // the handler's answer was accepted; what failed is the commit
+	err := idempotency.InTx(ctx, m.store, func(ctx context.Context, tx TTx) error {
+		var err error
+		c, err = m.serve(w, r.WithContext(context.WithValue(ctx, txKey{}, tx)))
+		if err == nil {
+			err = m.verdict(c, detach)
+		}
+		if err != nil {
+			return err
+		}
+		if testHookBeforeCommit != nil {
+			testHookBeforeCommit(r)
+		}
+		served = true
+		return nil
+	})
+	switch {
+	case err == nil:
+		c.send(w)
+	case served:
 		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: commit failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeProblem(w, Problem{
 			Type: ProblemOutcomeUnknown, Title: "Commit failed", Status: http.StatusServiceUnavailable,
 			Detail: "The request's transaction failed to commit; it may or may not have taken effect. Send an Idempotency-Key header to make retries safe.",
 		}, 0)
-		return
+	default:
+		m.fail(w, r, err)
 	}
-	c.send(w)
 }
 
 // detachable returns the context the transaction runs under: it has the
@@ -262,7 +272,7 @@ func detachable(parent context.Context) (ctx context.Context, detach func() bool
 }
 
 // serve runs the handler into a capture, turning a panic into an error.
-func (m *middleware) serve(w http.ResponseWriter, r *http.Request) (c *capture, err error) {
+func (m *middleware[TTx]) serve(w http.ResponseWriter, r *http.Request) (c *capture, err error) {
 	c = newCapture(w, m.cfg.maxResponseBytes)
 	defer func() {
 		if v := recover(); v != nil {
@@ -274,7 +284,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request) (c *capture, 
 }
 
 // verdict decides whether the handler's response may commit.
-func (m *middleware) verdict(c *capture, detach func() bool) error {
+func (m *middleware[TTx]) verdict(c *capture, detach func() bool) error {
 	if !detach() {
 		// The request's context ended while the handler ran (the client
 		// hung up, or an outer deadline passed): roll back, so that a retry
@@ -296,7 +306,7 @@ func (m *middleware) verdict(c *capture, detach func() bool) error {
 // storable says whether an answer with status code may commit and be
 // stored: a 2xx or 3xx always (it says the work was done), a 4xx or 5xx as
 // WithStoredStatus and WithStoreServerErrors say.
-func (m *middleware) storable(code int) bool {
+func (m *middleware[TTx]) storable(code int) bool {
 	switch {
 	case code < 400:
 		return true
@@ -307,7 +317,7 @@ func (m *middleware) storable(code int) bool {
 }
 
 // stored keeps the allow-listed headers of c's response.
-func (m *middleware) stored(c *capture) storedResponse {
+func (m *middleware[TTx]) stored(c *capture) storedResponse {
 	s := storedResponse{Status: c.code(), Body: c.body.Bytes()}
 	for _, k := range m.cfg.replayHeaders {
 		if v, ok := c.header[k]; ok {
@@ -331,7 +341,7 @@ func replay(w http.ResponseWriter, s storedResponse) {
 }
 
 // fail answers a request whose transaction rolled back.
-func (m *middleware) fail(w http.ResponseWriter, r *http.Request, err error) {
+func (m *middleware[TTx]) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var rb *rollbackError
 	switch {
 	case errors.As(err, &rb):

@@ -18,6 +18,8 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/jmoiron/sqlx"
+
 	"github.com/exactlyonce/idempotency"
 )
 
@@ -540,7 +542,7 @@ func TestPanic(t *testing.T) {
 func TestTransactionEnded(t *testing.T) {
 	t.Run("fail", func(t *testing.T) {
 		var logs logBuffer
-		m := Middleware(sqliteEnv(t).store(t), WithLogger(logs.logger()))(api()).(*middleware)
+		m := Middleware(sqliteEnv(t).store(t), WithLogger(logs.logger()))(api()).(*middleware[*sqlx.Tx])
 		w := httptest.NewRecorder()
 		m.fail(w, httptest.NewRequest(http.MethodPost, "/x", nil), fmt.Errorf("save: %w", idempotency.ErrTransactionEnded))
 		wantProblem(t, response{status: w.Code, header: w.Header(), body: w.Body.Bytes()}, 500, ProblemTransactionEnded)
@@ -793,7 +795,7 @@ func TestOuterDeadline(t *testing.T) {
 // TestFailSilentOnlyForAGoneClient: fail writes nothing only when the
 // request's context ended the way net/http ends it for a closed connection.
 func TestFailSilentOnlyForAGoneClient(t *testing.T) {
-	m := Middleware(sqliteEnv(t).store(t))(api()).(*middleware)
+	m := Middleware(sqliteEnv(t).store(t))(api()).(*middleware[*sqlx.Tx])
 	gone, cancel := context.WithCancel(context.Background())
 	cancel()
 	late, cancel := context.WithTimeout(context.Background(), -time.Second)

@@ -349,7 +349,7 @@ func prune(ctx context.Context, s *idempotency.Store, o options, stdout, stderr 
 	for {
 		batches++
 		began := time.Now()
-		n, err := s.Dialect().Prune(ctx, s.DB(), o.batch)
+		n, err := s.Driver().Prune(ctx, o.batch)
 		total += n
 		if err != nil {
 			return fmt.Errorf("prune batch %d (after %d rows): %w", batches, total, err)

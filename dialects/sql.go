@@ -1,0 +1,150 @@
+package dialects
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+)
+
+// SQL returns the driver for a database/sql database: transactions are
+// *sqlx.Tx, and d says how to speak to the database. Every statement is its
+// own round trip, as database/sql sends them.
+func SQL(db *sqlx.DB, d Dialect, cfg Config) Driver[*sqlx.Tx] {
+	var opts *sql.TxOptions
+	if cfg.Isolation != sql.LevelDefault {
+		opts = &sql.TxOptions{Isolation: cfg.Isolation}
+	}
+	return &sqlDriver{db: db, d: d, opts: opts}
+}
+
+type sqlDriver struct {
+	db   *sqlx.DB
+	d    Dialect
+	opts *sql.TxOptions
+}
+
+var _ Driver[*sqlx.Tx] = (*sqlDriver)(nil)
+
+func (s *sqlDriver) Name() string { return s.d.Name() }
+
+// begin obeys ctx while it waits for a pooled connection and for BEGIN
+// (where SQLite waits for its write lock). Once the transaction has begun,
+// its fate is decided by its caller, not by ctx: database/sql rolls back a
+// transaction whose context ends, even during COMMIT. The statements in it
+// still get ctx.
+func (s *sqlDriver) begin(ctx context.Context) (*sqlx.Tx, error) {
+	txCtx, end := context.WithCancel(context.WithoutCancel(ctx))
+	stop := context.AfterFunc(ctx, end)
+	tx, err := s.db.BeginTxx(txCtx, s.opts)
+	if !stop() {
+		// ctx ended before BEGIN was done: end went to the transaction
+		// too, and database/sql rolls it back.
+		if err == nil {
+			_ = tx.Rollback()
+		}
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		end()
+		return nil, fmt.Errorf("begin a transaction: %w", err)
+	}
+	// end is not called again: nothing is registered with txCtx's parent,
+	// and database/sql cancels its own child of txCtx when tx ends.
+	return tx, nil
+}
+
+func (s *sqlDriver) Begin(ctx context.Context, k Key, fingerprint []byte, ttl time.Duration) (*sqlx.Tx, Claim, Record, error) {
+	var none Record
+	tx, err := s.begin(ctx)
+	if err != nil {
+		return nil, 0, none, err
+	}
+	c, rec, err := s.d.Claim(ctx, tx, k, fingerprint, ttl)
+	if err != nil || c != Claimed {
+		// Nothing but ROLLBACK after a failed claim: see the mysql dialect.
+		_ = tx.Rollback()
+		if err != nil {
+			err = fmt.Errorf("claim the key: %w", err)
+		}
+		return nil, c, rec, err
+	}
+	return tx, Claimed, none, nil
+}
+
+func (s *sqlDriver) Commit(ctx context.Context, tx *sqlx.Tx, k Key, rec Record, ttl time.Duration) error {
+	ok, err := s.d.Save(ctx, tx, k, rec, ttl)
+	if err != nil || !ok {
+		_ = tx.Rollback()
+		if err == nil {
+			return ErrConflict
+		}
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return &CommitError{Err: err}
+	}
+	return nil
+}
+
+func (s *sqlDriver) Rollback(tx *sqlx.Tx) { _ = tx.Rollback() }
+
+func (s *sqlDriver) BeginPlain(ctx context.Context) (*sqlx.Tx, error) { return s.begin(ctx) }
+
+func (s *sqlDriver) CommitPlain(tx *sqlx.Tx) error { return tx.Commit() }
+
+// Savepoint names are the engine's own (idempotency_N), safe to splice in.
+func (s *sqlDriver) Savepoint(ctx context.Context, tx *sqlx.Tx, name string) error {
+	_, err := tx.ExecContext(context.WithoutCancel(ctx), "SAVEPOINT "+name)
+	return err
+}
+
+func (s *sqlDriver) RollbackTo(ctx context.Context, tx *sqlx.Tx, name string) error {
+	ctx = context.WithoutCancel(ctx)
+	_, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT "+name)
+	if _, rerr := tx.ExecContext(ctx, "RELEASE SAVEPOINT "+name); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+func (s *sqlDriver) Release(ctx context.Context, tx *sqlx.Tx, name string) error {
+	_, err := tx.ExecContext(context.WithoutCancel(ctx), "RELEASE SAVEPOINT "+name)
+	return err
+}
+
+func (s *sqlDriver) Claim(ctx context.Context, tx *sqlx.Tx, k Key, fingerprint []byte, ttl time.Duration) (Claim, Record, error) {
+	return s.d.Claim(ctx, tx, k, fingerprint, ttl)
+}
+
+func (s *sqlDriver) Save(ctx context.Context, tx *sqlx.Tx, k Key, rec Record, ttl time.Duration) (bool, error) {
+	return s.d.Save(ctx, tx, k, rec, ttl)
+}
+
+func (s *sqlDriver) Lookup(ctx context.Context, k Key) (Record, bool, error) {
+	return s.d.Lookup(ctx, s.db, k)
+}
+
+func (s *sqlDriver) LookupTx(ctx context.Context, tx *sqlx.Tx, k Key) (Record, bool, error) {
+	return s.d.Lookup(ctx, tx, k)
+}
+
+func (s *sqlDriver) DeleteExpired(ctx context.Context, k Key) error {
+	return s.d.DeleteExpired(ctx, s.db, k)
+}
+
+func (s *sqlDriver) Prune(ctx context.Context, limit int) (int64, error) {
+	return s.d.Prune(ctx, s.db, limit)
+}
+
+func (s *sqlDriver) Classify(err error) Class {
+	if errors.Is(err, sql.ErrTxDone) {
+		// database/sql's own: the transaction had already ended; nothing
+		// was sent.
+		return Definite
+	}
+	return s.d.Classify(err)
+}
