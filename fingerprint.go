@@ -47,4 +47,3 @@ func replacedInvalidUTF8(b []byte) bool {
 	}
 	return false
 }
-

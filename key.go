@@ -37,4 +37,3 @@ func ValidateKey(key string) error {
 	}
 	return nil
 }
-
