@@ -36,6 +36,11 @@ var (
 	// safe to retry blindly: check what fn wrote first.
 	ErrTransactionEnded = errors.New("idempotency: the database ended the transaction while fn ran (fn ignored an error such as a deadlock); writes fn made after it may have committed outside the transaction, so do not retry blindly")
 
+	// ErrBadParams: params cannot be encoded as JSON, or hold a string
+	// that is not valid UTF-8 (which JSON would make equal to others), so
+	// no fingerprint can be made. Nothing touched the database.
+	ErrBadParams = errors.New("idempotency: params cannot be encoded as JSON")
+
 	// ErrInvalidScope: the store's scope (Store.Scope) is longer than 255
 	// bytes. It is the service's mistake, not its client's; for callers
 	// written before it existed, it also matches ErrInvalidKey. Nothing
@@ -65,6 +70,16 @@ func Final(err error) error {
 		return nil
 	}
 	return &FinalError{Err: err}
+}
+
+// FinalCode is Final with a machine-readable code ("card_declined"), which
+// retries can match on after the failure was stored. FinalCode(code, nil)
+// is nil.
+func FinalCode(code string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &FinalError{Code: code, Err: err}
 }
 
 func (e *FinalError) Error() string {

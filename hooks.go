@@ -85,13 +85,10 @@ func outcomeOf(replayed bool, err error) Outcome {
 		return Mismatched
 	case errors.Is(err, ErrInProgress):
 		return InProgress
-	case errors.Is(err, ErrInvalidKey), errors.Is(err, errBadParams):
+	case errors.Is(err, ErrInvalidKey), errors.Is(err, ErrBadParams):
 		return Invalid
 	}
 	return Failed
 }
 
-// errBadParams marks params that cannot be encoded.
-var errBadParams = errors.New("idempotency: params cannot be encoded as JSON")
-
-func badParams(err error) error { return fmt.Errorf("%w: %w", errBadParams, err) }
+func badParams(err error) error { return fmt.Errorf("%w: %w", ErrBadParams, err) }

@@ -150,7 +150,8 @@ var ErrTransactionEnded = errors.New("the key row claimed at the start of the tr
 
 // Kind returns the dialect name for a database/sql driver name: "postgres"
 // for postgres, pgx and pgx/v5; "mysql" for mysql; "sqlite" for sqlite and
-// sqlite3. It is the one place that knows driver names.
+// sqlite3. It is the one table of database/sql driver names; the root
+// package's dialectFor is the one place that turns a name into a dialect.
 func Kind(driverName string) (string, bool) {
 	switch driverName {
 	case "postgres", "pgx", "pgx/v5", "pgx/v4", "cloudsqlpostgres":
