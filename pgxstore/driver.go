@@ -212,7 +212,7 @@ func answered(err error) bool {
 // Rollback ends tx without committing and gives its connection back. It
 // does nothing on a transaction that has already ended.
 func (d *driver) Rollback(tx pgx.Tx) {
-	if t, ok := tx.(*callTx); ok && t.end() {
+	if t, ok := tx.(*callTx); ok && t != nil && t.end() {
 		t.close()
 	}
 }

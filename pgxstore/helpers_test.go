@@ -84,12 +84,14 @@ func testDriver(t *testing.T, pool *pgxpool.Pool, cfg dialects.Config) *driver {
 	return d
 }
 
-// key is a key in the empty scope, with a lock number derived from it as
-// the engine derives its own (any stable hash will do for a test).
-func key(k string) dialects.Key {
+// key is a key in the test's scope, with a lock number derived from both
+// (any stable hash will do for a test). Each test has a schema of its own,
+// but advisory locks are the database's: without the scope, two tests that
+// use one key would hold each other's lock.
+func key(t *testing.T, k string) dialects.Key {
 	h := fnv.New64a()
-	_, _ = h.Write([]byte(k))
-	return dialects.Key{Key: k, Lock: int64(h.Sum64())}
+	_, _ = h.Write([]byte(t.Name() + "\x00" + k))
+	return dialects.Key{Scope: t.Name(), Key: k, Lock: int64(h.Sum64())}
 }
 
 // count counts rows of a table with k = key, committed, outside any test

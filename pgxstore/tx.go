@@ -112,7 +112,9 @@ func (t *callTx) SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults {
 	return t.tx.SendBatch(ctx, b)
 }
 
-// LargeObjects returns the large objects of the call's transaction.
+// LargeObjects returns the large objects of the call's transaction. pgx
+// binds them to its own transaction (the type has no exported fields), so
+// they are not guarded once the call has ended; neither is Conn.
 func (t *callTx) LargeObjects() pgx.LargeObjects { return t.tx.LargeObjects() }
 
 // Prepare prepares a statement on the call's connection.
