@@ -148,7 +148,7 @@ func (d *driver) Commit(ctx context.Context, tx pgx.Tx, k dialects.Key, rec dial
 	case pc.IsClosed():
 		// The connection broke while fn ran (and fn did not return the
 		// error): the transaction went with it, and nothing is sent.
-		return fmt.Errorf("save the key: %w", pgconn.ErrConnClosed)
+		return fmt.Errorf("the connection broke while fn ran: %w", pgconn.ErrConnClosed)
 	case pc.IsBusy():
 		return errors.New("fn returned with a query on tx still open, so the key could not be saved and nothing was committed: close every pgx.Rows before fn returns")
 	case pc.TxStatus() == 'I':
@@ -195,7 +195,7 @@ func (d *driver) Commit(ctx context.Context, tx pgx.Tx, k dialects.Key, rec dial
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" { // only the INSERT can
-		return fmt.Errorf("save the key: %w: %w", dialects.ErrConflict, err)
+		return fmt.Errorf("%w: %w", dialects.ErrConflict, err)
 	}
 	return postgres.SaveError(err)
 }
