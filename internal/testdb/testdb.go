@@ -11,13 +11,9 @@ package testdb
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +26,7 @@ import (
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 	_ "modernc.org/sqlite" // sqlite
 
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
@@ -53,7 +50,13 @@ func Backends() []Backend {
 // Open returns a migrated database of b's kind, isolated for this test.
 func (b Backend) Open(t testing.TB) *sqlx.DB {
 	t.Helper()
-	db := b.OpenEmpty(t)
+	return b.OpenDSN(t, b.DSN(t))
+}
+
+// OpenDSN connects to dsn (see Connect) and migrates its database.
+func (b Backend) OpenDSN(t testing.TB, dsn string) *sqlx.DB {
+	t.Helper()
+	db := b.Connect(t, dsn)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := migrations.Up(ctx, db); err != nil {
@@ -65,7 +68,13 @@ func (b Backend) Open(t testing.TB) *sqlx.DB {
 // OpenEmpty is Open without the migrations.
 func (b Backend) OpenEmpty(t testing.TB) *sqlx.DB {
 	t.Helper()
-	dsn := b.DSN(t)
+	return b.Connect(t, b.DSN(t))
+}
+
+// Connect opens dsn with b's driver, with room for 64 connections, and
+// closes it at t's cleanup.
+func (b Backend) Connect(t testing.TB, dsn string) *sqlx.DB {
+	t.Helper()
 	db, err := sqlx.Open(b.Driver, dsn)
 	if err != nil {
 		t.Fatalf("open %s: %v", b.Name, err)
@@ -75,25 +84,26 @@ func (b Backend) OpenEmpty(t testing.TB) *sqlx.DB {
 	return db
 }
 
+// Charges creates the business table of the tests: fn writes a row per
+// charge through its transaction, so a test can count effects. Every
+// suite uses this one shape, on every database.
+const Charges = `CREATE TABLE charges (ref VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`
+
 // DSN returns the data source name of an isolated, empty database.
 func (b Backend) DSN(t testing.TB) string {
 	t.Helper()
 	switch b.Kind {
 	case "sqlite":
 		return SQLiteDSN(filepath.Join(t.TempDir(), "test.db"))
-	case "postgres":
-		return postgresSchema(t, serverDSN(t, "postgres"))
-	case "mysql":
-		return mysqlDatabase(t, serverDSN(t, "mysql"))
+	case "postgres", "mysql":
+		return scratchDSN(t, b.Kind, serverDSN(t, b.Kind))
 	}
 	t.Fatalf("unknown backend %q", b.Name)
 	return ""
 }
 
 // SQLiteDSN is the DSN the project recommends for modernc.org/sqlite.
-func SQLiteDSN(path string) string {
-	return "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
-}
+func SQLiteDSN(path string) string { return scratch.SQLiteDSN(path, "NORMAL") }
 
 // ServerDSN returns the DSN of the Postgres or MySQL server (kind), as the
 // environment gives it or as a container started for this process.
@@ -163,70 +173,28 @@ func startContainer(kind string) (dsn string, err error) {
 	}
 }
 
-func randomName() string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return "t_" + hex.EncodeToString(b)
-}
-
-// postgresSchema creates a schema and returns a DSN whose search_path is it.
-func postgresSchema(t testing.TB, dsn string) string {
+// scratchDSN creates a Postgres schema or MySQL database on the server, for
+// this test only, and returns a DSN that uses it.
+func scratchDSN(t testing.TB, kind, server string) string {
 	t.Helper()
-	admin, err := sqlx.Open("pgx", dsn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	db, err := scratch.New(ctx, kind, server, "t_")
 	if err != nil {
-		t.Fatalf("open postgres: %v", err)
-	}
-	defer admin.Close()
-	name := randomName()
-	if _, err := admin.Exec("CREATE SCHEMA " + name); err != nil {
-		t.Fatalf("postgres at %s: %v", dsn, err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		admin, err := sqlx.Open("pgx", dsn)
-		if err != nil {
-			return
-		}
-		defer admin.Close()
-		_, _ = admin.Exec("DROP SCHEMA " + name + " CASCADE")
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = db.Drop(ctx)
 	})
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			t.Fatalf("parse postgres DSN: %v", err)
-		}
-		q := u.Query()
-		q.Set("search_path", name)
-		u.RawQuery = q.Encode()
-		return u.String()
+	if kind != "mysql" {
+		return db.DSN
 	}
-	return dsn + " search_path=" + name
-}
-
-// mysqlDatabase creates a database and returns a DSN that uses it.
-func mysqlDatabase(t testing.TB, dsn string) string {
-	t.Helper()
-	cfg, err := mysql.ParseDSN(dsn)
+	cfg, err := mysql.ParseDSN(db.DSN)
 	if err != nil {
-		t.Fatalf("parse mysql DSN: %v", err)
+		t.Fatal(err)
 	}
-	admin, err := sqlx.Open("mysql", dsn)
-	if err != nil {
-		t.Fatalf("open mysql: %v", err)
-	}
-	defer admin.Close()
-	name := randomName()
-	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
-		t.Fatalf("mysql at %s: %v", dsn, err)
-	}
-	t.Cleanup(func() {
-		admin, err := sqlx.Open("mysql", dsn)
-		if err != nil {
-			return
-		}
-		defer admin.Close()
-		_, _ = admin.Exec("DROP DATABASE " + name)
-	})
-	cfg.DBName = name
 	cfg.ParseTime = true
 	return cfg.FormatDSN()
 }
@@ -235,24 +203,12 @@ func mysqlDatabase(t testing.TB, dsn string) string {
 // address it had: for sending a connection through a proxy.
 func Rehost(t testing.TB, kind, dsn, addr string) (rehosted, target string) {
 	t.Helper()
-	switch kind {
-	case "postgres":
-		u, err := url.Parse(dsn)
-		if err != nil || u.Host == "" {
-			t.Fatalf("want a postgres:// URL to rehost, got %q", dsn)
-		}
-		target = u.Host
-		u.Host = addr
-		return u.String(), target
-	case "mysql":
-		cfg, err := mysql.ParseDSN(dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		target = cfg.Addr
-		cfg.Addr = addr
-		return cfg.FormatDSN(), target
+	target, err := scratch.Addr(kind, dsn)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("cannot rehost a %s DSN", kind)
-	return "", ""
+	if rehosted, err = scratch.Rehost(kind, dsn, addr); err != nil {
+		t.Fatal(err)
+	}
+	return rehosted, target
 }

@@ -1,0 +1,200 @@
+// Package scratch makes throwaway databases on a Postgres or MySQL server
+// and rewrites DSNs to reach them, for the tests (through testdb), the
+// benchmarks and the chaos run: the part of testdb that needs no
+// testing.T, so that programs can use it too.
+//
+// On Postgres a scratch database is a schema, reached through the DSN's
+// search_path; on MySQL and MariaDB it is a database.
+package scratch
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+
+	"github.com/go-sql-driver/mysql"
+	_ "github.com/jackc/pgx/v5/stdlib" // pgx, for the admin connection
+	"github.com/jmoiron/sqlx"
+)
+
+// Database is a schema (Postgres) or database (MySQL) made by New.
+type Database struct {
+	Name string // the schema or database
+	DSN  string // the server's DSN, pointed at it
+
+	kind, server string
+}
+
+// Name returns prefix followed by 12 random hex digits: a fresh identifier.
+func Name(prefix string) string {
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// New creates a schema (kind "postgres") or database (kind "mysql") named
+// prefix and random digits on the server that serverDSN reaches, and
+// returns it with a DSN that uses it; the DSN keeps serverDSN's other
+// settings.
+func New(ctx context.Context, kind, serverDSN, prefix string) (Database, error) {
+	db := Database{Name: Name(prefix), kind: kind, server: serverDSN}
+	var err error
+	switch kind {
+	case "postgres":
+		db.DSN, err = PostgresParams(serverDSN, map[string]string{"search_path": db.Name})
+	case "mysql":
+		var cfg *mysql.Config
+		if cfg, err = mysql.ParseDSN(serverDSN); err == nil {
+			cfg.DBName = db.Name
+			db.DSN = cfg.FormatDSN()
+		}
+	default:
+		return Database{}, fmt.Errorf("scratch: no scratch databases for kind %q: want postgres or mysql", kind)
+	}
+	if err != nil {
+		return Database{}, fmt.Errorf("scratch: %s DSN: %w", kind, err)
+	}
+	create := "CREATE SCHEMA "
+	if kind == "mysql" {
+		create = "CREATE DATABASE "
+	}
+	if err := db.admin(ctx, create+db.Name); err != nil {
+		return Database{}, fmt.Errorf("scratch: %s at %s: %w", kind, Redact(serverDSN), err)
+	}
+	return db, nil
+}
+
+// Drop drops the schema or database and everything in it.
+func (d Database) Drop(ctx context.Context) error {
+	drop := "DROP SCHEMA " + d.Name + " CASCADE"
+	if d.kind == "mysql" {
+		drop = "DROP DATABASE " + d.Name
+	}
+	return d.admin(ctx, drop)
+}
+
+// admin runs one statement on a connection of its own to the server.
+func (d Database) admin(ctx context.Context, stmt string) error {
+	driver := "pgx"
+	if d.kind == "mysql" {
+		driver = "mysql"
+	}
+	admin, err := sqlx.Open(driver, d.server)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	_, err = admin.ExecContext(ctx, stmt)
+	return err
+}
+
+// Addr returns the host:port of the server that dsn (of kind "postgres" or
+// "mysql") reaches over TCP. A Postgres DSN must be a postgres:// URL.
+func Addr(kind, dsn string) (string, error) {
+	switch kind {
+	case "postgres":
+		u, err := postgresURL(dsn)
+		if err != nil {
+			return "", err
+		}
+		if u.Port() == "" {
+			return net.JoinHostPort(u.Hostname(), "5432"), nil
+		}
+		return u.Host, nil
+	case "mysql":
+		cfg, err := mysql.ParseDSN(dsn)
+		if err != nil {
+			return "", err
+		}
+		if cfg.Net != "tcp" {
+			return "", fmt.Errorf("scratch: the MySQL DSN reaches its server over %q, not TCP", cfg.Net)
+		}
+		return cfg.Addr, nil
+	}
+	return "", fmt.Errorf("scratch: a %s database has no server address", kind)
+}
+
+// Rehost returns dsn with its server address replaced by addr (host:port),
+// to reach the server through a proxy; everything else is kept.
+func Rehost(kind, dsn, addr string) (string, error) {
+	switch kind {
+	case "postgres":
+		u, err := postgresURL(dsn)
+		if err != nil {
+			return "", err
+		}
+		u.Host = addr
+		return u.String(), nil
+	case "mysql":
+		cfg, err := mysql.ParseDSN(dsn)
+		if err != nil {
+			return "", err
+		}
+		cfg.Net, cfg.Addr = "tcp", addr
+		return cfg.FormatDSN(), nil
+	}
+	return "", fmt.Errorf("scratch: a %s database has no server to rehost", kind)
+}
+
+// PostgresParams adds run-time parameters (search_path, binary_parameters)
+// to a Postgres DSN, a URL or key=value pairs.
+func PostgresParams(dsn string, params map[string]string) (string, error) {
+	if !isURL(dsn) {
+		for k, v := range params {
+			dsn += " " + k + "=" + v
+		}
+		return dsn, nil
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", err
+	}
+	q := u.Query()
+	for k, v := range params {
+		q.Set(k, v)
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
+func isURL(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
+func postgresURL(dsn string) (*url.URL, error) {
+	if !isURL(dsn) {
+		return nil, errors.New("scratch: want a postgres:// URL DSN, not key=value pairs")
+	}
+	u, err := url.Parse(dsn)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("scratch: want a postgres:// URL DSN with a host: %v", err)
+	}
+	return u, nil
+}
+
+// Redact returns dsn without its password, for error messages.
+func Redact(dsn string) string {
+	if isURL(dsn) {
+		if u, err := url.Parse(dsn); err == nil {
+			return u.Redacted()
+		}
+		return "a Postgres URL"
+	}
+	if cfg, err := mysql.ParseDSN(dsn); err == nil && cfg.Passwd != "" {
+		cfg.Passwd = "xxxxx"
+		return cfg.FormatDSN()
+	}
+	return dsn
+}
+
+// SQLiteDSN is the DSN the project recommends for modernc.org/sqlite, with
+// the synchronous setting given: NORMAL (the tests') does not sync the WAL
+// at each commit, FULL does.
+func SQLiteDSN(path, synchronous string) string {
+	return "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + synchronous + ")&_txlock=immediate"
+}
