@@ -1,0 +1,370 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/exactlyonce/idempotency"
+)
+
+func (e *suite[TTx]) store(t testing.TB, opts ...idempotency.Option) *idempotency.TxStore[TTx] {
+	t.Helper()
+	return e.env.NewStore(t, opts...)
+}
+
+func testFreshThenReplay[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var calls atomic.Int64
+	first, err := idempotency.Run(ctx, s, "k1", map[string]any{"amount": 100}, e.charge("k1", 100, &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Replayed {
+		t.Error("first call reported a replay")
+	}
+	again, err := idempotency.Run(ctx, s, "k1", map[string]any{"amount": 100}, e.charge("k1", 100, &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !again.Replayed {
+		t.Error("second call was not a replay")
+	}
+	if again.Value != first.Value {
+		t.Errorf("replayed %+v, first answer was %+v", again.Value, first.Value)
+	}
+	if calls.Load() != 1 || e.charges(t, "k1") != 1 {
+		t.Errorf("fn ran %d times, %d charges; want 1 and 1", calls.Load(), e.charges(t, "k1"))
+	}
+}
+
+func testParamsMismatch[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var calls atomic.Int64
+	if _, err := idempotency.Do(ctx, s, "k", map[string]int{"amount": 1}, e.charge("k", 1, &calls)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := idempotency.Do(ctx, s, "k", map[string]int{"amount": 2}, e.charge("k", 2, &calls))
+	if !errors.Is(err, idempotency.ErrParamsMismatch) {
+		t.Fatalf("got %v, want ErrParamsMismatch", err)
+	}
+	if calls.Load() != 1 || e.charges(t, "k") != 1 {
+		t.Errorf("fn ran %d times; want 1", calls.Load())
+	}
+}
+
+func testFnErrorStoresNothing[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var calls atomic.Int64
+	_, err := idempotency.Do(ctx, s, "k", nil, func(ctx context.Context, tx TTx) (receipt, error) {
+		if _, err := e.charge("k", 1, &calls)(ctx, tx); err != nil {
+			return receipt{}, err
+		}
+		return receipt{}, fmt.Errorf("wrapped: %w", errDeclined)
+	})
+	if !errors.Is(err, errDeclined) || err.Error() != "wrapped: card declined" {
+		t.Fatalf("got %v, want fn's error unchanged", err)
+	}
+	if e.charges(t, "k") != 0 || e.keys(t) != 0 {
+		t.Fatal("a failed call left rows behind")
+	}
+	// A retry runs fn again.
+	if _, err := idempotency.Do(ctx, s, "k", nil, e.charge("k", 1, &calls)); err != nil {
+		t.Fatal(err)
+	}
+	if calls.Load() != 2 || e.charges(t, "k") != 1 {
+		t.Errorf("fn ran %d times, %d charges; want 2 and 1", calls.Load(), e.charges(t, "k"))
+	}
+}
+
+func testPanicRollsBack[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var calls atomic.Int64
+	func() {
+		defer func() {
+			if r := recover(); r != "boom" {
+				t.Errorf("recovered %v, want the panic to pass through", r)
+			}
+		}()
+		_, _ = idempotency.Do(ctx, s, "k", nil, func(ctx context.Context, tx TTx) (receipt, error) {
+			_, _ = e.charge("k", 1, &calls)(ctx, tx)
+			panic("boom")
+		})
+	}()
+	if e.charges(t, "k") != 0 || e.keys(t) != 0 {
+		t.Fatal("a panicking call left rows behind")
+	}
+	if _, err := idempotency.Do(ctx, s, "k", nil, e.charge("k", 1, &calls)); err != nil {
+		t.Fatalf("after a panic the key is not free: %v", err)
+	}
+}
+
+func testCancelledContext[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var calls atomic.Int64
+	cctx, cancel := context.WithCancel(ctx)
+	_, err := idempotency.Do(cctx, s, "k", nil, func(ctx context.Context, tx TTx) (receipt, error) {
+		r, err := e.charge("k", 1, &calls)(ctx, tx)
+		cancel() // the caller gives up while fn finishes
+		return r, err
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	if e.charges(t, "k") != 0 || e.keys(t) != 0 {
+		t.Fatal("a cancelled call left rows behind")
+	}
+	_, err = idempotency.Do(cctx, s, "k2", nil, e.charge("k2", 1, &calls))
+	if !errors.Is(err, context.Canceled) || calls.Load() != 1 {
+		t.Fatalf("a call with a cancelled context: %v after %d calls; want context.Canceled without calling fn", err, calls.Load())
+	}
+}
+
+func testFinalFailureIsRemembered[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var calls atomic.Int64
+	declined := func(ctx context.Context, tx TTx) (receipt, error) {
+		if _, err := e.charge("k", 1, &calls)(ctx, tx); err != nil {
+			return receipt{}, err
+		}
+		return receipt{}, idempotency.FinalCode("card_declined", errDeclined)
+	}
+	_, err := idempotency.Do(ctx, s, "k", "p", declined)
+	var fe *idempotency.FinalError
+	if !errors.As(err, &fe) || fe.Code != "card_declined" || !errors.Is(err, errDeclined) {
+		t.Fatalf("first call: %v, want the final error itself", err)
+	}
+	r, err := idempotency.Run(ctx, s, "k", "p", declined)
+	if !errors.As(err, &fe) || fe.Code != "card_declined" || err.Error() != errDeclined.Error() || !r.Replayed {
+		t.Fatalf("retry: %v (replayed %v), want the same failure replayed", err, r.Replayed)
+	}
+	if calls.Load() != 1 {
+		t.Errorf("fn ran %d times; want 1", calls.Load())
+	}
+	if e.charges(t, "k") != 0 || e.keys(t) != 1 {
+		t.Errorf("%d charges and %d keys; want the business write undone and the failure stored", e.charges(t, "k"), e.keys(t))
+	}
+}
+
+func testExpiredKeyRunsAgain[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t, idempotency.WithTTL(200*time.Millisecond))
+	var calls atomic.Int64
+	if _, err := idempotency.Do(ctx, s, "k", nil, e.charge("k", 1, &calls)); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := idempotency.Run(ctx, s, "k", nil, e.charge("k", 1, &calls)); err != nil || !r.Replayed {
+		t.Fatalf("within the TTL: %v, replayed %v", err, r.Replayed)
+	}
+	time.Sleep(400 * time.Millisecond)
+	r, err := idempotency.Run(ctx, s, "k", "other params are fine once expired", e.charge("k", 1, &calls))
+	if err != nil || r.Replayed {
+		t.Fatalf("after the TTL: %v, replayed %v; want a fresh run", err, r.Replayed)
+	}
+	if calls.Load() != 2 || e.keys(t) != 1 {
+		t.Errorf("fn ran %d times, %d keys; want 2 and 1", calls.Load(), e.keys(t))
+	}
+}
+
+// testTTLCountsFromCommit: a key replays for its whole TTL after its call
+// committed, however long fn took.
+func testTTLCountsFromCommit[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t, idempotency.WithTTL(time.Second))
+	var calls atomic.Int64
+	slow := func(ctx context.Context, tx TTx) (receipt, error) {
+		r, err := e.charge("k", 1, &calls)(ctx, tx)
+		time.Sleep(1200 * time.Millisecond)
+		return r, err
+	}
+	if _, err := idempotency.Do(ctx, s, "k", nil, slow); err != nil {
+		t.Fatal(err)
+	}
+	r, err := idempotency.Run(ctx, s, "k", nil, e.charge("k", 1, &calls))
+	if err != nil || !r.Replayed || calls.Load() != 1 {
+		t.Fatalf("right after a call that took longer than the TTL: %v, replayed %v, fn ran %d times; want a replay", err, r.Replayed, calls.Load())
+	}
+}
+
+// testBadInputWritesNothing gives Do each bad input and checks the exact
+// error, that errors.Is finds its sentinels, how often fn ran, and that
+// nothing was written: no key row, no business row.
+func testBadInputWritesNothing[TTx any](t *testing.T, e *suite[TTx]) {
+	long := strings.Repeat("k", 256)
+	invalidKey := []error{idempotency.ErrInvalidKey}
+	badParams := []error{idempotency.ErrBadParams}
+	tests := []struct {
+		name   string
+		scope  string
+		key    string
+		params any
+		value  any // what fn returns
+		nilFn  bool
+		want   string
+		is     []error
+		calls  int64 // how many times fn may run (it runs for a bad value)
+	}{
+		{name: "empty key", key: "",
+			want: "idempotency: invalid key: the key is empty", is: invalidKey},
+		{name: "key over 255 bytes", key: long,
+			want: "idempotency: invalid key: the key is 256 bytes, longer than 255", is: invalidKey},
+		{name: "key with a newline", key: "abc\n",
+			want: "idempotency: invalid key: byte 3 is 0x0a, not printable ASCII", is: invalidKey},
+		{name: "key with a NUL", key: "\x00abc",
+			want: "idempotency: invalid key: byte 0 is 0x00, not printable ASCII", is: invalidKey},
+		{name: "key with DEL", key: "a\x7f",
+			want: "idempotency: invalid key: byte 1 is 0x7f, not printable ASCII", is: invalidKey},
+		{name: "key with UTF-8", key: "clé",
+			want: "idempotency: invalid key: byte 2 is 0xc3, not printable ASCII", is: invalidKey},
+		{name: "scope over 255 bytes", scope: long, key: "k",
+			want: "idempotency: invalid scope: the scope is 256 bytes, longer than 255",
+			is:   []error{idempotency.ErrInvalidScope, idempotency.ErrInvalidKey}},
+		{name: "params a channel", key: "k", params: make(chan int),
+			want: "idempotency: params cannot be encoded as JSON: json: unsupported type: chan int", is: badParams},
+		{name: "params NaN", key: "k", params: math.NaN(),
+			want: "idempotency: params cannot be encoded as JSON: json: unsupported value: NaN", is: badParams},
+		{name: "params NaN in a map", key: "k", params: map[string]float64{"amount": math.NaN()},
+			want: "idempotency: params cannot be encoded as JSON: json: unsupported value: NaN", is: badParams},
+		{name: "params invalid UTF-8", key: "k", params: map[string]string{"card": "\xff"},
+			want: "idempotency: params cannot be encoded as JSON: a string is not valid UTF-8 (pass binary data as []byte)", is: badParams},
+		{name: "value a function", key: "k", value: func() {}, calls: 1,
+			want: "idempotency: fn's value cannot be encoded as JSON (nothing was committed): json: unsupported type: func()"},
+		{name: "value a channel", key: "k", value: make(chan int), calls: 1,
+			want: "idempotency: fn's value cannot be encoded as JSON (nothing was committed): json: unsupported type: chan int"},
+		{name: "value +Inf", key: "k", value: math.Inf(1), calls: 1,
+			want: "idempotency: fn's value cannot be encoded as JSON (nothing was committed): json: unsupported value: +Inf"},
+		{name: "nil fn", key: "k", nilFn: true,
+			want: "idempotency: nil fn: pass the function that does the work"},
+	}
+	s := e.store(t)
+	for _, tt := range tests {
+		var calls atomic.Int64
+		fn := func(ctx context.Context, tx TTx) (any, error) {
+			calls.Add(1)
+			if err := e.env.Charge(ctx, tx, tt.key, 1); err != nil {
+				return nil, err
+			}
+			return tt.value, nil
+		}
+		if tt.nilFn {
+			fn = nil
+		}
+		_, err := idempotency.Do(ctx, s.Scope(tt.scope), tt.key, tt.params, fn)
+		if err == nil || err.Error() != tt.want {
+			t.Errorf("%s: err = %v, want %q", tt.name, err, tt.want)
+		}
+		for _, is := range tt.is {
+			if !errors.Is(err, is) {
+				t.Errorf("%s: errors.Is(%v, %v) = false", tt.name, err, is)
+			}
+		}
+		if n := calls.Load(); n != tt.calls {
+			t.Errorf("%s: fn ran %d times, want %d", tt.name, n, tt.calls)
+		}
+		e.assertEmpty(t, tt.name)
+	}
+
+	// 255 bytes of printable ASCII is a key.
+	if err := idempotency.ValidateKey(strings.Repeat("~", 255)); err != nil {
+		t.Error(err)
+	}
+	fn := func(context.Context, TTx) (int, error) { return 1, nil }
+	if _, err := idempotency.Do(ctx, (*idempotency.TxStore[TTx])(nil), "k", nil, fn); err == nil ||
+		err.Error() != "idempotency: nil *Store: create one with idempotency.New" {
+		t.Errorf("Do with a nil store: %v", err)
+	}
+	var none TTx
+	want := fmt.Sprintf("idempotency: DoTx with a nil %v: begin one, or call Do", reflect.TypeFor[TTx]())
+	if _, err := idempotency.DoTx(ctx, none, s, "k", nil, fn); err == nil || err.Error() != want {
+		t.Errorf("DoTx with a nil transaction: %v, want %q", err, want)
+	}
+	e.assertEmpty(t, "nil store or transaction")
+}
+
+// assertEmpty checks that the key table and the business table are empty.
+func (e *suite[TTx]) assertEmpty(t *testing.T, name string) {
+	t.Helper()
+	for _, table := range []string{"idempotency_keys", "charges"} {
+		if n := e.env.Count(t, `SELECT COUNT(*) FROM `+table); n != 0 {
+			t.Errorf("%s: %d rows in %s after a bad input, want 0", name, n, table)
+		}
+	}
+}
+
+func testScopesAreIsolated[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var calls atomic.Int64
+	a, err := idempotency.Run(ctx, s.Scope("acct_a"), "k", nil, e.charge("k", 1, &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := idempotency.Run(ctx, s.Scope("acct_b"), "k", nil, e.charge("k", 1, &calls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Replayed || b.Replayed || calls.Load() != 2 {
+		t.Errorf("the same key in two scopes ran %d times; want 2 fresh runs", calls.Load())
+	}
+}
+
+// undecodable encodes to JSON that cannot be decoded back: an interface.
+type undecodable struct {
+	Err error `json:"err"`
+}
+
+// testValueThatDoesNotDecode: a value whose JSON cannot be decoded into T
+// would be stored and then fail every call; it must commit nothing.
+func testValueThatDoesNotDecode[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var calls atomic.Int64
+	_, err := idempotency.Do(ctx, s, "k", nil, func(ctx context.Context, tx TTx) (undecodable, error) {
+		_, err := e.charge("k", 1, &calls)(ctx, tx)
+		return undecodable{Err: errDeclined}, err
+	})
+	if err == nil || !strings.Contains(err.Error(), "nothing was committed") {
+		t.Fatalf("a value that does not decode: %v; want an error that says nothing was committed", err)
+	}
+	if e.charges(t, "k") != 0 || e.keys(t) != 0 {
+		t.Fatalf("%d charges and %d keys; want the call rolled back", e.charges(t, "k"), e.keys(t))
+	}
+	if _, err := idempotency.Do(ctx, s, "k", nil, e.charge("k", 1, &calls)); err != nil {
+		t.Fatalf("a retry with a value that decodes: %v", err)
+	}
+}
+
+// testReadFirst: with WithReadFirst a replay is answered by one read before
+// any transaction, and everything else behaves as without it.
+func testReadFirst[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t, idempotency.WithReadFirst(true), idempotency.WithWait(30*time.Second))
+	var calls atomic.Int64
+	first, err := idempotency.Run(ctx, s, "rf", 1, e.charge("rf", 1, &calls))
+	if err != nil || first.Replayed {
+		t.Fatalf("fresh: %v, replayed %v", err, first.Replayed)
+	}
+	again, err := idempotency.Run(ctx, s, "rf", 1, e.charge("rf", 1, &calls))
+	if err != nil || !again.Replayed || again.Value != first.Value {
+		t.Fatalf("replay: %v, %+v", err, again)
+	}
+	if _, err := idempotency.Do(ctx, s, "rf", 2, e.charge("rf", 2, &calls)); !errors.Is(err, idempotency.ErrParamsMismatch) {
+		t.Fatalf("other params: %v", err)
+	}
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := idempotency.Do(ctx, s, "rf-twins", 1, e.charge("rf-twins", 1, &calls)); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if calls.Load() != 2 || e.charges(t, "rf") != 1 || e.charges(t, "rf-twins") != 1 {
+		t.Errorf("fn ran %d times; want 2 (one per key)", calls.Load())
+	}
+}
