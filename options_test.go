@@ -1,7 +1,9 @@
 package idempotency_test
 
 import (
+	"context"
 	"database/sql"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -9,35 +11,66 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/dialects/postgres"
 )
 
+// TestNewRejectsBadOptions checks that New refuses each bad option, and a
+// nil or unknown database, with the exact error, which names the option;
+// New does not touch the database.
 func TestNewRejectsBadOptions(t *testing.T) {
 	db := sqlx.NewDb(&sql.DB{}, "sqlite")
-	cases := []struct {
-		opt  idempotency.Option
+	tests := []struct {
 		name string
+		db   *sqlx.DB
+		opts []idempotency.Option
+		want string
 	}{
-		{idempotency.WithTTL(0), "WithTTL"},
-		{idempotency.WithWait(-time.Second), "WithWait"},
-		{idempotency.WithMaxRetries(-1), "WithMaxRetries"},
-		{idempotency.WithIsolation(sql.LevelReadUncommitted), "WithIsolation"},
-		{idempotency.WithTable("keys; DROP TABLE users"), "WithTable"},
-		{idempotency.WithPruneBatch(0), "WithPruneBatch"},
-		{idempotency.WithLogger(nil), "WithLogger"},
-		{idempotency.WithDialect(nil), "WithDialect"},
+		{"nil db", nil, nil, "idempotency: New(nil): want an open *sqlx.DB"},
+		{"unknown driver", sqlx.NewDb(&sql.DB{}, "oracle"), nil,
+			`idempotency: no dialect for driver "oracle": use postgres, pgx, mysql, sqlite or sqlite3, or pass WithDialect`},
+		{"TTL 0", db, []idempotency.Option{idempotency.WithTTL(0)}, "idempotency: WithTTL(0s): the TTL must be at least 1ms"},
+		{"negative wait", db, []idempotency.Option{idempotency.WithWait(-time.Second)}, "idempotency: WithWait(-1s): the wait must not be negative"},
+		{"negative retries", db, []idempotency.Option{idempotency.WithMaxRetries(-1)}, "idempotency: WithMaxRetries(-1): must not be negative"},
+		{"read uncommitted", db, []idempotency.Option{idempotency.WithIsolation(sql.LevelReadUncommitted)},
+			"idempotency: WithIsolation(Read Uncommitted): use READ COMMITTED or stronger; weaker levels could replay uncommitted results"},
+		{"table with SQL", db, []idempotency.Option{idempotency.WithTable("keys; DROP TABLE x")},
+			`idempotency: WithTable("keys; DROP TABLE x"): want an identifier of letters, digits and underscores, optionally schema-qualified`},
+		{"prune batch 0", db, []idempotency.Option{idempotency.WithPruneBatch(0)}, "idempotency: WithPruneBatch(0): want 1 to 1000000"},
+		{"nil logger", db, []idempotency.Option{idempotency.WithLogger(nil)}, "idempotency: WithLogger(nil): want a logger"},
+		{"nil dialect", db, []idempotency.Option{idempotency.WithDialect(nil)}, "idempotency: WithDialect(nil): want a dialect"},
+		{"dialect and table", db, []idempotency.Option{idempotency.WithDialect(postgres.New("keys")), idempotency.WithTable("billing.keys")},
+			`idempotency: WithDialect and WithTable("billing.keys") together: the dialect has its own table; build it for that one (as postgres.New("billing.keys") does) and leave WithTable out`},
 	}
-	for _, c := range cases {
-		if _, err := idempotency.New(db, c.opt); err == nil || !strings.Contains(err.Error(), c.name) {
-			t.Errorf("%s: got %v, want an error naming the option", c.name, err)
+	for _, tt := range tests {
+		s, err := idempotency.New(tt.db, tt.opts...)
+		if s != nil || err == nil || err.Error() != tt.want {
+			t.Errorf("%s: New = %v, %v; want %q", tt.name, s, err, tt.want)
 		}
-	}
-	if _, err := idempotency.New(nil); err == nil {
-		t.Error("New(nil): no error")
-	}
-	if _, err := idempotency.New(sqlx.NewDb(&sql.DB{}, "oracle")); err == nil || !strings.Contains(err.Error(), `"oracle"`) {
-		t.Errorf("unknown driver: %v", err)
 	}
 	if _, err := idempotency.New(db, idempotency.WithTable("billing.idempotency_keys"), idempotency.WithTTL(time.Hour)); err != nil {
 		t.Errorf("good options: %v", err)
+	}
+}
+
+// TestRunPrunerOptions checks that RunPruner refuses each bad option with
+// an error that names it, before it touches the database.
+func TestRunPrunerOptions(t *testing.T) {
+	s := closedStore(t)
+	for _, tc := range []struct {
+		opt  idempotency.PrunerOption
+		want string
+	}{
+		{idempotency.PruneEvery(0), "PruneEvery(0s)"},
+		{idempotency.PruneEvery(-time.Second), "PruneEvery(-1s)"},
+		{idempotency.PruneJitter(1), "PruneJitter(1)"},
+		{idempotency.PruneJitter(-0.1), "PruneJitter(-0.1)"},
+		{idempotency.PruneJitter(math.NaN()), "PruneJitter(NaN)"},
+		{idempotency.PruneLogger(nil), "PruneLogger(nil)"},
+		{idempotency.PrunePause(-time.Millisecond), "PrunePause(-1ms)"},
+	} {
+		err := s.RunPruner(context.Background(), tc.opt)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "idempotency: ") {
+			t.Errorf("RunPruner with a bad option = %v; want an error naming %s", err, tc.want)
+		}
 	}
 }
