@@ -20,11 +20,9 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/jmoiron/sqlx"
-
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/internal/conformance"
 	"github.com/exactlyonce/idempotency/internal/testdb"
-	"github.com/exactlyonce/idempotency/migrations"
 )
 
 // hooks lets a test run code between a handler's return and its commit, for
@@ -39,12 +37,10 @@ func init() {
 	}
 }
 
-// env is one backend's database with a business table, charges, that the
-// test API writes to, so tests can count effects.
-type env struct {
-	testdb.Backend
-	db *sqlx.DB
-}
+// env is one backend's database with the charges table (testdb.Charges)
+// that the test API writes to, so tests can count effects: the harness of
+// the conformance suite.
+type env struct{ *conformance.SQLEnv }
 
 // each runs test against every backend, in parallel.
 func each(t *testing.T, test func(t *testing.T, e env)) {
@@ -52,22 +48,14 @@ func each(t *testing.T, test func(t *testing.T, e env)) {
 	for _, b := range testdb.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			t.Parallel()
-			db := b.Open(t)
-			if _, err := db.Exec(`CREATE TABLE charges (ref VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`); err != nil {
-				t.Fatal(err)
-			}
-			test(t, env{Backend: b, db: db})
+			test(t, env{conformance.OpenSQL(t, b)})
 		})
 	}
 }
 
 func (e env) store(t testing.TB, opts ...idempotency.Option) *idempotency.Store {
 	t.Helper()
-	s, err := idempotency.New(e.db, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return e.NewStore(t, opts...)
 }
 
 // server serves the test API behind the middleware; wrap, if given, goes
@@ -85,20 +73,12 @@ func (e env) server(t *testing.T, s *idempotency.Store, opts []Option, wrap func
 
 func (e env) charges(t testing.TB, ref string) int {
 	t.Helper()
-	var n int
-	if err := e.db.Get(&n, e.db.Rebind(`SELECT COUNT(*) FROM charges WHERE ref = ?`), ref); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return conformance.Charges(t, e, ref)
 }
 
 func (e env) keys(t testing.TB) int {
 	t.Helper()
-	var n int
-	if err := e.db.Get(&n, `SELECT COUNT(*) FROM idempotency_keys`); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return conformance.Keys(t, e)
 }
 
 type chargeIn struct {
@@ -359,12 +339,7 @@ func quietLog() *log.Logger { return log.New(io.Discard, "", 0) }
 // sqliteEnv returns an env on SQLite, for tests that need only one backend.
 func sqliteEnv(t testing.TB) env {
 	t.Helper()
-	b := testdb.Backends()[0]
-	db := b.Open(t)
-	if _, err := db.Exec(`CREATE TABLE charges (ref VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`); err != nil {
-		t.Fatal(err)
-	}
-	return env{Backend: b, db: db}
+	return env{conformance.OpenSQL(t, testdb.Backends()[0])}
 }
 
 // shortBusy returns e, or on SQLite an env on a new database whose
@@ -376,18 +351,7 @@ func (e env) shortBusy(t testing.TB) env {
 		return e
 	}
 	dsn := strings.Replace(testdb.SQLiteDSN(filepath.Join(t.TempDir(), "busy.db")), "busy_timeout(10000)", "busy_timeout(100)", 1)
-	db, err := sqlx.Open("sqlite", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	if err := migrations.Up(context.Background(), db); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`CREATE TABLE charges (ref VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`); err != nil {
-		t.Fatal(err)
-	}
-	return env{Backend: e.Backend, db: db}
+	return env{conformance.OpenSQLDSN(t, e.Backend, dsn)}
 }
 
 // logBuffer collects what a logger writes, for tests that check a log line.

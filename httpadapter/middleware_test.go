@@ -826,7 +826,7 @@ func TestFailSilentOnlyForAGoneClient(t *testing.T) {
 // rather than wait for as long as the pool stays full.
 func TestKeylessWaitForAConnection(t *testing.T) {
 	each(t, func(t *testing.T, e env) {
-		e.db.SetMaxOpenConns(1)
+		e.DB.SetMaxOpenConns(1)
 		s := e.store(t)
 		plain := e.server(t, s, nil, nil)
 		name, g := newGate(t, false)
