@@ -2,7 +2,6 @@ package migrations_test
 
 import (
 	"context"
-	"io/fs"
 	"os"
 	"os/exec"
 	"strconv"
@@ -90,16 +89,8 @@ func versions(t *testing.T, db *sqlx.DB, table string) string {
 // own first row), then one version per embedded file.
 func wantVersions(t *testing.T, kind string) string {
 	t.Helper()
-	fsys, err := migrations.FS(kind)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := fs.Glob(fsys, "*.sql")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no migrations for %s: %v", kind, err)
-	}
 	v := []string{"0"}
-	for i := range files {
+	for i := range testdb.MigrationFiles(t, kind) {
 		v = append(v, strconv.Itoa(i+1))
 	}
 	return strings.Join(v, ",")
@@ -129,11 +120,7 @@ func TestUpFromTwoProcesses(t *testing.T) {
 					t.Fatalf("process %d: %v\n%s", i, err, outs[i])
 				}
 			}
-			db, err := sqlx.Open(b.Driver, dsn)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
+			db := b.Connect(t, dsn)
 			if got, want := versions(t, db, migrations.VersionTable), wantVersions(t, b.Kind); got != want {
 				t.Errorf("after two processes migrated, versions %q; want %q", got, want)
 			}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -16,7 +15,6 @@ import (
 
 	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/internal/testdb"
-	"github.com/exactlyonce/idempotency/migrations"
 )
 
 type result struct {
@@ -71,7 +69,7 @@ func TestCommands(t *testing.T) {
 			cli(a...).must(t, 1, a, "table idempotency_keys does not exist", "idempotency migrate")
 
 			a = args("migrate", "status")
-			cli(a...).must(t, 0, a, "pending", "00001_idempotency_keys.sql", fmt.Sprintf("%d pending", migrationCount(t, b.Kind)))
+			cli(a...).must(t, 0, a, "pending", "00001_idempotency_keys.sql", fmt.Sprintf("%d pending", len(testdb.MigrationFiles(t, b.Kind))))
 			a = args("migrate")
 			cli(a...).must(t, 0, a, "applied 00001_idempotency_keys.sql")
 			cli(a...).must(t, 0, a, "up to date")
@@ -83,11 +81,7 @@ func TestCommands(t *testing.T) {
 			}
 
 			// 10 expired keys and 3 live ones, written through the library.
-			db, err := sqlx.Open(b.Driver, base[1])
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
+			db := b.Connect(t, base[1])
 			live, err := idempotency.New(db)
 			if err != nil {
 				t.Fatal(err)
@@ -217,18 +211,4 @@ func TestInferDriver(t *testing.T) {
 			t.Errorf("inferDriver(%q) = %q, %v; want %q", dsn, got, err, want)
 		}
 	}
-}
-
-// migrationCount is how many migration files the dialect embeds.
-func migrationCount(t *testing.T, kind string) int {
-	t.Helper()
-	fsys, err := migrations.FS(kind)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := fs.Glob(fsys, "*.sql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(files)
 }

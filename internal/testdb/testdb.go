@@ -12,6 +12,7 @@ package testdb
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
@@ -82,6 +83,21 @@ func (b Backend) Connect(t testing.TB, dsn string) *sqlx.DB {
 	db.SetMaxOpenConns(64)
 	t.Cleanup(func() { _ = db.Close() })
 	return db
+}
+
+// MigrationFiles lists the goose files migrations embeds for kind, in
+// order.
+func MigrationFiles(t testing.TB, kind string) []string {
+	t.Helper()
+	fsys, err := migrations.FS(kind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := fs.Glob(fsys, "*.sql")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no migrations for %s: %v", kind, err)
+	}
+	return files
 }
 
 // Charges creates the business table of the tests: fn writes a row per
