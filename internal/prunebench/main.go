@@ -16,12 +16,9 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
-	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -29,24 +26,25 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
+	_ "github.com/go-sql-driver/mysql" // mysql
 	_ "github.com/jackc/pgx/v5/stdlib" // pgx
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq" // postgres
 
 	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/dialects"
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
 type config struct {
-	dsn, driver       string
-	rows, workers     int
-	duration, warmup  time.Duration
-	interval, pause   time.Duration
-	batch, chunk      int
-	keep              bool
-	kind, scratchName string
+	dsn, driver      string
+	rows, workers    int
+	duration, warmup time.Duration
+	interval, pause  time.Duration
+	batch, chunk     int
+	keep             bool
+	kind             string
 }
 
 func main() {
@@ -84,20 +82,20 @@ func run(ctx context.Context, c config) error {
 		return fmt.Errorf("-driver %q: want pgx, postgres or mysql", c.driver)
 	}
 	c.kind = kind
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	c.scratchName = "prunebench_" + hex.EncodeToString(b)
-
-	dsn, drop, err := scratch(ctx, c)
+	sc, err := scratch.New(ctx, c.kind, c.dsn, "prunebench_")
 	if err != nil {
 		return err
 	}
 	if !c.keep {
-		defer drop()
+		defer func() {
+			if err := sc.Drop(context.Background()); err != nil {
+				fmt.Fprintf(os.Stderr, "prunebench: drop %s: %v\n", sc.Name, err)
+			}
+		}()
 	} else {
-		fmt.Printf("keeping %s\n", c.scratchName)
+		fmt.Printf("keeping %s\n", sc.Name)
 	}
-	db, err := sqlx.Open(c.driver, dsn)
+	db, err := sqlx.Open(c.driver, sc.DSN)
 	if err != nil {
 		return err
 	}
@@ -336,47 +334,6 @@ func count(ctx context.Context, db *sqlx.DB, where string) (int, error) {
 	var n int
 	err := db.GetContext(ctx, &n, `SELECT COUNT(*) FROM idempotency_keys WHERE `+where)
 	return n, err
-}
-
-// scratch creates the scratch schema or database and returns a DSN that
-// uses it and a function that drops it.
-func scratch(ctx context.Context, c config) (string, func(), error) {
-	admin, err := sqlx.Open(c.driver, c.dsn)
-	if err != nil {
-		return "", nil, err
-	}
-	create, dropSQL := "CREATE SCHEMA "+c.scratchName, "DROP SCHEMA "+c.scratchName+" CASCADE"
-	if c.kind == "mysql" {
-		create, dropSQL = "CREATE DATABASE "+c.scratchName, "DROP DATABASE "+c.scratchName
-	}
-	if _, err := admin.ExecContext(ctx, create); err != nil {
-		admin.Close()
-		return "", nil, fmt.Errorf("create scratch %s: %w", c.scratchName, err)
-	}
-	drop := func() {
-		if _, err := admin.ExecContext(context.Background(), dropSQL); err != nil {
-			fmt.Fprintf(os.Stderr, "prunebench: drop %s: %v\n", c.scratchName, err)
-		}
-		admin.Close()
-	}
-	if c.kind == "mysql" {
-		cfg, err := mysql.ParseDSN(c.dsn)
-		if err != nil {
-			drop()
-			return "", nil, err
-		}
-		cfg.DBName = c.scratchName
-		return cfg.FormatDSN(), drop, nil
-	}
-	u, err := url.Parse(c.dsn)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-		drop()
-		return "", nil, fmt.Errorf("want a postgres:// URL DSN: %q", c.dsn)
-	}
-	q := u.Query()
-	q.Set("search_path", c.scratchName)
-	u.RawQuery = q.Encode()
-	return u.String(), drop, nil
 }
 
 // load bulk-inserts c.rows expired keys, chunk by chunk, with the database
