@@ -28,9 +28,13 @@ type backend struct {
 	dsn     string // DSN of the isolated database (schema, database, file)
 	cleanup func()
 
+	// native: pgx's own API through the pgx store, not database/sql.
+	native bool
+
 	// The statements each workload sends besides the core's own.
-	business string // the business row: (ref, amount)
-	keyRow   string // the hand-written lower bound: one INSERT of key+value
+	business  string // the business row: (ref, amount)
+	keyRow    string // the hand-written lower bound: one INSERT of key+value
+	countRows string // business rows of one ref
 }
 
 // variants expands a -backends name into the DSN settings to measure:
@@ -50,6 +54,11 @@ func variants(name, settings string) ([]backend, error) {
 		}
 	case "pgx":
 		out = append(out, backend{name: "pgx", driver: "pgx", kind: "postgres"})
+	case "pgxstore":
+		// Migrations and setup go through database/sql; the calls through
+		// a pgxpool.Pool and the pgx store, against pgx's own bare
+		// transaction.
+		out = append(out, backend{name: "pgxstore", driver: "pgx", kind: "postgres", native: true})
 	case "postgres", "pq":
 		if plain {
 			out = append(out, backend{name: "postgres", driver: "postgres", kind: "postgres"})
@@ -65,7 +74,7 @@ func variants(name, settings string) ([]backend, error) {
 			out = append(out, backend{name: "mysql+interpolateParams", driver: "mysql", kind: "mysql"})
 		}
 	default:
-		return nil, fmt.Errorf("unknown backend %q: use sqlite, pgx, postgres or mysql", name)
+		return nil, fmt.Errorf("unknown backend %q: use sqlite, pgx, pgxstore, postgres or mysql", name)
 	}
 	return out, nil
 }
@@ -159,16 +168,19 @@ func (b *backend) setup(ctx context.Context, tmp string) error {
 	case "postgres":
 		table = `CREATE TABLE bench_orders (id bigserial PRIMARY KEY, ref text NOT NULL, amount bigint NOT NULL)`
 		b.business = `INSERT INTO bench_orders (ref, amount) VALUES ($1, $2)`
+		b.countRows = `SELECT COUNT(*) FROM bench_orders WHERE ref = $1`
 		b.keyRow = `INSERT INTO idempotency_keys (scope, key, fingerprint, value, failed, created_at, expires_at)
 VALUES ($1, $2, $3, $4, false, now(), now() + interval '1 day')`
 	case "mysql":
 		table = `CREATE TABLE bench_orders (id bigint AUTO_INCREMENT PRIMARY KEY, ref varchar(255) NOT NULL, amount bigint NOT NULL) ENGINE = InnoDB`
 		b.business = `INSERT INTO bench_orders (ref, amount) VALUES (?, ?)`
+		b.countRows = `SELECT COUNT(*) FROM bench_orders WHERE ref = ?`
 		b.keyRow = "INSERT INTO idempotency_keys (scope, `key`, fingerprint, value, failed, created_at, expires_at)\n" +
 			`VALUES (?, ?, ?, ?, FALSE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 1 DAY)`
 	case "sqlite":
 		table = `CREATE TABLE bench_orders (id INTEGER PRIMARY KEY, ref TEXT NOT NULL, amount INTEGER NOT NULL)`
 		b.business = `INSERT INTO bench_orders (ref, amount) VALUES (?, ?)`
+		b.countRows = `SELECT COUNT(*) FROM bench_orders WHERE ref = ?`
 		b.keyRow = `INSERT INTO idempotency_keys (scope, "key", fingerprint, value, failed, created_at, expires_at)
 VALUES (?, ?, ?, ?, 0, CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER),
 	CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) + 86400000)`

@@ -48,14 +48,13 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency"
 )
 
 func main() {
 	var (
-		backendsFlag = flag.String("backends", "sqlite,pgx,postgres,mysql", "backends: sqlite, pgx, postgres (lib/pq), mysql")
+		backendsFlag = flag.String("backends", "sqlite,pgx,postgres,mysql", "backends: sqlite, pgx (stdlib), pgxstore (native pgx), postgres (lib/pq), mysql")
 		settings     = flag.String("settings", "both", "DSN settings for lib/pq and mysql: plain (driver defaults), recommended (binary_parameters=yes, interpolateParams=true) or both")
 		concFlag     = flag.String("concurrency", "1,16,64", "concurrent callers")
 		ops          = flag.Int("ops", 2000, "calls per workload, round and concurrency")
@@ -131,7 +130,7 @@ func (r *runner) run(ctx context.Context, bs []*backend, countTrips bool) error 
 	var benches []*bench
 	defer func() {
 		for _, w := range benches {
-			_ = w.db.Close()
+			w.c.close()
 			w.b.cleanup()
 		}
 	}()
@@ -142,13 +141,15 @@ func (r *runner) run(ctx context.Context, bs []*backend, countTrips bool) error 
 			}
 			return err
 		}
-		db, err := sqlx.Open(b.driver, b.dsn)
+		c, err := open(b, b.dsn)
 		if err != nil {
 			b.cleanup()
 			return err
 		}
-		w, err := newBench(b, db)
+		w, err := newBench(b, c)
 		if err != nil {
+			c.close()
+			b.cleanup()
 			return err
 		}
 		benches = append(benches, w)
@@ -190,10 +191,9 @@ func (r *runner) run(ctx context.Context, bs []*backend, countTrips bool) error 
 
 // block runs every workload once at concurrency c, in rotated order.
 func (r *runner) block(ctx context.Context, w *bench, c, round int) error {
-	w.db.SetMaxOpenConns(c)
-	w.db.SetMaxIdleConns(c)
+	w.c.conns(c)
 	// Give the connections back: other backends on the same server run next.
-	defer w.db.SetMaxIdleConns(1)
+	defer w.c.conns(1)
 	// Warm the pool and the drivers' statement caches.
 	for _, name := range r.workloads {
 		if _, err := phase(ctx, c, max(2*c, r.ops/20), w.op(name)); err != nil {
@@ -222,26 +222,17 @@ func (r *runner) storm(ctx context.Context, w *bench) error {
 	if ss := r.samples[id(w.b.name, r.conc[0], wBare)]; len(ss) > 0 {
 		work = ss[len(ss)-1].p50
 	}
-	db, err := sqlx.Open(w.b.driver, w.b.dsn)
+	c, err := open(w.b, w.b.dsn, idempotency.WithWait(60*time.Second))
 	if err != nil {
 		return err
 	}
-	defer db.Close()
-	db.SetMaxOpenConns(r.stormConns)
-	db.SetMaxIdleConns(r.stormConns)
-	s, err := idempotency.New(db, idempotency.WithWait(60*time.Second))
-	if err != nil {
-		return err
-	}
+	defer c.close()
+	c.conns(r.stormConns)
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	res := storm(sctx, w, s, r.stormN, work)
+	res := storm(sctx, w, c, r.stormN, work)
 	// Exactly once, checked where it matters: one business row for the key.
-	q := "SELECT COUNT(*) FROM bench_orders WHERE ref = ?"
-	if w.b.kind == "postgres" {
-		q = "SELECT COUNT(*) FROM bench_orders WHERE ref = $1"
-	}
-	if err := w.db.GetContext(ctx, &res.rows, q, res.key); err != nil {
+	if res.rows, err = c.rows(ctx, res.key); err != nil {
 		return err
 	}
 	r.storms[w.b.name] = append(r.storms[w.b.name], res)
@@ -270,14 +261,13 @@ func (r *runner) countTrips(ctx context.Context, w *bench) (map[string]float64, 
 	if err != nil {
 		return nil, err
 	}
-	db, err := sqlx.Open(w.b.driver, dsn)
+	c, err := open(w.b, dsn)
 	if err != nil {
 		return nil, err
 	}
-	defer db.Close()
-	db.SetMaxOpenConns(1)
-	db.SetMaxIdleConns(1)
-	pw, err := newBench(w.b, db)
+	defer c.close()
+	c.conns(1)
+	pw, err := newBench(w.b, c)
 	if err != nil {
 		return nil, err
 	}

@@ -11,8 +11,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jmoiron/sqlx"
-
 	"github.com/exactlyonce/idempotency"
 )
 
@@ -42,34 +40,22 @@ type request struct {
 
 var params = request{Amount: 100, Currency: "EUR"}
 
-// bench is one backend's open database, store and keys.
+// bench is one backend's open client and keys.
 type bench struct {
-	b     *backend
-	db    *sqlx.DB
-	store *idempotency.Store
-	// readFirst is the same store with WithReadFirst: a lookup before any
-	// transaction.
-	readFirst *idempotency.Store
-	prefix    string
-	seq       atomic.Int64
-	replay    []string // committed keys
-	fp        []byte
+	b      *backend
+	c      client
+	prefix string
+	seq    atomic.Int64
+	replay []string // committed keys
+	fp     []byte
 }
 
-func newBench(b *backend, db *sqlx.DB) (*bench, error) {
-	s, err := idempotency.New(db)
-	if err != nil {
-		return nil, err
-	}
-	readFirst, err := idempotency.New(db, idempotency.WithReadFirst(true))
-	if err != nil {
-		return nil, err
-	}
+func newBench(b *backend, c client) (*bench, error) {
 	fp, err := idempotency.Fingerprint(params)
 	if err != nil {
 		return nil, err
 	}
-	return &bench{b: b, db: db, store: s, readFirst: readFirst, prefix: randomName() + "-", fp: fp}, nil
+	return &bench{b: b, c: c, prefix: randomName() + "-", fp: fp}, nil
 }
 
 func (w *bench) newKey() string {
@@ -80,7 +66,7 @@ func (w *bench) newKey() string {
 func (w *bench) seed(ctx context.Context, n int) error {
 	for range n {
 		k := w.newKey()
-		if _, err := w.fresh(ctx, k); err != nil {
+		if _, err := w.c.run(ctx, false, k, 0, nil); err != nil {
 			return err
 		}
 		w.replay = append(w.replay, k)
@@ -88,24 +74,11 @@ func (w *bench) seed(ctx context.Context, n int) error {
 	return nil
 }
 
-func (w *bench) fn(key string) func(ctx context.Context, tx *sqlx.Tx) (receipt, error) {
-	return func(ctx context.Context, tx *sqlx.Tx) (receipt, error) {
-		if _, err := tx.ExecContext(ctx, w.b.business, key, params.Amount); err != nil {
-			return receipt{}, err
-		}
-		return receipt{Ref: key, Amount: params.Amount}, nil
-	}
-}
-
-func (w *bench) fresh(ctx context.Context, key string) (receipt, error) {
-	return idempotency.Do(ctx, w.store, key, params, w.fn(key))
-}
-
-// replayOn returns a call that replays a committed key through s.
-func (w *bench) replayOn(s *idempotency.Store) func(ctx context.Context, i int) error {
+// replay returns a call that replays a committed key.
+func (w *bench) replayOp(readFirst bool) func(ctx context.Context, i int) error {
 	return func(ctx context.Context, i int) error {
 		key := w.replay[i%len(w.replay)]
-		r, err := idempotency.Run(ctx, s, key, params, w.fn(key))
+		r, err := w.c.run(ctx, readFirst, key, 0, nil)
 		if err == nil && !r.Replayed {
 			err = fmt.Errorf("key %s was not replayed", key)
 		}
@@ -117,54 +90,27 @@ func (w *bench) replayOn(s *idempotency.Store) func(ctx context.Context, i int) 
 func (w *bench) op(name string) func(ctx context.Context, i int) error {
 	switch name {
 	case wBare:
-		return func(ctx context.Context, i int) error {
-			tx, err := w.db.BeginTxx(ctx, nil)
-			if err != nil {
-				return err
-			}
-			defer tx.Rollback()
-			if _, err := tx.ExecContext(ctx, w.b.business, w.newKey(), params.Amount); err != nil {
-				return err
-			}
-			return tx.Commit()
-		}
+		return func(ctx context.Context, i int) error { return w.c.bare(ctx, w.newKey()) }
 	case wFloor:
 		// The physical limit: the business row plus one INSERT of the key
 		// with its value, no claim. Not a protocol (twins would both run).
 		return func(ctx context.Context, i int) error {
 			key := w.newKey()
-			tx, err := w.db.BeginTxx(ctx, nil)
-			if err != nil {
-				return err
-			}
-			defer tx.Rollback()
-			if _, err := tx.ExecContext(ctx, w.b.business, key, params.Amount); err != nil {
-				return err
-			}
 			v, err := json.Marshal(receipt{Ref: key, Amount: params.Amount})
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, w.b.keyRow, "", key, w.fp, v); err != nil {
-				return err
-			}
-			return tx.Commit()
+			return w.c.floor(ctx, key, w.fp, v)
 		}
-	case wFresh:
+	case wFresh, wFreshLookup:
 		return func(ctx context.Context, i int) error {
-			_, err := w.fresh(ctx, w.newKey())
-			return err
-		}
-	case wFreshLookup:
-		return func(ctx context.Context, i int) error {
-			key := w.newKey()
-			_, err := idempotency.Do(ctx, w.readFirst, key, params, w.fn(key))
+			_, err := w.c.run(ctx, name == wFreshLookup, w.newKey(), 0, nil)
 			return err
 		}
 	case wReplay:
-		return w.replayOn(w.store)
+		return w.replayOp(false)
 	case wReplayLook:
-		return w.replayOn(w.readFirst)
+		return w.replayOp(true)
 	}
 	panic("unknown workload " + name)
 }
@@ -233,9 +179,9 @@ type stormSample struct {
 
 }
 
-// storm releases n calls on one key at once. fn inserts the business row
-// and then takes work, as a normal write would.
-func storm(ctx context.Context, w *bench, s *idempotency.Store, n int, work time.Duration) stormSample {
+// storm releases n calls on one key at once through c. fn inserts the
+// business row and then takes work, as a normal write would.
+func storm(ctx context.Context, w *bench, c client, n int, work time.Duration) stormSample {
 	key := w.newKey()
 	var (
 		fnRuns atomic.Int64
@@ -245,12 +191,6 @@ func storm(ctx context.Context, w *bench, s *idempotency.Store, n int, work time
 		out    stormSample
 		losers []time.Duration
 	)
-	fn := func(ctx context.Context, tx *sqlx.Tx) (receipt, error) {
-		fnRuns.Add(1)
-		r, err := w.fn(key)(ctx, tx)
-		time.Sleep(work)
-		return r, err
-	}
 	start := make(chan struct{})
 	var t0 time.Time
 	for range n {
@@ -260,7 +200,7 @@ func storm(ctx context.Context, w *bench, s *idempotency.Store, n int, work time
 			defer wg.Done()
 			ready.Done()
 			<-start
-			r, err := idempotency.Run(ctx, s, key, params, fn)
+			r, err := c.run(ctx, false, key, work, &fnRuns)
 			d := time.Since(t0)
 			mu.Lock()
 			defer mu.Unlock()

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jmoiron/sqlx"
+
+	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/pgxstore"
+)
+
+// client is how one backend runs the workloads: database/sql through sqlx,
+// or native pgx through the pgx store. Both count against a bare
+// transaction of their own client API.
+type client interface {
+	// bare commits the business row alone: BEGIN, INSERT, COMMIT.
+	bare(ctx context.Context, key string) error
+	// floor commits the business row and one INSERT of the key with its
+	// value: the least any protocol that stores the key can cost.
+	floor(ctx context.Context, key string, fp, value []byte) error
+	// run calls idempotency.Run for key; fn inserts the business row and
+	// then works for work. readFirst picks the WithReadFirst store.
+	run(ctx context.Context, readFirst bool, key string, work time.Duration, fnRuns *atomic.Int64) (idempotency.Result[receipt], error)
+	// conns sets the pool to c connections.
+	conns(c int)
+	// rows counts the business rows of key.
+	rows(ctx context.Context, key string) (int, error)
+	close()
+}
+
+// open connects to dsn with b's client API and builds its stores with opts.
+func open(b *backend, dsn string, opts ...idempotency.Option) (client, error) {
+	if b.native {
+		return openPgx(b, dsn, opts)
+	}
+	return openSQL(b, dsn, opts)
+}
+
+type sqlClient struct {
+	b                *backend
+	db               *sqlx.DB
+	store, readFirst *idempotency.Store
+}
+
+func openSQL(b *backend, dsn string, opts []idempotency.Option) (*sqlClient, error) {
+	db, err := sqlx.Open(b.driver, dsn)
+	if err != nil {
+		return nil, err
+	}
+	s, err := idempotency.New(db, opts...)
+	if err != nil {
+		return nil, err
+	}
+	rf, err := idempotency.New(db, append(opts, idempotency.WithReadFirst(true))...)
+	if err != nil {
+		return nil, err
+	}
+	return &sqlClient{b: b, db: db, store: s, readFirst: rf}, nil
+}
+
+func (c *sqlClient) bare(ctx context.Context, key string) error {
+	tx, err := c.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, c.b.business, key, params.Amount); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (c *sqlClient) floor(ctx context.Context, key string, fp, value []byte) error {
+	tx, err := c.db.BeginTxx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, c.b.business, key, params.Amount); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, c.b.keyRow, "", key, fp, value); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func (c *sqlClient) run(ctx context.Context, readFirst bool, key string, work time.Duration, fnRuns *atomic.Int64) (idempotency.Result[receipt], error) {
+	s := c.store
+	if readFirst {
+		s = c.readFirst
+	}
+	return idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx *sqlx.Tx) (receipt, error) {
+		if fnRuns != nil {
+			fnRuns.Add(1)
+		}
+		if _, err := tx.ExecContext(ctx, c.b.business, key, params.Amount); err != nil {
+			return receipt{}, err
+		}
+		time.Sleep(work)
+		return receipt{Ref: key, Amount: params.Amount}, nil
+	})
+}
+
+func (c *sqlClient) conns(n int) {
+	c.db.SetMaxOpenConns(n)
+	c.db.SetMaxIdleConns(n)
+}
+
+func (c *sqlClient) rows(ctx context.Context, key string) (int, error) {
+	var n int
+	err := c.db.GetContext(ctx, &n, c.b.countRows, key)
+	return n, err
+}
+
+func (c *sqlClient) close() { _ = c.db.Close() }
+
+// pgxClient runs on a pgxpool.Pool. Its bare transaction is pgx's own:
+// pool.Begin, Exec, Commit, three round trips.
+type pgxClient struct {
+	b                *backend
+	dsn              string
+	pool             *pgxpool.Pool
+	opts             []idempotency.Option
+	store, readFirst *pgxstore.Store
+}
+
+func openPgx(b *backend, dsn string, opts []idempotency.Option) (*pgxClient, error) {
+	c := &pgxClient{b: b, dsn: dsn, opts: opts}
+	return c, c.connect(4)
+}
+
+// connect opens a pool of n connections: pgxpool sizes its pool when it is
+// made, so conns makes a new one.
+func (c *pgxClient) connect(n int) error {
+	cfg, err := pgxpool.ParseConfig(c.dsn)
+	if err != nil {
+		return err
+	}
+	cfg.MaxConns, cfg.MinConns = int32(n), 0
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		return err
+	}
+	s, err := pgxstore.New(pool, c.opts...)
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	rf, err := pgxstore.New(pool, append(c.opts, idempotency.WithReadFirst(true))...)
+	if err != nil {
+		pool.Close()
+		return err
+	}
+	if c.pool != nil {
+		c.pool.Close()
+	}
+	c.pool, c.store, c.readFirst = pool, s, rf
+	return nil
+}
+
+func (c *pgxClient) bare(ctx context.Context, key string) error {
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, c.b.business, key, params.Amount); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+func (c *pgxClient) floor(ctx context.Context, key string, fp, value []byte) error {
+	tx, err := c.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, c.b.business, key, params.Amount); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, c.b.keyRow, "", key, fp, value); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+func (c *pgxClient) run(ctx context.Context, readFirst bool, key string, work time.Duration, fnRuns *atomic.Int64) (idempotency.Result[receipt], error) {
+	s := c.store
+	if readFirst {
+		s = c.readFirst
+	}
+	return idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx pgx.Tx) (receipt, error) {
+		if fnRuns != nil {
+			fnRuns.Add(1)
+		}
+		if _, err := tx.Exec(ctx, c.b.business, key, params.Amount); err != nil {
+			return receipt{}, err
+		}
+		time.Sleep(work)
+		return receipt{Ref: key, Amount: params.Amount}, nil
+	})
+}
+
+func (c *pgxClient) conns(n int) {
+	if c.pool.Config().MaxConns == int32(n) {
+		return
+	}
+	if err := c.connect(n); err != nil {
+		panic(fmt.Sprintf("%s: reopen the pool with %d connections: %v", c.b.name, n, err))
+	}
+}
+
+func (c *pgxClient) rows(ctx context.Context, key string) (int, error) {
+	var n int
+	err := c.pool.QueryRow(ctx, c.b.countRows, key).Scan(&n)
+	return n, err
+}
+
+func (c *pgxClient) close() { c.pool.Close() }
