@@ -5,21 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/go-sql-driver/mysql"
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency/internal/chaos"
 	"github.com/exactlyonce/idempotency/internal/faultproxy"
 	"github.com/exactlyonce/idempotency/internal/testdb"
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 )
 
 // TestMain turns the test binary into a chaos worker when Run starts it
@@ -106,10 +104,10 @@ type backend struct {
 var backends = []backend{
 	{name: "postgres", kind: "postgres", drivers: []string{"pgx", "postgres"},
 		isolations: []string{"", "repeatable read", "serializable"}, wait: 300 * time.Millisecond,
-		phases: phasesServer, start: chaos.StartPostgres, proxyDSN: postgresProxyDSN},
+		phases: phasesServer, start: chaos.StartPostgres, proxyDSN: proxyDSN("postgres")},
 	{name: "mysql", kind: "mysql", drivers: []string{"mysql"},
 		isolations: []string{"", "read committed"}, wait: time.Second,
-		phases: phasesServer, start: chaos.StartMariaDB, proxyDSN: mysqlProxyDSN},
+		phases: phasesServer, start: chaos.StartMariaDB, proxyDSN: proxyDSN("mysql")},
 	{name: "sqlite", kind: "sqlite", drivers: []string{"sqlite"},
 		isolations: []string{""}, wait: 300 * time.Millisecond, phases: phasesSQLite},
 }
@@ -164,7 +162,7 @@ func runBackend(t *testing.T, set settings, b backend) {
 		var dsn string
 		if p.private {
 			var err error
-			if dsn, err = server.NewDatabase(ctx, fmt.Sprintf("chaos_%d", i)); err != nil {
+			if dsn, err = server.NewDatabase(ctx, fmt.Sprintf("chaos_%d_", i)); err != nil {
 				t.Fatal(err)
 			}
 		} else {
@@ -250,25 +248,15 @@ func add(total, f *chaos.Figures) {
 	total.Breaches = append(total.Breaches, f.Breaches...)
 }
 
-func postgresProxyDSN(dsn, addr string) (string, string, error) {
-	u, err := url.Parse(dsn)
-	if err != nil || !strings.HasPrefix(u.Scheme, "postgres") {
-		return "", "", fmt.Errorf("want a postgres:// URL DSN: %q", dsn)
+// proxyDSN is the Plan's ProxyDSN for a server of kind: dsn through the
+// proxy at addr, and the server's own address.
+func proxyDSN(kind string) func(dsn, addr string) (string, string, error) {
+	return func(dsn, addr string) (string, string, error) {
+		target, err := scratch.Addr(kind, dsn)
+		if err != nil {
+			return "", "", err
+		}
+		rehosted, err := scratch.Rehost(kind, dsn, addr)
+		return rehosted, target, err
 	}
-	target := u.Host
-	if u.Port() == "" {
-		target += ":5432"
-	}
-	u.Host = addr
-	return u.String(), target, nil
-}
-
-func mysqlProxyDSN(dsn, addr string) (string, string, error) {
-	cfg, err := mysql.ParseDSN(dsn)
-	if err != nil {
-		return "", "", err
-	}
-	target := cfg.Addr
-	cfg.Addr = addr
-	return cfg.FormatDSN(), target, nil
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jmoiron/sqlx"
 
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
@@ -227,14 +228,15 @@ func waitTCP(ctx context.Context, port int) error {
 	return nil
 }
 
-// NewDatabase creates a database named name on the server, prepares it
+// NewDatabase creates a scratch database on the server (a schema on
+// Postgres, a database on MySQL) whose name starts with prefix, prepares it
 // (Prepare) and returns its DSN.
-func (s *Server) NewDatabase(ctx context.Context, name string) (string, error) {
-	driver, dsn := "pgx", s.DSN
+func (s *Server) NewDatabase(ctx context.Context, prefix string) (string, error) {
+	driver := "pgx"
 	if s.Kind == "mysql" {
 		driver = "mysql"
 	}
-	admin, err := sqlx.Open(driver, dsn)
+	admin, err := sqlx.Open(driver, s.DSN)
 	if err != nil {
 		return "", err
 	}
@@ -242,20 +244,16 @@ func (s *Server) NewDatabase(ctx context.Context, name string) (string, error) {
 	if err := waitReady(ctx, admin); err != nil {
 		return "", err
 	}
-	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+	sc, err := scratch.New(ctx, s.Kind, s.DSN, prefix)
+	if err != nil {
 		return "", err
 	}
-	if s.Kind == "mysql" {
-		dsn = fmt.Sprintf("root@tcp(127.0.0.1:%d)/%s", s.port, name)
-	} else {
-		dsn = fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", s.port, name)
-	}
-	db, err := sqlx.Open(driver, dsn)
+	db, err := sqlx.Open(driver, sc.DSN)
 	if err != nil {
 		return "", err
 	}
 	defer db.Close()
-	return dsn, Prepare(ctx, db)
+	return sc.DSN, Prepare(ctx, db)
 }
 
 // Restart kills the server (immediate shutdown: no checkpoint, crash
