@@ -262,6 +262,21 @@ func newGate(t *testing.T, onCancel bool) (string, *gate) {
 	return name, g
 }
 
+// holdGate sends a request with key and body to url (a /gate route) through
+// a new gate, and returns once its handler waits there: the gate's name,
+// the gate (close open to let the handler go on) and the response to come.
+func holdGate(t *testing.T, url, key, body string) (string, *gate, <-chan response) {
+	t.Helper()
+	name, g := newGate(t, false)
+	done := make(chan response, 1)
+	go func() {
+		r, _ := send(context.Background(), nil, url, key, body, "X-Gate", name)
+		done <- r
+	}()
+	<-g.entered
+	return name, g, done
+}
+
 func (g *gate) pass(ctx context.Context) {
 	close(g.entered)
 	if g.onCancel {

@@ -296,13 +296,7 @@ func TestProblems(t *testing.T) {
 		// 409: a twin still runs past the wait bound.
 		e = e.shortBusy(t)
 		srv = e.server(t, e.store(t, idempotency.WithWait(100*time.Millisecond)), nil, nil)
-		name, g := newGate(t, false)
-		done := make(chan response)
-		go func() {
-			r, _ := send(context.Background(), nil, srv.URL+"/gate", "held", `{"ref":"g"}`, "X-Gate", name)
-			done <- r
-		}()
-		<-g.entered
+		name, g, done := holdGate(t, srv.URL+"/gate", "held", `{"ref":"g"}`)
 		busy := post(t, nil, srv.URL+"/gate", "held", `{"ref":"g"}`, "X-Gate", name)
 		wantProblem(t, busy, 409, ProblemInProgress)
 		if busy.header.Get("Retry-After") != "1" {
@@ -773,13 +767,7 @@ func TestOuterDeadline(t *testing.T) {
 
 		// A twin that waits for a held key runs into its deadline.
 		plain := e.server(t, s, nil, nil)
-		name, g := newGate(t, false)
-		done := make(chan response)
-		go func() {
-			r, _ := send(context.Background(), nil, plain.URL+"/gate", "held", `{"ref":"t"}`, "X-Gate", name)
-			done <- r
-		}()
-		<-g.entered
+		name, g, done := holdGate(t, plain.URL+"/gate", "held", `{"ref":"t"}`)
 		twin := post(t, nil, srv.URL+"/gate", "held", `{"ref":"t"}`, "X-Gate", name)
 		close(g.open)
 		wantProblem(t, twin, 503, ProblemDeadlineExceeded)
@@ -829,13 +817,7 @@ func TestKeylessWaitForAConnection(t *testing.T) {
 		e.DB.SetMaxOpenConns(1)
 		s := e.store(t)
 		plain := e.server(t, s, nil, nil)
-		name, g := newGate(t, false)
-		done := make(chan response)
-		go func() {
-			r, _ := send(context.Background(), nil, plain.URL+"/gate", "", `{"ref":"held"}`, "X-Gate", name)
-			done <- r
-		}()
-		<-g.entered // the only connection is taken
+		_, g, done := holdGate(t, plain.URL+"/gate", "", `{"ref":"held"}`) // the only connection is taken
 		var release sync.Once
 		open := func() { release.Do(func() { close(g.open) }) }
 		time.AfterFunc(5*time.Second, open) // bounds the test if the wait ignores the deadline
