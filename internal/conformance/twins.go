@@ -28,30 +28,7 @@ func testTwinsRunOnce[TTx any](t *testing.T, e *suite[TTx]) {
 				time.Sleep(50 * time.Millisecond) // keep the twins waiting
 				return r, err
 			}
-			const n = 64
-			results := make([]idempotency.Result[receipt], n)
-			errs := make([]error, n)
-			var wg sync.WaitGroup
-			for i := range n {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					results[i], errs[i] = idempotency.Run(ctx, s, key, 7, fn)
-				}()
-			}
-			wg.Wait()
-			fresh := 0
-			for i := range n {
-				if errs[i] != nil {
-					t.Fatalf("twin %d: %v", i, errs[i])
-				}
-				if results[i].Value != results[0].Value {
-					t.Fatalf("twin %d got %+v, twin 0 got %+v", i, results[i].Value, results[0].Value)
-				}
-				if !results[i].Replayed {
-					fresh++
-				}
-			}
+			fresh := startTwins(s, key, 7, 64, fn).wait(t)
 			if calls.Load() != 1 || fresh != 1 || e.charges(t, key) != 1 {
 				t.Errorf("fn ran %d times, %d fresh answers, %d charges; want 1, 1, 1", calls.Load(), fresh, e.charges(t, key))
 			}
@@ -81,40 +58,57 @@ func testWinnerRollsBack[TTx any](t *testing.T, e *suite[TTx]) {
 				winner <- err
 			}()
 			<-claimed
-			const n = 16
-			var wg sync.WaitGroup
-			results := make([]idempotency.Result[receipt], n)
-			errs := make([]error, n)
-			for i := range n {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					results[i], errs[i] = idempotency.Run(ctx, s, key, nil, e.charge(key, 1, &calls))
-				}()
-			}
+			twins := startTwins(s, key, nil, 16, e.charge(key, 1, &calls))
 			time.Sleep(300 * time.Millisecond) // let the twins queue on the key
 			close(release)
 			if err := <-winner; !errors.Is(err, errDeclined) {
 				t.Fatalf("winner: %v", err)
 			}
-			wg.Wait()
-			fresh := 0
-			for i := range n {
-				if errs[i] != nil {
-					t.Fatalf("twin %d: %v", i, errs[i])
-				}
-				if results[i].Value != results[0].Value {
-					t.Fatalf("twins disagree: %+v vs %+v", results[i].Value, results[0].Value)
-				}
-				if !results[i].Replayed {
-					fresh++
-				}
-			}
+			fresh := twins.wait(t)
 			if fresh != 1 || e.charges(t, key) != 1 {
 				t.Errorf("%d fresh answers, %d charges; want 1 and 1", fresh, e.charges(t, key))
 			}
 		})
 	}
+}
+
+// twins are calls on one key, started at once.
+type twins struct {
+	wg      sync.WaitGroup
+	results []idempotency.Result[receipt]
+	errs    []error
+}
+
+// startTwins starts n calls of fn on key with params.
+func startTwins[TTx any](s *idempotency.TxStore[TTx], key string, params any, n int, fn func(context.Context, TTx) (receipt, error)) *twins {
+	w := &twins{results: make([]idempotency.Result[receipt], n), errs: make([]error, n)}
+	for i := range n {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			w.results[i], w.errs[i] = idempotency.Run(ctx, s, key, params, fn)
+		}()
+	}
+	return w
+}
+
+// wait waits for the twins, fails t unless every one succeeded with the
+// same value, and returns how many computed it rather than replayed it.
+func (w *twins) wait(t *testing.T) (fresh int) {
+	t.Helper()
+	w.wg.Wait()
+	for i := range w.results {
+		if w.errs[i] != nil {
+			t.Fatalf("twin %d: %v", i, w.errs[i])
+		}
+		if w.results[i].Value != w.results[0].Value {
+			t.Fatalf("twin %d got %+v, twin 0 got %+v", i, w.results[i].Value, w.results[0].Value)
+		}
+		if !w.results[i].Replayed {
+			fresh++
+		}
+	}
+	return fresh
 }
 
 func testWaitBound[TTx any](t *testing.T, e *suite[TTx]) {
