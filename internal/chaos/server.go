@@ -76,6 +76,25 @@ func ownedDir(name string) (string, *user.User, error) {
 	return dir, u, nil
 }
 
+// serverDir checks that the server's binaries are there, and returns a
+// directory for its files, owned by the system user it runs as, and a free
+// port.
+func serverDir(account string, bins ...string) (dir string, port int, err error) {
+	for _, bin := range bins {
+		if _, err := os.Stat(bin); err != nil {
+			return "", 0, fmt.Errorf("%w: %v", ErrNoServer, err)
+		}
+	}
+	if dir, _, err = ownedDir(account); err != nil {
+		return "", 0, err
+	}
+	if port, err = freePort(); err != nil {
+		os.RemoveAll(dir)
+		return "", 0, err
+	}
+	return dir, port, nil
+}
+
 func asUser(name string, args ...string) *exec.Cmd {
 	if os.Geteuid() == 0 {
 		return exec.Command("runuser", append([]string{"-u", name, "--"}, args...)...)
@@ -94,14 +113,7 @@ func runOut(cmd *exec.Cmd) error {
 // StartPostgres starts a private PostgreSQL server on a free port.
 func StartPostgres(ctx context.Context) (*Server, error) {
 	initdb := filepath.Join(PGBin, "initdb")
-	if _, err := os.Stat(initdb); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoServer, err)
-	}
-	dir, _, err := ownedDir("postgres")
-	if err != nil {
-		return nil, err
-	}
-	port, err := freePort()
+	dir, port, err := serverDir("postgres", initdb)
 	if err != nil {
 		return nil, err
 	}
@@ -132,16 +144,7 @@ func StartPostgres(ctx context.Context) (*Server, error) {
 
 // StartMariaDB starts a private MariaDB server on a free port.
 func StartMariaDB(ctx context.Context) (*Server, error) {
-	for _, bin := range []string{MariaDBD, MariaDBInst} {
-		if _, err := os.Stat(bin); err != nil {
-			return nil, fmt.Errorf("%w: %v", ErrNoServer, err)
-		}
-	}
-	dir, _, err := ownedDir("mysql")
-	if err != nil {
-		return nil, err
-	}
-	port, err := freePort()
+	dir, port, err := serverDir("mysql", MariaDBD, MariaDBInst)
 	if err != nil {
 		return nil, err
 	}
