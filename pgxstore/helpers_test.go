@@ -38,7 +38,7 @@ func testDSN(t *testing.T) string {
 // openPool opens a pool on dsn, after edit changes its configuration. At
 // cleanup it checks that no connection is still acquired: every path of
 // the driver must give its connection back.
-func openPool(t *testing.T, dsn string, edit func(*pgxpool.Config)) *pgxpool.Pool {
+func openPool(t testing.TB, dsn string, edit func(*pgxpool.Config)) *pgxpool.Pool {
 	t.Helper()
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {

@@ -1,0 +1,110 @@
+package pgxstore
+
+import (
+	"context"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/internal/conformance"
+	"github.com/exactlyonce/idempotency/internal/testdb"
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
+)
+
+// TestConformance runs the behaviour suite every driver passes on the pgx
+// store.
+func TestConformance(t *testing.T) {
+	conformance.Run(t, conformance.Harness[pgx.Tx]{Name: "pgx-native", Kind: "postgres", Open: openEnv})
+}
+
+// env is a database reached through a pgxpool.Pool.
+type env struct {
+	pool *pgxpool.Pool
+	dsn  string
+}
+
+var _ conformance.Env[pgx.Tx] = (*env)(nil)
+
+// openEnv returns a fresh schema, migrated through Up, with the suite's
+// charges table.
+func openEnv(t *testing.T) conformance.Env[pgx.Tx] {
+	t.Helper()
+	dsn := backend.DSN(t)
+	e := &env{pool: openPool(t, dsn, nil), dsn: dsn}
+	if err := Up(context.Background(), e.pool); err != nil {
+		t.Fatalf("Up: %v", err)
+	}
+	e.Exec(t, testdb.Charges)
+	return e
+}
+
+func (e *env) NewStore(t testing.TB, opts ...idempotency.Option) *idempotency.TxStore[pgx.Tx] {
+	t.Helper()
+	s, err := New(e.pool, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (e *env) Charge(ctx context.Context, tx pgx.Tx, ref string, amount int) error {
+	_, err := tx.Exec(ctx, `INSERT INTO charges (ref, amount) VALUES ($1, $2)`, ref, amount)
+	return err
+}
+
+func (e *env) ExecTx(ctx context.Context, tx pgx.Tx, query string) error {
+	_, err := tx.Exec(ctx, query)
+	return err
+}
+
+func (e *env) Exec(t testing.TB, query string) {
+	t.Helper()
+	if _, err := e.pool.Exec(context.Background(), query); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+}
+
+func (e *env) Count(t testing.TB, query string) int {
+	t.Helper()
+	var n int
+	if err := e.pool.QueryRow(context.Background(), query).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	return n
+}
+
+func (e *env) Begin(ctx context.Context) (pgx.Tx, error)     { return e.pool.Begin(ctx) }
+func (e *env) Commit(ctx context.Context, tx pgx.Tx) error   { return tx.Commit(ctx) }
+func (e *env) Rollback(ctx context.Context, tx pgx.Tx) error { return tx.Rollback(ctx) }
+
+func (e *env) Server() string {
+	addr, _ := scratch.Addr("postgres", e.dsn)
+	return addr
+}
+
+func (e *env) Hold(ctx context.Context) (release func(), err error) {
+	c, err := e.pool.Acquire(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.Release, nil
+}
+
+func (e *env) Reopen(t testing.TB, p conformance.Pool) conformance.Env[pgx.Tx] {
+	t.Helper()
+	dsn := e.dsn
+	if p.Addr != "" {
+		var err error
+		if dsn, err = scratch.Rehost("postgres", dsn, p.Addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pool := openPool(t, dsn, func(c *pgxpool.Config) {
+		if p.MaxConns > 0 {
+			c.MaxConns = int32(p.MaxConns)
+		}
+	})
+	return &env{pool: pool, dsn: dsn}
+}
