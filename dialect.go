@@ -4,21 +4,21 @@ import (
 	"fmt"
 
 	"github.com/exactlyonce/idempotency/dialects"
-	"github.com/exactlyonce/idempotency/dialects/mysql"
-	"github.com/exactlyonce/idempotency/dialects/postgres"
-	"github.com/exactlyonce/idempotency/dialects/sqlite"
+	// The dialects of this module register themselves for the
+	// database/sql driver names they serve; New finds one by
+	// db.DriverName().
+	_ "github.com/exactlyonce/idempotency/dialects/mysql"
+	_ "github.com/exactlyonce/idempotency/dialects/postgres"
+	_ "github.com/exactlyonce/idempotency/dialects/sqlite"
 )
 
-// dialectFor picks the dialect for a driver name.
+// dialectFor picks the dialect registered for a driver name.
 func dialectFor(driver, table string) (dialects.Dialect, error) {
-	kind, _ := dialects.Kind(driver)
-	switch kind {
-	case "postgres":
-		return postgres.New(table), nil
-	case "mysql":
-		return mysql.New(table), nil
-	case "sqlite":
-		return sqlite.New(table), nil
+	d, err := dialects.Open(driver, table)
+	if err != nil {
+		// The names users mean; dialects.Open's error lists every
+		// registered one, aliases (pgx/v4, cloudsqlpostgres) included.
+		return nil, fmt.Errorf("idempotency: no dialect for driver %q: use postgres, pgx, mysql, sqlite or sqlite3, or pass WithDialect", driver)
 	}
-	return nil, fmt.Errorf("idempotency: no dialect for driver %q: use postgres, pgx, mysql, sqlite or sqlite3, or pass WithDialect", driver)
+	return d, nil
 }

@@ -13,19 +13,23 @@ package migrations
 
 import (
 	"context"
-	"database/sql"
 	"embed"
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
 	"github.com/pressly/goose/v3"
-	"github.com/pressly/goose/v3/lock"
 
 	"github.com/exactlyonce/idempotency/dialects"
+	// The dialects of this module, registered for their drivers' names;
+	// each has a folder of migrations here, named as the dialect.
+	_ "github.com/exactlyonce/idempotency/dialects/mysql"
+	_ "github.com/exactlyonce/idempotency/dialects/postgres"
+	_ "github.com/exactlyonce/idempotency/dialects/sqlite"
 )
 
 // VersionTable is the goose version table the migrations use.
@@ -34,34 +38,46 @@ const VersionTable = "idempotency_goose_db_version"
 //go:embed postgres/*.sql mysql/*.sql sqlite/*.sql
 var files embed.FS
 
-// lockID is the Postgres advisory lock Up holds while it migrates (not
-// goose's default, so it never waits on the application's own migrations).
-const lockID int64 = 0x1de5_0a7c_e11e_0001
-
-// FS returns the migrations of one dialect ("postgres", "mysql" or
-// "sqlite"), for tools that run goose themselves.
+// FS returns the migrations of one dialect, named as the dialect's Name
+// ("postgres", "mysql" or "sqlite"), for tools that run goose themselves.
 func FS(dialect string) (fs.FS, error) {
-	switch dialect {
-	case "postgres", "mysql", "sqlite":
-		return fs.Sub(files, dialect)
+	names := folders()
+	if !slices.Contains(names, dialect) {
+		return nil, fmt.Errorf("idempotency/migrations: no migrations for dialect %q: there are %s", dialect, strings.Join(names, ", "))
 	}
-	return nil, fmt.Errorf("idempotency/migrations: no migrations for dialect %q: use postgres, mysql or sqlite", dialect)
+	return fs.Sub(files, dialect)
+}
+
+// folders lists the dialects that have migrations.
+func folders() []string {
+	entries, _ := files.ReadDir(".")
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() {
+			names = append(names, e.Name())
+		}
+	}
+	return names
 }
 
 // Up applies every pending migration for db's dialect.
 func Up(ctx context.Context, db *sqlx.DB) error {
-	p, err := Provider(db)
+	s, err := schema(db)
+	if err != nil {
+		return err
+	}
+	p, err := provider(db, s)
 	if err != nil {
 		return err
 	}
 	for attempt := 1; ; attempt++ {
 		_, err := p.Up(ctx)
 		// Two processes migrating a new database together can trip over each
-		// other before the lock is theirs: SQLite answers SQLITE_BUSY at once
-		// when both open or switch the file, and goose on MariaDB was seen
-		// (rarely) to read the version table just created by the other one
-		// before its first row. Both pass on a second try, under the lock.
-		if err != nil && (busy(err) || strings.Contains(err.Error(), "missing zero version")) && attempt < 10 {
+		// other before the lock is theirs (goose creates its version table
+		// before it takes the lock): the dialect knows how (SQLite is busy,
+		// MariaDB shows the version table before its first row). Such a race
+		// passes on another try.
+		if err != nil && s.MigrationRace(err) && attempt < 10 {
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -70,7 +86,7 @@ func Up(ctx context.Context, db *sqlx.DB) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("idempotency/migrations: up: %w", err)
+			return fmt.Errorf("idempotency/migrations: up: %w", explain(s, err))
 		}
 		return nil
 	}
@@ -79,16 +95,17 @@ func Up(ctx context.Context, db *sqlx.DB) error {
 // Status lists the migrations and whether each is applied. On MySQL the DSN
 // needs parseTime=true.
 func Status(ctx context.Context, db *sqlx.DB) ([]*goose.MigrationStatus, error) {
-	p, err := Provider(db)
+	s, err := schema(db)
+	if err != nil {
+		return nil, err
+	}
+	p, err := provider(db, s)
 	if err != nil {
 		return nil, err
 	}
 	st, err := p.Status(ctx)
 	if err != nil {
-		if db.DriverName() == "mysql" && strings.Contains(err.Error(), "time.Time") {
-			return nil, fmt.Errorf("idempotency/migrations: status: add parseTime=true to the MySQL DSN (goose reads its timestamps as times): %w", err)
-		}
-		return nil, fmt.Errorf("idempotency/migrations: status: %w", err)
+		return nil, fmt.Errorf("idempotency/migrations: status: %w", explain(s, err))
 	}
 	return st, nil
 }
@@ -97,103 +114,45 @@ func Status(ctx context.Context, db *sqlx.DB) ([]*goose.MigrationStatus, error) 
 // uses: its own version table, no global registry, a database-wide lock.
 // Do not call its Close: that would close db.
 func Provider(db *sqlx.DB) (*goose.Provider, error) {
-	if db == nil {
-		return nil, errors.New("idempotency/migrations: nil *sqlx.DB")
-	}
-	kind, ok := dialects.Kind(db.DriverName())
-	if !ok {
-		return nil, fmt.Errorf("idempotency/migrations: no migrations for driver %q: use postgres, pgx, mysql, sqlite or sqlite3", db.DriverName())
-	}
-	fsys, err := FS(kind)
+	s, err := schema(db)
 	if err != nil {
 		return nil, err
 	}
-	var (
-		dialect goose.Dialect
-		locker  lock.SessionLocker
-	)
-	switch kind {
-	case "postgres":
-		dialect = goose.DialectPostgres
-		locker, err = lock.NewPostgresSessionLocker(lock.WithLockID(lockID), lock.WithLockTimeout(1, 600))
-		if err != nil {
-			return nil, err
-		}
-	case "mysql":
-		dialect, locker = goose.DialectMySQL, mysqlLocker{}
-	case "sqlite":
-		dialect, locker = goose.DialectSQLite3, sqliteLocker{}
+	return provider(db, s)
+}
+
+// schema finds the dialect of db's driver.
+func schema(db *sqlx.DB) (dialects.Schema, error) {
+	if db == nil {
+		return nil, errors.New("idempotency/migrations: nil *sqlx.DB")
 	}
-	return goose.NewProvider(dialect, db.DB, fsys,
+	d, err := dialects.Open(db.DriverName(), dialects.DefaultTable)
+	if err != nil {
+		return nil, fmt.Errorf("idempotency/migrations: %w", err)
+	}
+	s, ok := d.(dialects.Schema)
+	if !ok {
+		return nil, fmt.Errorf("idempotency/migrations: the %s dialect of driver %q has no migrations (it does not implement dialects.Schema)", d.Name(), db.DriverName())
+	}
+	return s, nil
+}
+
+func provider(db *sqlx.DB, s dialects.Schema) (*goose.Provider, error) {
+	fsys, err := FS(s.Name())
+	if err != nil {
+		return nil, err
+	}
+	return goose.NewProvider(goose.Dialect(s.GooseDialect()), db.DB, fsys,
 		goose.WithTableName(VersionTable),
 		goose.WithDisableGlobalRegistry(true),
-		goose.WithSessionLocker(locker),
+		goose.WithSessionLocker(s.MigrationLock()),
 	)
 }
 
-// mysqlLocker holds a named lock for the session; the server frees it if the
-// process dies.
-type mysqlLocker struct{}
-
-const mysqlLockName = "idempotency_migrations"
-
-func (mysqlLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
-	var got sql.NullInt64
-	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 600)", mysqlLockName).Scan(&got); err != nil {
-		return fmt.Errorf("take the migration lock: %w", err)
+// explain adds the dialect's hint to err, if it has one.
+func explain(s dialects.Schema, err error) error {
+	if hint := s.Hint(err); hint != "" {
+		return fmt.Errorf("%s: %w", hint, err)
 	}
-	if got.Int64 != 1 {
-		return errors.New("take the migration lock: another instance held it for 10 minutes")
-	}
-	return nil
-}
-
-func (mysqlLocker) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
-	_, err := conn.ExecContext(ctx, "SELECT RELEASE_LOCK(?)", mysqlLockName)
 	return err
-}
-
-// sqliteLocker is a lock row: SQLite has no session locks, and holding its
-// write lock would block the migration itself. A lock older than ten
-// minutes is taken to be left by a crashed process.
-type sqliteLocker struct{}
-
-func (sqliteLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
-	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS idempotency_migration_lock (
-	id INTEGER PRIMARY KEY CHECK (id = 1), taken_at INTEGER NOT NULL)`); err != nil && !busy(err) {
-		return fmt.Errorf("create the migration lock table: %w", err)
-	}
-	for {
-		res, err := conn.ExecContext(ctx, `INSERT INTO idempotency_migration_lock (id, taken_at)
-VALUES (1, CAST(strftime('%s', 'now') AS INTEGER))
-ON CONFLICT (id) DO UPDATE SET taken_at = excluded.taken_at
-WHERE idempotency_migration_lock.taken_at < excluded.taken_at - 600`)
-		if err == nil {
-			if n, _ := res.RowsAffected(); n == 1 {
-				return nil
-			}
-		} else if !busy(err) && !missingTable(err) {
-			return fmt.Errorf("take the migration lock: %w", err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-func (sqliteLocker) SessionUnlock(ctx context.Context, conn *sql.Conn) error {
-	_, err := conn.ExecContext(ctx, `DELETE FROM idempotency_migration_lock`)
-	return err
-}
-
-func busy(err error) bool {
-	var c interface{ Code() int }
-	return errors.As(err, &c) && (c.Code()&0xff == 5 || c.Code()&0xff == 6)
-}
-
-func missingTable(err error) bool {
-	// Another instance may race the CREATE TABLE; the next loop sees it.
-	return err != nil && strings.Contains(err.Error(), "no such table")
 }

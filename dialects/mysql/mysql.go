@@ -62,7 +62,17 @@ type Dialect struct {
 	flavor atomic.Int32
 }
 
-var _ dialects.Dialect = (*Dialect)(nil)
+var (
+	_ dialects.Dialect = (*Dialect)(nil)
+	_ dialects.Schema  = (*Dialect)(nil)
+)
+
+// The database/sql driver names the dialect serves.
+func init() {
+	for _, name := range []string{"mysql"} {
+		dialects.Register(name, func(table string) dialects.Dialect { return New(table) })
+	}
+}
 
 const (
 	flavorMariaDB = 1

@@ -1,4 +1,4 @@
-package mysql
+package mysql_test
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency/dialects"
+	"github.com/exactlyonce/idempotency/dialects/mysql"
 	"github.com/exactlyonce/idempotency/internal/testdb"
 	"github.com/exactlyonce/idempotency/migrations"
 )
@@ -37,8 +38,8 @@ func TestMySQL8Claim(t *testing.T) {
 	if _, err := db.Exec(`SET SESSION innodb_lock_wait_timeout = 37`); err != nil {
 		t.Fatal(err)
 	}
-	d := New(dialects.DefaultTable)
-	d.flavor.Store(flavorMySQL)
+	d := mysql.New(dialects.DefaultTable)
+	d.UseMySQL8()
 	k := dialects.Key{Scope: "s", Key: "k"}
 	fp := make([]byte, 32) // the column's size: a SHA-256
 

@@ -41,7 +41,17 @@ type Dialect struct {
 	sql Statements
 }
 
-var _ dialects.Dialect = (*Dialect)(nil)
+var (
+	_ dialects.Dialect = (*Dialect)(nil)
+	_ dialects.Schema  = (*Dialect)(nil)
+)
+
+// The database/sql driver names the dialect serves.
+func init() {
+	for _, name := range []string{"postgres", "pgx", "pgx/v5", "pgx/v4", "cloudsqlpostgres"} {
+		dialects.Register(name, func(table string) dialects.Dialect { return New(table) })
+	}
+}
 
 // New returns the PostgreSQL dialect for the key table named table (which
 // may be schema-qualified; it must already be a safe identifier).

@@ -40,24 +40,36 @@ type Dialect struct {
 	claim, save, lookup, deleteExpired, prune string
 }
 
-var _ dialects.Dialect = (*Dialect)(nil)
+var (
+	_ dialects.Dialect = (*Dialect)(nil)
+	_ dialects.Schema  = (*Dialect)(nil)
+)
 
-// nowMillis is SQLite's clock in milliseconds since 1970, for any version.
-const nowMillis = `CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)`
+// The database/sql driver names the dialect serves.
+func init() {
+	for _, name := range []string{"sqlite", "sqlite3"} {
+		dialects.Register(name, func(table string) dialects.Dialect { return New(table) })
+	}
+}
+
+// NowMillis is SQLite's clock in milliseconds since 1970, as an SQL
+// expression that any version of SQLite evaluates: the time the key table
+// stores and compares.
+const NowMillis = `CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)`
 
 // New returns the SQLite dialect for the key table named table.
 func New(table string) *Dialect {
 	return &Dialect{
 		claim: `INSERT INTO ` + table + ` (scope, "key", fingerprint, value, failed, created_at, expires_at)
-VALUES (?, ?, ?, NULL, 0, ` + nowMillis + `, ` + nowMillis + ` + ?)`,
+VALUES (?, ?, ?, NULL, 0, ` + NowMillis + `, ` + NowMillis + ` + ?)`,
 		// The TTL counts from this statement, just before COMMIT.
-		save: `UPDATE ` + table + ` SET value = ?, failed = ?, expires_at = ` + nowMillis + ` + ?
+		save: `UPDATE ` + table + ` SET value = ?, failed = ?, expires_at = ` + NowMillis + ` + ?
 WHERE scope = ? AND "key" = ? AND fingerprint = ? AND value IS NULL`,
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
-WHERE scope = ? AND "key" = ? AND expires_at > ` + nowMillis + ` AND value IS NOT NULL`,
-		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = ? AND "key" = ? AND expires_at <= ` + nowMillis,
+WHERE scope = ? AND "key" = ? AND expires_at > ` + NowMillis + ` AND value IS NOT NULL`,
+		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = ? AND "key" = ? AND expires_at <= ` + NowMillis,
 		prune: `DELETE FROM ` + table + ` WHERE rowid IN (
-	SELECT rowid FROM ` + table + ` WHERE expires_at <= ` + nowMillis + ` LIMIT ?)`,
+	SELECT rowid FROM ` + table + ` WHERE expires_at <= ` + NowMillis + ` LIMIT ?)`,
 	}
 }
 
@@ -137,24 +149,45 @@ func (d *Dialect) Classify(err error) dialects.Class {
 
 // code returns the (extended) SQLite result code carried by err, or -1. It
 // knows modernc.org/sqlite's *Error (a Code method) and mattn/go-sqlite3's
-// Error (Code and ExtendedCode fields) without importing either.
+// Error (Code and ExtendedCode fields) without importing either, and finds
+// them through errors joined or wrapped (goose joins its errors).
 func code(err error) int {
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if c, ok := e.(interface{ Code() int }); ok {
-			return c.Code()
-		}
-		v := reflect.ValueOf(e)
-		if v.Kind() == reflect.Pointer {
-			v = v.Elem()
-		}
-		if v.Kind() == reflect.Struct && v.Type().PkgPath() == "github.com/mattn/go-sqlite3" {
-			if f := v.FieldByName("ExtendedCode"); f.IsValid() && f.CanInt() && f.Int() != 0 {
-				return int(f.Int())
-			}
-			if f := v.FieldByName("Code"); f.IsValid() && f.CanInt() {
-				return int(f.Int())
+	switch e := err.(type) {
+	case nil:
+		return -1
+	case interface{ Code() int }:
+		return e.Code()
+	}
+	if c, ok := mattnCode(err); ok {
+		return c
+	}
+	switch e := err.(type) {
+	case interface{ Unwrap() error }:
+		return code(e.Unwrap())
+	case interface{ Unwrap() []error }:
+		for _, inner := range e.Unwrap() {
+			if c := code(inner); c != -1 {
+				return c
 			}
 		}
 	}
 	return -1
+}
+
+// mattnCode reads the code of a mattn/go-sqlite3 Error.
+func mattnCode(err error) (int, bool) {
+	v := reflect.ValueOf(err)
+	if v.Kind() == reflect.Pointer {
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct || v.Type().PkgPath() != "github.com/mattn/go-sqlite3" {
+		return 0, false
+	}
+	if f := v.FieldByName("ExtendedCode"); f.IsValid() && f.CanInt() && f.Int() != 0 {
+		return int(f.Int()), true
+	}
+	if f := v.FieldByName("Code"); f.IsValid() && f.CanInt() {
+		return int(f.Int()), true
+	}
+	return 0, false
 }
