@@ -33,16 +33,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
-	mysqldriver "github.com/go-sql-driver/mysql"
+	mysqldriver "github.com/go-sql-driver/mysql" // registers "mysql"
 	"github.com/jackc/pgx/v5"
-	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx" and "pgx/v5"
 	"github.com/jmoiron/sqlx"
 	"github.com/lib/pq"    // registers "postgres"
 	_ "modernc.org/sqlite" // registers "sqlite"
@@ -164,7 +166,7 @@ func dispatch(ctx context.Context, words []string, o options, stdout, stderr io.
 	if o.timeout <= 0 {
 		return usagef("--timeout %v: want a positive duration", o.timeout)
 	}
-	db, err := open(ctx, o)
+	db, schema, err := open(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -185,13 +187,13 @@ func dispatch(ctx context.Context, words []string, o options, stdout, stderr io.
 	if err != nil {
 		return usageError{msg: strings.TrimPrefix(err.Error(), "idempotency: ")}
 	}
-	if err := checkTable(ctx, db, o.table); err != nil {
+	if err := checkTable(ctx, db, schema, o.table); err != nil {
 		return err
 	}
 	if cmd == "prune" {
 		return prune(ctx, store, o, stdout, stderr)
 	}
-	return stats(ctx, db, o.table, stdout)
+	return stats(ctx, db, schema, o.table, stdout)
 }
 
 // inferDriver tells the driver from the DSN's shape.
@@ -210,23 +212,18 @@ func inferDriver(dsn string) (string, error) {
 	return "", usagef("cannot tell the database from the DSN's shape: pass --driver pgx, postgres, mysql or sqlite")
 }
 
-// checkDSN parses the DSN the way the driver will, so that a typo is a
-// clear usage error rather than a connection failure.
-func checkDSN(driver, dsn string) error {
-	var err error
-	switch driver {
-	case "pgx", "pgx/v5":
-		_, err = pgx.ParseConfig(dsn)
-	case "postgres":
-		_, err = pq.NewConnector(dsn)
-	case "mysql":
-		_, err = mysqldriver.ParseDSN(dsn)
-	}
-	if err != nil {
-		return usagef("the DSN is not valid for driver %s: %v", driver, redact(err.Error(), dsn))
-	}
-	return nil
+// drivers are the database/sql drivers the command links, each with its
+// own DSN parser, so that a typo is a clear usage error rather than a
+// connection failure. The dialect of each comes from dialects.Open.
+var drivers = map[string]func(dsn string) error{
+	"pgx":      parsePgx,
+	"pgx/v5":   parsePgx,
+	"postgres": func(dsn string) error { _, err := pq.NewConnector(dsn); return err },
+	"mysql":    func(dsn string) error { _, err := mysqldriver.ParseDSN(dsn); return err },
+	"sqlite":   func(string) error { return nil }, // any name is a file
 }
+
+func parsePgx(dsn string) error { _, err := pgx.ParseConfig(dsn); return err }
 
 // redact keeps a password in the DSN out of messages.
 func redact(msg, dsn string) string {
@@ -236,63 +233,60 @@ func redact(msg, dsn string) string {
 	return strings.ReplaceAll(msg, dsn, "<dsn>")
 }
 
-// open connects and pings within the timeout.
-func open(ctx context.Context, o options) (*sqlx.DB, error) {
+// open connects and pings within the timeout, and finds the dialect's
+// schema.
+func open(ctx context.Context, o options) (*sqlx.DB, dialects.Schema, error) {
 	if o.dsn == "" {
-		return nil, usagef("no database: pass --dsn or set IDEMPOTENCY_DSN")
+		return nil, nil, usagef("no database: pass --dsn or set IDEMPOTENCY_DSN")
 	}
 	driver := o.driver
 	if driver == "" {
 		var err error
 		if driver, err = inferDriver(o.dsn); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	if _, ok := dialects.Kind(driver); !ok {
-		return nil, usagef("--driver %q: want pgx, postgres, mysql or sqlite", driver)
+	parse, ok := drivers[driver]
+	if !ok {
+		return nil, nil, usagef("--driver %q: want one of %s", driver, strings.Join(slices.Sorted(maps.Keys(drivers)), ", "))
 	}
-	if err := checkDSN(driver, o.dsn); err != nil {
-		return nil, err
+	d, err := dialects.Open(driver, o.table)
+	if err != nil {
+		return nil, nil, err
+	}
+	schema, ok := d.(dialects.Schema)
+	if !ok {
+		return nil, nil, fmt.Errorf("the %s dialect has no schema to work on", d.Name())
+	}
+	if err := parse(o.dsn); err != nil {
+		return nil, nil, usagef("the DSN is not valid for driver %s: %v", driver, redact(err.Error(), o.dsn))
 	}
 	db, err := sqlx.Open(driver, o.dsn)
 	if err != nil {
-		return nil, usagef("the DSN is not valid for driver %s: %v", driver, redact(err.Error(), o.dsn))
+		return nil, nil, usagef("the DSN is not valid for driver %s: %v", driver, redact(err.Error(), o.dsn))
 	}
 	pctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	if err := db.PingContext(pctx); err != nil {
 		db.Close()
 		if pctx.Err() != nil && ctx.Err() == nil {
-			return nil, fmt.Errorf("cannot reach the database (%s) within %v: check the DSN's host and port and that the server is running", driver, o.timeout)
+			return nil, nil, fmt.Errorf("cannot reach the database (%s) within %v: check the DSN's host and port and that the server is running", driver, o.timeout)
 		}
-		return nil, fmt.Errorf("cannot reach the database (%s); check the DSN's host, port and credentials and that the server is running: %s", driver, redact(err.Error(), o.dsn))
+		return nil, nil, fmt.Errorf("cannot reach the database (%s); check the DSN's host, port and credentials and that the server is running: %s", driver, redact(err.Error(), o.dsn))
 	}
-	return db, nil
+	return db, schema, nil
 }
 
 // checkTable makes a missing key table an error that says what to do.
-func checkTable(ctx context.Context, db *sqlx.DB, table string) error {
+func checkTable(ctx context.Context, db *sqlx.DB, schema dialects.Schema, table string) error {
 	rows, err := db.QueryContext(ctx, `SELECT 1 FROM `+table+` WHERE 1 = 0`)
 	if err == nil {
 		return rows.Close()
 	}
-	if missingTable(err) {
+	if schema.MissingTable(err) {
 		return fmt.Errorf("table %s does not exist in this database: run 'idempotency migrate' first (or pass --table)", table)
 	}
 	return fmt.Errorf("read table %s: %w", table, err)
-}
-
-// missingTable recognizes "no such table" from each database.
-func missingTable(err error) bool {
-	var state interface{ SQLState() string }
-	if errors.As(err, &state) {
-		return state.SQLState() == "42P01" || state.SQLState() == "3F000" // undefined table, undefined schema
-	}
-	var me *mysqldriver.MySQLError
-	if errors.As(err, &me) {
-		return me.Number == 1146 || me.Number == 1049 // no such table, no such database
-	}
-	return strings.Contains(err.Error(), "no such table")
 }
 
 func migrate(ctx context.Context, db *sqlx.DB, stdout io.Writer) error {
@@ -380,15 +374,6 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// ageSQL gives, per dialect, the database clock's idea of a row's age in
-// seconds and of whether it has expired; the app's clock plays no part.
-var ageSQL = map[string][2]string{
-	"postgres": {`EXTRACT(EPOCH FROM (now() - created_at))`, `expires_at <= now()`},
-	"mysql":    {`TIMESTAMPDIFF(SECOND, created_at, UTC_TIMESTAMP(6))`, `expires_at <= UTC_TIMESTAMP(6)`},
-	"sqlite": {`((CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) - created_at) / 1000.0)`,
-		`expires_at <= CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)`},
-}
-
 // ageBuckets are the upper bounds of the age buckets stats prints.
 var ageBuckets = []struct {
 	label string
@@ -403,10 +388,10 @@ type Stats struct {
 	ByAge          []int64 // one per ageBuckets
 }
 
-func collectStats(ctx context.Context, db *sqlx.DB, table string) (Stats, error) {
-	kind, _ := dialects.Kind(db.DriverName())
-	exprs := ageSQL[kind]
-	age, expired := exprs[0], exprs[1]
+// collectStats counts in one statement, by the database's clock (the
+// app's plays no part).
+func collectStats(ctx context.Context, db *sqlx.DB, schema dialects.Schema, table string) (Stats, error) {
+	age, expired := schema.AgeSQL()
 	cols := []string{"COUNT(*)", "COALESCE(SUM(CASE WHEN " + expired + " THEN 1 ELSE 0 END), 0)"}
 	lower := int64(-1 << 62)
 	for _, b := range ageBuckets {
@@ -429,8 +414,8 @@ func collectStats(ctx context.Context, db *sqlx.DB, table string) (Stats, error)
 	return st, nil
 }
 
-func stats(ctx context.Context, db *sqlx.DB, table string, stdout io.Writer) error {
-	st, err := collectStats(ctx, db, table)
+func stats(ctx context.Context, db *sqlx.DB, schema dialects.Schema, table string, stdout io.Writer) error {
+	st, err := collectStats(ctx, db, schema, table)
 	if err != nil {
 		return err
 	}
