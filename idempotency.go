@@ -25,7 +25,8 @@ type Store = TxStore[*sqlx.Tx]
 
 // New returns a Store on db. The dialect comes from db.DriverName():
 // "postgres", "pgx" and "pgx/v5" are PostgreSQL, "mysql" is MySQL or
-// MariaDB, "sqlite" and "sqlite3" are SQLite; WithDialect covers others.
+// MariaDB, "sqlite" and "sqlite3" are SQLite (see dialects.Drivers);
+// WithDialect, or dialects.Register for a driver name, covers others.
 // The key table must exist: see the migrations package.
 func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 	if db == nil {

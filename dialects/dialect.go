@@ -1,7 +1,10 @@
 // Package dialects defines what the idempotency protocol needs from a
-// database, so that each database's SQL, locking and error codes live in one
-// package of their own (postgres, mysql, sqlite) and the root package never
-// branches on a driver name outside the one place that picks a dialect.
+// database, so that each database's SQL, locking, clock, error codes and
+// schema live in one package of their own (postgres, mysql, sqlite), and
+// nothing outside those packages branches on a database's name: a
+// database/sql driver name finds its dialect in a registry (Open), which
+// the dialect packages fill from init (Register), as database/sql drivers
+// register themselves.
 //
 // Two layers:
 //
@@ -13,10 +16,16 @@
 //   - Dialect is one database's statements for database/sql, one round trip
 //     each; SQL turns a Dialect and a *sqlx.DB into a Driver[*sqlx.Tx].
 //
+// Beside the protocol, a dialect may implement Schema: its goose
+// migrations (the files are in the migrations package, in a folder named
+// as the dialect), its migration lock, which errors mean a missing table,
+// and its stats SQL, for the migrations package and the idempotency
+// command.
+//
 // Most users never import this package: idempotency.New picks the dialect
 // from the driver name, and pgxstore.New builds its own driver. It is
-// exported for idempotency.WithDialect, for drivers registered under other
-// names, and for drivers of other client APIs.
+// exported for idempotency.WithDialect, for dialects registered under other
+// driver names, and for drivers of other client APIs.
 package dialects
 
 import (
@@ -109,7 +118,8 @@ const (
 // Dialect is one database's implementation of the key protocol. Every method
 // must be safe for concurrent use.
 type Dialect interface {
-	// Name is the dialect's name: "postgres", "mysql" or "sqlite".
+	// Name is the dialect's name ("postgres", "mysql", "sqlite"), which
+	// is also its folder in the migrations package.
 	Name() string
 
 	// Claim is the first statement of an attempt's transaction. It does
@@ -147,22 +157,6 @@ type Dialect interface {
 // deadlock, SQLite on a full disk) and fn did not return the error, so fn's
 // later statements ran outside the transaction.
 var ErrTransactionEnded = errors.New("the key row claimed at the start of the transaction is gone: the database ended the transaction while fn ran")
-
-// Kind returns the dialect name for a database/sql driver name: "postgres"
-// for postgres, pgx and pgx/v5; "mysql" for mysql; "sqlite" for sqlite and
-// sqlite3. It is the one table of database/sql driver names; the root
-// package's dialectFor is the one place that turns a name into a dialect.
-func Kind(driverName string) (string, bool) {
-	switch driverName {
-	case "postgres", "pgx", "pgx/v5", "pgx/v4", "cloudsqlpostgres":
-		return "postgres", true
-	case "mysql":
-		return "mysql", true
-	case "sqlite", "sqlite3":
-		return "sqlite", true
-	}
-	return "", false
-}
 
 // ConnectionLost reports whether err says the connection broke, in the ways
 // database/sql and the drivers say it: driver.ErrBadConn, an EOF in the

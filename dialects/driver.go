@@ -18,7 +18,8 @@ import (
 // transaction that holds the claimed key, or has already ended it. Every
 // method must be safe for concurrent use.
 type Driver[TTx any] interface {
-	// Name names the database: "postgres", "mysql" or "sqlite".
+	// Name names the database, as its dialect does ("postgres",
+	// "mysql", "sqlite").
 	Name() string
 
 	// Begin begins a transaction and claims k as its first statement, in

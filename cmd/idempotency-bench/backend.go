@@ -17,6 +17,7 @@ import (
 	_ "github.com/lib/pq"  // postgres
 	_ "modernc.org/sqlite" // sqlite
 
+	"github.com/exactlyonce/idempotency/dialects/sqlite"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
@@ -182,8 +183,7 @@ VALUES ($1, $2, $3, $4, false, now(), now() + interval '1 day')`
 		b.business = `INSERT INTO bench_orders (ref, amount) VALUES (?, ?)`
 		b.countRows = `SELECT COUNT(*) FROM bench_orders WHERE ref = ?`
 		b.keyRow = `INSERT INTO idempotency_keys (scope, "key", fingerprint, value, failed, created_at, expires_at)
-VALUES (?, ?, ?, ?, 0, CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER),
-	CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER) + 86400000)`
+VALUES (?, ?, ?, ?, 0, ` + sqlite.NowMillis + `, ` + sqlite.NowMillis + ` + 86400000)`
 	}
 	if _, err := db.ExecContext(ctx, table); err != nil {
 		return fmt.Errorf("%s: create bench_orders: %w", b.name, err)

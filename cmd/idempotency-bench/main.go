@@ -48,7 +48,6 @@ import (
 	"strings"
 	"time"
 
-
 	"github.com/exactlyonce/idempotency"
 )
 

@@ -77,11 +77,11 @@ func run(ctx context.Context, c config) error {
 			c.driver = "mysql"
 		}
 	}
-	kind, ok := dialects.Kind(c.driver)
-	if !ok || kind == "sqlite" {
-		return fmt.Errorf("-driver %q: want pgx, postgres or mysql", c.driver)
+	d, err := dialects.Open(c.driver, dialects.DefaultTable)
+	if err != nil {
+		return fmt.Errorf("-driver %q: %w", c.driver, err)
 	}
-	c.kind = kind
+	c.kind = d.Name()
 	sc, err := scratch.New(ctx, c.kind, c.dsn, "prunebench_")
 	if err != nil {
 		return err
