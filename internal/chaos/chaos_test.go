@@ -102,7 +102,7 @@ type backend struct {
 }
 
 var backends = []backend{
-	{name: "postgres", kind: "postgres", drivers: []string{"pgx", "postgres"},
+	{name: "postgres", kind: "postgres", drivers: []string{"pgx", "postgres", chaos.PgxStore},
 		isolations: []string{"", "repeatable read", "serializable"}, wait: 300 * time.Millisecond,
 		phases: phasesServer, start: chaos.StartPostgres, proxyDSN: proxyDSN("postgres")},
 	{name: "mysql", kind: "mysql", drivers: []string{"mysql"},

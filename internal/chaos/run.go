@@ -29,7 +29,7 @@ const WorkerEnv = "IDEMPOTENCY_CHAOS_WORKER"
 // Plan is one chaos run against one database.
 type Plan struct {
 	Name       string
-	Drivers    []string      // database/sql drivers, one per worker in turn
+	Drivers    []string      // database/sql drivers (or PgxStore), one per worker in turn
 	DSN        string        // direct DSN; the checker always uses it
 	Isolations []string      // isolation levels, one per worker in turn ("" = default)
 	Procs      int           // worker processes alive at once

@@ -34,9 +34,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/pgxstore"
 )
 
 // EffectsTable is the business table fn writes one row to per committed call.
@@ -172,14 +175,6 @@ func RunWorker(ctx context.Context, cfg WorkerConfig) error {
 	defer f.Close()
 	lg := &logFile{f: f}
 
-	db, err := sqlx.Open(cfg.Driver, cfg.DSN)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	db.SetMaxOpenConns(cfg.Goroutines + 4)
-	db.SetConnMaxLifetime(30 * time.Second)
-
 	opts := []idempotency.Option{idempotency.WithWait(cfg.Wait)}
 	if lvl, ok := isolations[cfg.Isolation]; ok {
 		opts = append(opts, idempotency.WithIsolation(lvl))
@@ -194,18 +189,72 @@ func RunWorker(ctx context.Context, cfg WorkerConfig) error {
 			},
 		}))
 	}
+	if cfg.Driver == PgxStore {
+		return runPgx(ctx, cfg, lg, opts)
+	}
+
+	db, err := sqlx.Open(cfg.Driver, cfg.DSN)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(cfg.Goroutines + 4)
+	db.SetConnMaxLifetime(30 * time.Second)
 	s, err := idempotency.New(db, opts...)
 	if err != nil {
 		return err
 	}
-	s = s.Scope(Scope)
+	insert := func(ctx context.Context, tx *sqlx.Tx, key, id string) error {
+		_, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO `+EffectsTable+` (k, token) VALUES (?, ?)`), key, id)
+		return err
+	}
+	runAll(ctx, cfg, s.Scope(Scope), lg, insert)
+	return nil
+}
 
+// PgxStore is the driver name that makes a worker call through the pgx
+// store on a pgxpool.Pool instead of database/sql.
+const PgxStore = "pgxstore"
+
+// runPgx runs the workload on the pgx store. Half its workers describe
+// statements by their text on every batch (QueryExecModeCacheDescribe),
+// so that the proxy sees COMMIT go by and can cut around it; the others
+// run pgx's default, prepared statements by name.
+func runPgx(ctx context.Context, cfg WorkerConfig, lg *logFile, opts []idempotency.Option) error {
+	pc, err := pgxpool.ParseConfig(cfg.DSN)
+	if err != nil {
+		return err
+	}
+	pc.MaxConns = int32(cfg.Goroutines + 4)
+	pc.MaxConnLifetime = 30 * time.Second
+	if cfg.ID%2 == 0 {
+		pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	s, err := pgxstore.New(pool, opts...)
+	if err != nil {
+		return err
+	}
+	insert := func(ctx context.Context, tx pgx.Tx, key, id string) error {
+		_, err := tx.Exec(ctx, `INSERT INTO `+EffectsTable+` (k, token) VALUES ($1, $2)`, key, id)
+		return err
+	}
+	runAll(ctx, cfg, s.Scope(Scope), lg, insert)
+	return nil
+}
+
+// runAll runs cfg.Goroutines callers on s until cfg.Until; insert writes
+// one business row through the call's transaction.
+func runAll[TTx any](ctx context.Context, cfg WorkerConfig, s *idempotency.TxStore[TTx], lg *logFile, insert func(context.Context, TTx, string, string) error) {
 	var wg sync.WaitGroup
 	for g := range cfg.Goroutines {
-		wg.Go(func() { work(ctx, cfg, s, lg, g) })
+		wg.Go(func() { work(ctx, cfg, s, lg, g, insert) })
 	}
 	wg.Wait()
-	return nil
 }
 
 var isolations = map[string]sql.IsolationLevel{
@@ -214,7 +263,7 @@ var isolations = map[string]sql.IsolationLevel{
 	"serializable":    sql.LevelSerializable,
 }
 
-func work(ctx context.Context, cfg WorkerConfig, s *idempotency.Store, lg *logFile, g int) {
+func work[TTx any](ctx context.Context, cfg WorkerConfig, s *idempotency.TxStore[TTx], lg *logFile, g int, insert func(context.Context, TTx, string, string) error) {
 	pid := os.Getpid()
 	key := ""
 	for seq := 0; time.Now().Before(cfg.Until) && ctx.Err() == nil; seq++ {
@@ -228,7 +277,7 @@ func work(ctx context.Context, cfg WorkerConfig, s *idempotency.Store, lg *logFi
 			}
 			key = KeyName(base + rand.IntN(cfg.Keys))
 		}
-		a := call(ctx, cfg, s, lg, key, fmt.Sprintf("w%d.p%d.g%d.%d", cfg.ID, pid, g, seq))
+		a := call(ctx, cfg, s, lg, key, fmt.Sprintf("w%d.p%d.g%d.%d", cfg.ID, pid, g, seq), insert)
 		lg.write(a)
 		switch a.Class {
 		case ClassOK, ClassFinal:
@@ -242,7 +291,7 @@ func work(ctx context.Context, cfg WorkerConfig, s *idempotency.Store, lg *logFi
 }
 
 // call makes one idempotent call and describes its answer.
-func call(ctx context.Context, cfg WorkerConfig, s *idempotency.Store, lg *logFile, key, id string) Answer {
+func call[TTx any](ctx context.Context, cfg WorkerConfig, s *idempotency.TxStore[TTx], lg *logFile, key, id string, insert func(context.Context, TTx, string, string) error) Answer {
 	a := Answer{Call: id, Key: key}
 	// Every call has a deadline: a stalled connection must not hang a
 	// worker past the run.
@@ -276,11 +325,11 @@ func call(ctx context.Context, cfg WorkerConfig, s *idempotency.Store, lg *logFi
 		}
 	}
 	p := Params{Key: key, Amount: Amount(key)}
-	fn := func(ctx context.Context, tx *sqlx.Tx) (Receipt, error) {
+	fn := func(ctx context.Context, tx TTx) (Receipt, error) {
 		if cfg.Faults.Kill && rand.Float64() < pKillInFn {
 			lg.kill("kill_in_fn")
 		}
-		if _, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO `+EffectsTable+` (k, token) VALUES (?, ?)`), key, id); err != nil {
+		if err := insert(ctx, tx, key, id); err != nil {
 			return Receipt{}, err
 		}
 		switch fault {
