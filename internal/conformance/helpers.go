@@ -95,12 +95,19 @@ func holdKey[TTx any](t *testing.T, s *idempotency.TxStore[TTx], key string, hol
 		})
 		done <- err
 	}()
+	waitClaimed(t, claimed, done)
+	return done
+}
+
+// waitClaimed waits until a holder's fn runs (claimed is closed), and fails
+// t if the holder's call ends first: a test that waited for it would hang.
+func waitClaimed(t *testing.T, claimed <-chan struct{}, holder <-chan error) {
+	t.Helper()
 	select {
 	case <-claimed:
-	case err := <-done:
-		t.Fatalf("the holder of %s failed: %v", key, err)
+	case err := <-holder:
+		t.Fatalf("the holder's call ended before its fn ran: %v", err)
 	}
-	return done
 }
 
 // recorder is a slog.Handler that keeps every record.

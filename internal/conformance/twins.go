@@ -57,7 +57,7 @@ func testWinnerRollsBack[TTx any](t *testing.T, e *suite[TTx]) {
 				})
 				winner <- err
 			}()
-			<-claimed
+			waitClaimed(t, claimed, winner)
 			twins := startTwins(s, key, nil, 16, e.charge(key, 1, &calls))
 			time.Sleep(300 * time.Millisecond) // let the twins queue on the key
 			close(release)
@@ -126,7 +126,7 @@ func testWaitBound[TTx any](t *testing.T, e *suite[TTx]) {
 		})
 		winner <- err
 	}()
-	<-claimed
+	waitClaimed(t, claimed, winner)
 	_, err := idempotency.Do(ctx, s, "slow", nil, e.charge("slow", 1, &calls))
 	close(release)
 	if !errors.Is(err, idempotency.ErrInProgress) {
