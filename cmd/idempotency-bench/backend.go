@@ -2,14 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"errors"
 	"fmt"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // pgx
@@ -18,6 +13,7 @@ import (
 	_ "modernc.org/sqlite" // sqlite
 
 	"github.com/exactlyonce/idempotency/dialects/sqlite"
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
@@ -93,67 +89,38 @@ func (b *backend) serverDSN() (string, error) {
 // setup creates the isolated database, migrates it and creates the business
 // table. The dropping happens in b.cleanup.
 func (b *backend) setup(ctx context.Context, tmp string) error {
-	name := randomName()
 	switch b.kind {
 	case "sqlite":
 		sync := "FULL"
 		if b.name == "sqlite+synchronous=NORMAL" {
 			sync = "NORMAL"
 		}
-		b.dsn = sqliteDSN(filepath.Join(tmp, name+".db"), sync)
+		b.dsn = scratch.SQLiteDSN(filepath.Join(tmp, scratch.Name("bench_")+".db"), sync)
 		b.cleanup = func() {}
-	case "postgres":
+	case "postgres", "mysql":
 		dsn, err := b.serverDSN()
 		if err != nil {
 			return err
 		}
-		admin, err := sqlx.Open("pgx", dsn)
+		sc, err := scratch.New(ctx, b.kind, dsn, "bench_")
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", b.name, err)
 		}
-		defer admin.Close()
-		if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+name); err != nil {
-			return fmt.Errorf("%s: create schema: %w", b.name, err)
-		}
-		b.cleanup = func() {
-			if admin, err := sqlx.Open("pgx", dsn); err == nil {
-				_, _ = admin.Exec("DROP SCHEMA " + name + " CASCADE")
-				_ = admin.Close()
+		b.cleanup = func() { _ = sc.Drop(context.Background()) }
+		b.dsn = sc.DSN
+		switch b.name {
+		case "postgres+binary_parameters":
+			b.dsn, err = scratch.PostgresParams(sc.DSN, map[string]string{"binary_parameters": "yes"})
+		case "mysql+interpolateParams":
+			var cfg *mysql.Config
+			if cfg, err = mysql.ParseDSN(sc.DSN); err == nil {
+				cfg.InterpolateParams = true
+				b.dsn = cfg.FormatDSN()
 			}
 		}
-		params := map[string]string{"search_path": name}
-		if b.name == "postgres+binary_parameters" {
-			params["binary_parameters"] = "yes"
-		}
-		if b.dsn, err = withParams(dsn, params); err != nil {
-			return err
-		}
-	case "mysql":
-		dsn, err := b.serverDSN()
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", b.name, err)
 		}
-		cfg, err := mysql.ParseDSN(dsn)
-		if err != nil {
-			return err
-		}
-		admin, err := sqlx.Open("mysql", dsn)
-		if err != nil {
-			return err
-		}
-		defer admin.Close()
-		if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
-			return fmt.Errorf("%s: create database: %w", b.name, err)
-		}
-		b.cleanup = func() {
-			if admin, err := sqlx.Open("mysql", dsn); err == nil {
-				_, _ = admin.Exec("DROP DATABASE " + name)
-				_ = admin.Close()
-			}
-		}
-		cfg.DBName = name
-		cfg.InterpolateParams = b.name == "mysql+interpolateParams"
-		b.dsn = cfg.FormatDSN()
 	}
 
 	db, err := sqlx.Open(b.driver, b.dsn)
@@ -191,81 +158,9 @@ VALUES (?, ?, ?, ?, 0, ` + sqlite.NowMillis + `, ` + sqlite.NowMillis + ` + 8640
 	return nil
 }
 
-// sqliteDSN is the DSN the sqlite dialect recommends (as internal/testdb),
-// with the synchronous setting given.
-func sqliteDSN(path, synchronous string) string {
-	return "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + synchronous + ")&_txlock=immediate"
-}
-
-// withParams adds parameters to a URL or key=value Postgres DSN.
-func withParams(dsn string, params map[string]string) (string, error) {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			return "", err
-		}
-		q := u.Query()
-		for k, v := range params {
-			q.Set(k, v)
-		}
-		u.RawQuery = q.Encode()
-		return u.String(), nil
-	}
-	for k, v := range params {
-		dsn += " " + k + "=" + v
-	}
-	return dsn, nil
-}
-
-// withAddr points a server DSN at addr (host:port), for the counting proxy.
-func (b *backend) withAddr(addr string) (string, error) {
-	switch b.kind {
-	case "postgres":
-		u, err := url.Parse(b.dsn)
-		if err != nil || u.Host == "" {
-			return "", errors.New("round trips are counted only with a URL Postgres DSN")
-		}
-		u.Host = addr
-		return u.String(), nil
-	case "mysql":
-		cfg, err := mysql.ParseDSN(b.dsn)
-		if err != nil {
-			return "", err
-		}
-		cfg.Net, cfg.Addr = "tcp", addr
-		return cfg.FormatDSN(), nil
-	}
-	return "", fmt.Errorf("%s has no server", b.name)
-}
+// withAddr points the backend's DSN at addr (host:port), for the counting
+// proxy.
+func (b *backend) withAddr(addr string) (string, error) { return scratch.Rehost(b.kind, b.dsn, addr) }
 
 // target is the server's host:port.
-func (b *backend) target() (string, error) {
-	switch b.kind {
-	case "postgres":
-		u, err := url.Parse(b.dsn)
-		if err != nil || u.Host == "" {
-			return "", errors.New("round trips are counted only with a URL Postgres DSN")
-		}
-		host := u.Host
-		if !strings.Contains(host, ":") {
-			host += ":5432"
-		}
-		return host, nil
-	case "mysql":
-		cfg, err := mysql.ParseDSN(b.dsn)
-		if err != nil {
-			return "", err
-		}
-		if cfg.Net != "tcp" {
-			return "", errors.New("round trips are counted only over TCP")
-		}
-		return cfg.Addr, nil
-	}
-	return "", fmt.Errorf("%s has no server", b.name)
-}
-
-func randomName() string {
-	b := make([]byte, 6)
-	_, _ = rand.Read(b)
-	return "bench_" + hex.EncodeToString(b)
-}
+func (b *backend) target() (string, error) { return scratch.Addr(b.kind, b.dsn) }

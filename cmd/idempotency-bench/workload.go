@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 )
 
 // The workloads, in the order the tables print them.
@@ -55,7 +56,7 @@ func newBench(b *backend, c client) (*bench, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &bench{b: b, c: c, prefix: randomName() + "-", fp: fp}, nil
+	return &bench{b: b, c: c, prefix: scratch.Name("bench_") + "-", fp: fp}, nil
 }
 
 func (w *bench) newKey() string {
