@@ -22,7 +22,7 @@ type backend struct {
 	name    string // as printed: "pgx", "postgres+binary_parameters", ...
 	driver  string // database/sql driver name
 	kind    string // "sqlite", "postgres", "mysql"
-	dsn     string // DSN of the isolated database (schema, database, file)
+	dsn     string // DSN of the isolated database (or SQLite file)
 	cleanup func()
 
 	// native: pgx's own API through the pgx store, not database/sql.

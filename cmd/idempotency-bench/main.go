@@ -31,7 +31,7 @@
 //	export IDEMPOTENCY_MYSQL_DSN='root@tcp(127.0.0.1:3306)/test'
 //	go run ./cmd/idempotency-bench -backends sqlite,pgx,postgres,mysql -concurrency 1,16,64 -ops 2000 -rounds 3 -storm 200
 //
-// Each backend gets its own Postgres schema, MySQL database or SQLite file,
+// Each backend gets its own Postgres or MySQL database, or SQLite file,
 // migrated with migrations.Up and dropped at the end.
 package main
 

@@ -231,9 +231,8 @@ func waitTCP(ctx context.Context, port int) error {
 	return nil
 }
 
-// NewDatabase creates a scratch database on the server (a schema on
-// Postgres, a database on MySQL) whose name starts with prefix, prepares it
-// (Prepare) and returns its DSN.
+// NewDatabase creates a scratch database on the server whose name starts
+// with prefix, prepares it (Prepare) and returns its DSN.
 func (s *Server) NewDatabase(ctx context.Context, prefix string) (string, error) {
 	driver := "pgx"
 	if s.Kind == "mysql" {

@@ -1,6 +1,6 @@
 // Command prunebench measures what a running pruner costs live traffic.
 //
-// It creates a scratch schema (Postgres) or database (MySQL, MariaDB),
+// It creates a scratch database (Postgres, MySQL, MariaDB),
 // bulk-loads a backlog of expired keys with one SQL statement per chunk,
 // then runs a concurrent load of idempotency.Do calls (each inserting a
 // business row) twice for the same duration: first without a pruner, then
@@ -11,7 +11,7 @@
 //	go run ./internal/prunebench -dsn 'postgres://postgres@127.0.0.1:5432/test?sslmode=disable'
 //	go run ./internal/prunebench -dsn 'root@tcp(127.0.0.1:3306)/test' -rows 1000000
 //
-// The scratch schema or database is dropped at the end unless -keep is set.
+// The scratch database is dropped at the end unless -keep is set.
 package main
 
 import (
@@ -59,7 +59,7 @@ func main() {
 	flag.DurationVar(&c.pause, "pause", 0, "the pruner's pause between batches (PrunePause)")
 	flag.IntVar(&c.batch, "batch", 5000, "rows per prune batch (WithPruneBatch)")
 	flag.IntVar(&c.chunk, "chunk", 100_000, "rows per bulk INSERT")
-	flag.BoolVar(&c.keep, "keep", false, "keep the scratch schema or database")
+	flag.BoolVar(&c.keep, "keep", false, "keep the scratch database")
 	flag.Parse()
 	if err := run(context.Background(), c); err != nil {
 		fmt.Fprintln(os.Stderr, "prunebench:", err)

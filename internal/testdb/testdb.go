@@ -4,8 +4,9 @@
 // IDEMPOTENCY_MYSQL_DSN; without them, testcontainers-go starts a server
 // where Docker runs; without Docker the test is skipped with a message that
 // says how to provide one, except under CI=true, where it fails. Each Open
-// gets its own Postgres schema or MySQL database, dropped at cleanup, so
-// tests and packages run in parallel without seeing each other's keys.
+// gets a database of its own on the server (see package scratch), dropped
+// at cleanup, so tests and packages run in parallel without seeing each
+// other's keys, or their locks.
 // SQLite always runs, on a file in the test's temporary directory.
 package testdb
 
@@ -189,8 +190,8 @@ func startContainer(kind string) (dsn string, err error) {
 	}
 }
 
-// scratchDSN creates a Postgres schema or MySQL database on the server, for
-// this test only, and returns a DSN that uses it.
+// scratchDSN creates a database on the server, for this test only, and
+// returns a DSN that uses it.
 func scratchDSN(t testing.TB, kind, server string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

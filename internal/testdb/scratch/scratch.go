@@ -3,8 +3,10 @@
 // benchmarks and the chaos run: the part of testdb that needs no
 // testing.T, so that programs can use it too.
 //
-// On Postgres a scratch database is a schema, reached through the DSN's
-// search_path; on MySQL and MariaDB it is a database.
+// A scratch database is a database of its own, on Postgres as on MySQL and
+// MariaDB, not a schema: Postgres's advisory locks, which the key claim
+// takes, are per database, so tests in two schemas of one database would
+// see each other's keys as held.
 package scratch
 
 import (
@@ -22,9 +24,9 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
-// Database is a schema (Postgres) or database (MySQL) made by New.
+// Database is a database made by New.
 type Database struct {
-	Name string // the schema or database
+	Name string // the database
 	DSN  string // the server's DSN, pointed at it
 
 	kind, server string
@@ -37,16 +39,16 @@ func Name(prefix string) string {
 	return prefix + hex.EncodeToString(b)
 }
 
-// New creates a schema (kind "postgres") or database (kind "mysql") named
-// prefix and random digits on the server that serverDSN reaches, and
-// returns it with a DSN that uses it; the DSN keeps serverDSN's other
+// New creates a database named prefix and random digits on the Postgres
+// (kind "postgres") or MySQL (kind "mysql") server that serverDSN reaches,
+// and returns it with a DSN that uses it; the DSN keeps serverDSN's other
 // settings.
 func New(ctx context.Context, kind, serverDSN, prefix string) (Database, error) {
 	db := Database{Name: Name(prefix), kind: kind, server: serverDSN}
 	var err error
 	switch kind {
 	case "postgres":
-		db.DSN, err = PostgresParams(serverDSN, map[string]string{"search_path": db.Name})
+		db.DSN, err = postgresDatabase(serverDSN, db.Name)
 	case "mysql":
 		var cfg *mysql.Config
 		if cfg, err = mysql.ParseDSN(serverDSN); err == nil {
@@ -59,23 +61,27 @@ func New(ctx context.Context, kind, serverDSN, prefix string) (Database, error) 
 	if err != nil {
 		return Database{}, fmt.Errorf("scratch: %s DSN: %w", kind, err)
 	}
-	create := "CREATE SCHEMA "
-	if kind == "mysql" {
-		create = "CREATE DATABASE "
-	}
-	if err := db.admin(ctx, create+db.Name); err != nil {
+	if err := db.admin(ctx, "CREATE DATABASE "+db.Name); err != nil {
 		return Database{}, fmt.Errorf("scratch: %s at %s: %w", kind, Redact(serverDSN), err)
 	}
 	return db, nil
 }
 
-// Drop drops the schema or database and everything in it.
+// Drop drops the database and everything in it. On Postgres it ends the
+// sessions still connected to it first.
 func (d Database) Drop(ctx context.Context) error {
-	drop := "DROP SCHEMA " + d.Name + " CASCADE"
 	if d.kind == "mysql" {
-		drop = "DROP DATABASE " + d.Name
+		return d.admin(ctx, "DROP DATABASE "+d.Name)
 	}
-	return d.admin(ctx, drop)
+	err := d.admin(ctx, "DROP DATABASE "+d.Name+" WITH (FORCE)")
+	if err == nil {
+		return nil
+	}
+	// Before Postgres 13 there is no FORCE.
+	if err2 := d.admin(ctx, "DROP DATABASE "+d.Name); err2 != nil {
+		return errors.Join(err, err2)
+	}
+	return nil
 }
 
 // admin runs one statement on a connection of its own to the server.
@@ -91,6 +97,20 @@ func (d Database) admin(ctx context.Context, stmt string) error {
 	defer admin.Close()
 	_, err = admin.ExecContext(ctx, stmt)
 	return err
+}
+
+// postgresDatabase points a Postgres DSN, a URL or key=value pairs, at the
+// database name.
+func postgresDatabase(dsn, name string) (string, error) {
+	if !isURL(dsn) {
+		return dsn + " dbname=" + name, nil
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", err
+	}
+	u.Path, u.RawPath = "/"+name, ""
+	return u.String(), nil
 }
 
 // Addr returns the host:port of the server that dsn (of kind "postgres" or
