@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/exactlyonce/idempotency/dialects"
 	// The dialects of this module register themselves for the
@@ -16,9 +17,7 @@ import (
 func dialectFor(driver, table string) (dialects.Dialect, error) {
 	d, err := dialects.Open(driver, table)
 	if err != nil {
-		// The names users mean; dialects.Open's error lists every
-		// registered one, aliases (pgx/v4, cloudsqlpostgres) included.
-		return nil, fmt.Errorf("idempotency: no dialect for driver %q: use postgres, pgx, mysql, sqlite or sqlite3, or pass WithDialect", driver)
+		return nil, fmt.Errorf("idempotency: no dialect for driver %q: use one of %s, or pass WithDialect", driver, strings.Join(dialects.Drivers(), ", "))
 	}
 	return d, nil
 }

@@ -99,7 +99,7 @@ func ExampleFinal() {
 		if _, err := createCharge(ChargeRequest{"cus_7", 500})(ctx, tx); err != nil {
 			return Charge{}, err
 		}
-		return Charge{}, &idempotency.FinalError{Code: "card_declined", Err: errors.New("your card was declined")}
+		return Charge{}, idempotency.FinalCode("card_declined", errors.New("your card was declined"))
 	}
 	for range 2 {
 		_, err := idempotency.Do(ctx, store, "order-7", nil, decline)

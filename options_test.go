@@ -27,7 +27,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}{
 		{"nil db", nil, nil, "idempotency: New(nil): want an open *sqlx.DB"},
 		{"unknown driver", sqlx.NewDb(&sql.DB{}, "oracle"), nil,
-			`idempotency: no dialect for driver "oracle": use postgres, pgx, mysql, sqlite or sqlite3, or pass WithDialect`},
+			`idempotency: no dialect for driver "oracle": use one of cloudsqlpostgres, mysql, pgx, pgx/v4, pgx/v5, postgres, sqlite, sqlite3, or pass WithDialect`},
 		{"TTL 0", db, []idempotency.Option{idempotency.WithTTL(0)}, "idempotency: WithTTL(0s): the TTL must be at least 1ms"},
 		{"negative wait", db, []idempotency.Option{idempotency.WithWait(-time.Second)}, "idempotency: WithWait(-1s): the wait must not be negative"},
 		{"negative retries", db, []idempotency.Option{idempotency.WithMaxRetries(-1)}, "idempotency: WithMaxRetries(-1): must not be negative"},
