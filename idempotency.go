@@ -97,5 +97,5 @@ func (s *TxStore[TTx]) key(key string) (dialects.Key, error) {
 	if len(s.scope) > MaxKeyLen {
 		return dialects.Key{}, fmt.Errorf("%w: the scope is %d bytes, longer than %d", ErrInvalidScope, len(s.scope), MaxKeyLen)
 	}
-	return dialects.Key{Scope: s.scope, Key: key, Lock: lockID(s.scope, key)}, nil
+	return dialects.Key{Scope: s.scope, Key: key, Lock: lockID(s.cfg.table, s.scope, key)}, nil
 }

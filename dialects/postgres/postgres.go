@@ -21,9 +21,12 @@
 // the holder's commit) is caught by the INSERT: ON CONFLICT leaves a live row
 // alone, or the database raises 40001, and the attempt starts over.
 //
-// Advisory locks share one number space per database: an application that
-// takes bigint advisory locks of its own may, very rarely, see a key as held
-// while it holds a lock of the same number. It never breaks correctness.
+// Advisory locks share one number space per database, across schemas: the
+// lock number of a key in a table other than idempotency_keys therefore
+// includes the table's name, so two key tables never make each other's
+// keys wait. An application that takes bigint advisory locks of its own
+// may, very rarely, see a key as held while it holds a lock of the same
+// number: a short wait, never a wrong answer.
 package postgres
 
 import (
