@@ -22,6 +22,7 @@ type config struct {
 	logger     *slog.Logger
 	hooks      Hooks
 	readFirst  bool
+	prune      pruneConfig // RunPruner's
 }
 
 // Option configures a Store.
@@ -171,6 +172,7 @@ func newConfig(opts []Option) (*config, error) {
 		pruneBatch: 5000,
 		table:      dialects.DefaultTable,
 		logger:     slog.New(slog.DiscardHandler),
+		prune:      pruneConfig{interval: 5 * time.Minute, jitter: 0.2, pause: 50 * time.Millisecond},
 	}
 	for _, opt := range opts {
 		if opt == nil {

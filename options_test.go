@@ -52,25 +52,29 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	}
 }
 
-// TestRunPrunerOptions checks that RunPruner refuses each bad option with
-// an error that names it, before it touches the database.
+// TestRunPrunerOptions checks that RunPruner, and New, refuse each bad
+// pruner option with an error that names it, before touching the database.
 func TestRunPrunerOptions(t *testing.T) {
 	s := closedStore(t)
 	for _, tc := range []struct {
-		opt  idempotency.PrunerOption
+		opt  idempotency.Option
 		want string
 	}{
-		{idempotency.PruneEvery(0), "PruneEvery(0s)"},
-		{idempotency.PruneEvery(-time.Second), "PruneEvery(-1s)"},
-		{idempotency.PruneJitter(1), "PruneJitter(1)"},
-		{idempotency.PruneJitter(-0.1), "PruneJitter(-0.1)"},
-		{idempotency.PruneJitter(math.NaN()), "PruneJitter(NaN)"},
-		{idempotency.PruneLogger(nil), "PruneLogger(nil)"},
-		{idempotency.PrunePause(-time.Millisecond), "PrunePause(-1ms)"},
+		{idempotency.WithPruneInterval(0), "WithPruneInterval(0s)"},
+		{idempotency.WithPruneInterval(-time.Second), "WithPruneInterval(-1s)"},
+		{idempotency.WithPruneJitter(1), "WithPruneJitter(1)"},
+		{idempotency.WithPruneJitter(-0.1), "WithPruneJitter(-0.1)"},
+		{idempotency.WithPruneJitter(math.NaN()), "WithPruneJitter(NaN)"},
+		{idempotency.WithLogger(nil), "WithLogger(nil)"},
+		{idempotency.WithPrunePause(-time.Millisecond), "WithPrunePause(-1ms)"},
 	} {
 		err := s.RunPruner(context.Background(), tc.opt)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "idempotency: ") {
 			t.Errorf("RunPruner with a bad option = %v; want an error naming %s", err, tc.want)
+		}
+		db := sqlx.NewDb(&sql.DB{}, "sqlite")
+		if st, err := idempotency.New(db, tc.opt); st != nil || err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New with a bad pruner option = %v, %v; want an error naming %s", st, err, tc.want)
 		}
 	}
 }

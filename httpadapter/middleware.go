@@ -108,8 +108,13 @@ func MiddlewareFor[TTx any](store *idempotency.TxStore[TTx], opts ...Option) fun
 	}
 	cfg := defaultConfig()
 	for _, opt := range opts {
-		if opt != nil {
-			opt(cfg)
+		if opt == nil {
+			continue
+		}
+		if err := opt(cfg); err != nil {
+			// A wrong option is a programming mistake: say so at start-up,
+			// as http.Handle does for a bad pattern.
+			panic(err)
 		}
 	}
 	return func(next http.Handler) http.Handler {

@@ -1,6 +1,7 @@
 package httpadapter
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -22,10 +23,11 @@ type config struct {
 	logger            *slog.Logger
 }
 
-// Option configures Middleware. An invalid option makes Middleware panic
-// with a message that names it, as http.Handle does for a bad pattern: the
-// mistake shows at start-up, not on the first request.
-type Option func(*config)
+// Option configures Middleware. Like the root package's options, an option
+// checks its value and returns an error that names it; Middleware, which
+// has no error to return, panics with it, as http.Handle does for a bad
+// pattern: the mistake shows at start-up, not on the first request.
+type Option func(*config) error
 
 // DefaultMaxBytes is the default limit of a request body (read to fingerprint
 // it) and of a response body (buffered to store it): 1 MiB.
@@ -48,17 +50,18 @@ func defaultConfig() *config {
 // and PATCH. Requests with other methods pass through untouched, and Tx
 // returns nil for them.
 func WithMethods(methods ...string) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if len(methods) == 0 {
-			panic("httpadapter: WithMethods(): name at least one method")
+			return errors.New("httpadapter: WithMethods(): name at least one method")
 		}
 		c.methods = map[string]bool{}
 		for _, m := range methods {
 			if m == "" || strings.ToUpper(m) != m {
-				panic(fmt.Sprintf("httpadapter: WithMethods(%q): methods are upper case, as in http.MethodPost", m))
+				return fmt.Errorf("httpadapter: WithMethods(%q): methods are upper case, as in http.MethodPost", m)
 			}
 			c.methods[m] = true
 		}
+		return nil
 	}
 }
 
@@ -66,7 +69,10 @@ func WithMethods(methods ...string) Option {
 // 400. By default such a request runs its handler in a transaction of its
 // own and is not protected against retries.
 func WithKeyRequired() Option {
-	return func(c *config) { c.requireKey = true }
+	return func(c *config) error {
+		c.requireKey = true
+		return nil
+	}
 }
 
 // WithScope sets the function that names the scope of a request's key,
@@ -86,11 +92,12 @@ func WithKeyRequired() Option {
 // which lets any client replay any other's response if it learns the key:
 // set a scope whenever clients are not all the same party.
 func WithScope(scope func(r *http.Request) string) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if scope == nil {
-			panic("httpadapter: WithScope(nil): want a function of the request")
+			return errors.New("httpadapter: WithScope(nil): want a function of the request")
 		}
 		c.scope = scope
+		return nil
 	}
 }
 
@@ -109,11 +116,12 @@ func WithScope(scope func(r *http.Request) string) Option {
 // Changing the fingerprint changes it for keys already stored: until they
 // expire, a retry of a request made before the change answers 422.
 func WithFingerprint(fn func(r *http.Request, body []byte) any) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if fn == nil {
-			panic("httpadapter: WithFingerprint(nil): want a function of the request")
+			return errors.New("httpadapter: WithFingerprint(nil): want a function of the request")
 		}
 		c.fingerprint = fn
+		return nil
 	}
 }
 
@@ -138,17 +146,18 @@ func defaultReplayHeaders() []string {
 // named here. Set-Cookie never is (a replay must not hand one client's
 // session to another), and naming it panics.
 func WithReplayHeaders(names ...string) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		for _, n := range names {
 			n = http.CanonicalHeaderKey(n)
 			switch n {
 			case "Set-Cookie", "Set-Cookie2":
-				panic(fmt.Sprintf("httpadapter: WithReplayHeaders(%q): cookies are never replayed", n))
+				return fmt.Errorf("httpadapter: WithReplayHeaders(%q): cookies are never replayed", n)
 			case "", "Content-Length", "Transfer-Encoding", "Connection", "Idempotent-Replayed":
-				panic(fmt.Sprintf("httpadapter: WithReplayHeaders(%q): this header is not the handler's to replay", n))
+				return fmt.Errorf("httpadapter: WithReplayHeaders(%q): this header is not the handler's to replay", n)
 			}
 			c.replayHeaders = append(c.replayHeaders, n)
 		}
+		return nil
 	}
 }
 
@@ -156,11 +165,12 @@ func WithReplayHeaders(names ...string) Option {
 // the default is DefaultMaxBytes. A larger response is not sent: see the
 // package documentation.
 func WithMaxResponseBytes(n int64) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if n < 0 {
-			panic(fmt.Sprintf("httpadapter: WithMaxResponseBytes(%d): must not be negative", n))
+			return fmt.Errorf("httpadapter: WithMaxResponseBytes(%d): must not be negative", n)
 		}
 		c.maxResponseBytes = n
+		return nil
 	}
 }
 
@@ -170,11 +180,12 @@ func WithMaxResponseBytes(n int64) Option {
 // The default is DefaultMaxBytes; math.MaxInt64 lifts the limit (a body is
 // then bounded only by memory, or by an outer http.MaxBytesHandler).
 func WithMaxRequestBytes(n int64) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if n < 0 {
-			panic(fmt.Sprintf("httpadapter: WithMaxRequestBytes(%d): must not be negative", n))
+			return fmt.Errorf("httpadapter: WithMaxRequestBytes(%d): must not be negative", n)
 		}
 		c.maxRequestBytes = n
+		return nil
 	}
 }
 
@@ -183,7 +194,10 @@ func WithMaxRequestBytes(n int64) Option {
 // rolls the transaction back and stores nothing, so that a retry runs the
 // handler again.
 func WithStoreServerErrors() Option {
-	return func(c *config) { c.storeServerErrors = true }
+	return func(c *config) error {
+		c.storeServerErrors = true
+		return nil
+	}
 }
 
 // DefaultStoredStatus is the default of WithStoredStatus. It stores a 4xx
@@ -215,32 +229,35 @@ func DefaultStoredStatus(code int) bool {
 //		return code == http.StatusConflict || httpadapter.DefaultStoredStatus(code)
 //	})
 func WithStoredStatus(stored func(code int) bool) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if stored == nil {
-			panic("httpadapter: WithStoredStatus(nil): want a function of the status code")
+			return errors.New("httpadapter: WithStoredStatus(nil): want a function of the status code")
 		}
 		c.stored = stored
+		return nil
 	}
 }
 
 // WithRetryAfter sets the Retry-After of a 409 (a request with the same key
 // is still running); the default is 1 second. It is sent in whole seconds.
 func WithRetryAfter(d time.Duration) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if d < 0 {
-			panic(fmt.Sprintf("httpadapter: WithRetryAfter(%v): must not be negative", d))
+			return fmt.Errorf("httpadapter: WithRetryAfter(%v): must not be negative", d)
 		}
 		c.retryAfter = d
+		return nil
 	}
 }
 
 // WithLogger makes the middleware log panics and store failures. The
 // default is silent.
 func WithLogger(l *slog.Logger) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if l == nil {
-			panic("httpadapter: WithLogger(nil): want a logger")
+			return errors.New("httpadapter: WithLogger(nil): want a logger")
 		}
 		c.logger = l
+		return nil
 	}
 }

@@ -114,9 +114,9 @@ func testRunPruner[TTx any](t *testing.T, e *suite[TTx]) {
 	done := make(chan error, 2)
 	for i := range 2 {
 		go func() {
-			opts := []idempotency.PrunerOption{idempotency.PruneEvery(5 * time.Millisecond), idempotency.PruneAtStart(), idempotency.PrunePause(0)}
+			opts := []idempotency.Option{idempotency.WithPruneInterval(5 * time.Millisecond), idempotency.WithPruneAtStart(), idempotency.WithPrunePause(0)}
 			if i == 0 {
-				opts = append(opts, idempotency.PruneLogger(slog.New(logs)))
+				opts = append(opts, idempotency.WithLogger(slog.New(logs)))
 			}
 			done <- pruner.RunPruner(pctx, opts...)
 		}()
@@ -202,7 +202,7 @@ func testRunPrunerStopsWhileWaiting[TTx any](t *testing.T, e *suite[TTx]) {
 	s := e.store(t)
 	c, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	go func() { done <- s.RunPruner(c, idempotency.PruneEvery(time.Hour)) }()
+	go func() { done <- s.RunPruner(c, idempotency.WithPruneInterval(time.Hour)) }()
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("RunPruner = %v, want nil", err)
@@ -214,7 +214,7 @@ func testRunPrunerStopsWhileWaiting[TTx any](t *testing.T, e *suite[TTx]) {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond)
-	if err := s.RunPruner(c, idempotency.PruneAtStart()); err != nil {
+	if err := s.RunPruner(c, idempotency.WithPruneAtStart()); err != nil {
 		t.Errorf("RunPruner on a done context = %v, want nil", err)
 	}
 	if n := e.keys(t); n != 1 {
