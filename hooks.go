@@ -20,7 +20,10 @@ type Hooks struct {
 	// CallEnd runs when the call returns.
 	CallEnd func(ctx context.Context, e CallEvent)
 
-	// Pruned runs when Prune returns.
+	// PruneBatch runs after each batch of a prune (Prune or RunPruner).
+	PruneBatch func(ctx context.Context, e PruneBatchEvent)
+
+	// Pruned runs when a prune (Prune, or a run of RunPruner) returns.
 	Pruned func(ctx context.Context, e PruneEvent)
 }
 
@@ -59,6 +62,14 @@ type PruneEvent struct {
 	Batches  int
 	Duration time.Duration
 	Err      error
+}
+
+// PruneBatchEvent describes one batch of a prune.
+type PruneBatchEvent struct {
+	Batch    int   // 1 for the first batch
+	Rows     int64 // deleted by this batch
+	Total    int64 // deleted by this prune so far
+	Duration time.Duration
 }
 
 // WithHooks sets the store's hooks.

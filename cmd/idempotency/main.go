@@ -183,15 +183,14 @@ func dispatch(ctx context.Context, words []string, o options, stdout, stderr io.
 		return migrateStatus(ctx, db, stdout)
 	}
 
-	store, err := idempotency.New(db, idempotency.WithTable(o.table), idempotency.WithPruneBatch(o.batch))
-	if err != nil {
+	if _, err := idempotency.New(db, idempotency.WithTable(o.table), idempotency.WithPruneBatch(o.batch)); err != nil {
 		return usageError{msg: strings.TrimPrefix(err.Error(), "idempotency: ")}
 	}
 	if err := checkTable(ctx, db, schema, o.table); err != nil {
 		return err
 	}
 	if cmd == "prune" {
-		return prune(ctx, store, o, stdout, stderr)
+		return prune(ctx, db, o, stdout, stderr)
 	}
 	return stats(ctx, db, schema, o.table, stdout)
 }
@@ -333,32 +332,28 @@ func migrateStatus(ctx context.Context, db *sqlx.DB, stdout io.Writer) error {
 	return nil
 }
 
-// prune deletes expired keys batch by batch, calling the dialect itself so
-// that it can report each batch; Store.Prune would only report the total.
-func prune(ctx context.Context, s *idempotency.Store, o options, stdout, stderr io.Writer) error {
+// prune deletes expired keys through the store, which pauses between
+// batches; a hook prints each batch.
+func prune(ctx context.Context, db *sqlx.DB, o options, stdout, stderr io.Writer) error {
 	progress := o.progress || isTerminal(stderr)
+	var batches int
+	hooks := idempotency.Hooks{
+		PruneBatch: func(_ context.Context, e idempotency.PruneBatchEvent) {
+			if progress {
+				fmt.Fprintf(stderr, "batch %d: deleted %d rows in %v (total %d)\n", e.Batch, e.Rows, e.Duration.Round(time.Millisecond), e.Total)
+			}
+		},
+		Pruned: func(_ context.Context, e idempotency.PruneEvent) { batches = e.Batches },
+	}
+	s, err := idempotency.New(db, idempotency.WithTable(o.table), idempotency.WithPruneBatch(o.batch),
+		idempotency.WithPrunePause(o.pause), idempotency.WithHooks(hooks))
+	if err != nil {
+		return err
+	}
 	start := time.Now()
-	var total int64
-	batches := 0
-	for {
-		batches++
-		began := time.Now()
-		n, err := s.Driver().Prune(ctx, o.batch)
-		total += n
-		if err != nil {
-			return fmt.Errorf("prune batch %d (after %d rows): %w", batches, total, err)
-		}
-		if progress {
-			fmt.Fprintf(stderr, "batch %d: deleted %d rows in %v (total %d)\n", batches, n, time.Since(began).Round(time.Millisecond), total)
-		}
-		if n < int64(o.batch) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("prune stopped after batch %d (%d rows): %w", batches, total, ctx.Err())
-		case <-time.After(o.pause):
-		}
+	total, err := s.Prune(ctx)
+	if err != nil {
+		return err
 	}
 	fmt.Fprintf(stdout, "pruned %d expired keys from %s in %d batch(es), %v\n", total, o.table, batches, time.Since(start).Round(time.Millisecond))
 	return nil

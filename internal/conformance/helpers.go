@@ -126,11 +126,14 @@ func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
 	return nil
 }
 
-func (r *recorder) sum(attr string) int64 {
+func (r *recorder) sum(msg, attr string) int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var n int64
 	for _, rec := range r.records {
+		if rec.Message != msg {
+			continue
+		}
 		rec.Attrs(func(a slog.Attr) bool {
 			if a.Key == attr {
 				n += a.Value.Int64()

@@ -14,7 +14,12 @@ import (
 )
 
 func testPrune[TTx any](t *testing.T, e *suite[TTx]) {
-	short := e.store(t, idempotency.WithTTL(100*time.Millisecond), idempotency.WithPruneBatch(7))
+	var batches []idempotency.PruneBatchEvent
+	short := e.store(t, idempotency.WithTTL(100*time.Millisecond), idempotency.WithPruneBatch(7),
+		idempotency.WithPrunePause(100*time.Millisecond),
+		idempotency.WithHooks(idempotency.Hooks{PruneBatch: func(_ context.Context, b idempotency.PruneBatchEvent) {
+			batches = append(batches, b)
+		}}))
 	long := e.store(t)
 	var calls atomic.Int64
 	for i := range 30 {
@@ -27,12 +32,21 @@ func testPrune[TTx any](t *testing.T, e *suite[TTx]) {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
+	began := time.Now()
 	n, err := short.Prune(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n != 30 || e.keys(t) != 1 {
 		t.Errorf("pruned %d, %d keys left; want 30 and 1", n, e.keys(t))
+	}
+	// 30 rows in batches of 7: five batches (the last finds 2), each
+	// reported, with four pauses between them.
+	if len(batches) != 5 || batches[4].Batch != 5 || batches[4].Rows != 2 || batches[4].Total != 30 {
+		t.Errorf("batch events %+v; want 5, the last with 2 rows and a total of 30", batches)
+	}
+	if took := time.Since(began); took < 4*100*time.Millisecond {
+		t.Errorf("Prune of 5 batches with WithPrunePause(100ms) took %v; the pauses were skipped", took)
 	}
 	if r, err := idempotency.Run(ctx, long, "live", nil, e.charge("live", 1, &calls)); err != nil || !r.Replayed {
 		t.Errorf("the live key after pruning: %v, replayed %v", err, r.Replayed)
@@ -187,7 +201,7 @@ func testRunPruner[TTx any](t *testing.T, e *suite[TTx]) {
 
 	// The logged runs delete no more than the expired keys (the other
 	// pruner may take some), and name rows, batches and duration.
-	if got := logs.sum("rows"); got > backlog+liveCount {
+	if got := logs.sum("idempotency: pruned", "rows"); got > backlog+liveCount {
 		t.Errorf("the logged pruner reports %d rows; only %d keys expired", got, backlog+liveCount)
 	}
 	if !logs.has("idempotency: pruned", "rows", "batches", "duration") {
