@@ -126,6 +126,7 @@ func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
 	return nil
 }
 
+// sum adds up attr over the records whose message is msg.
 func (r *recorder) sum(msg, attr string) int64 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
