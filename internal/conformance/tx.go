@@ -21,6 +21,9 @@ func testDoTx[TTx any](t *testing.T, e *suite[TTx]) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A test that fails half-way must not leave a transaction holding a
+	// connection that the pool's cleanup would wait for forever.
+	defer func() { _ = e.env.Rollback(ctx, tx) }()
 	if _, err := idempotency.DoTx(ctx, tx, s, "joined", nil, e.charge("joined", 1, &calls)); err != nil {
 		t.Fatal(err)
 	}
