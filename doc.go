@@ -64,5 +64,10 @@ PostgreSQL (lib/pq and pgx), MySQL 8 and MariaDB (go-sql-driver/mysql), and
 SQLite (modernc.org/sqlite, mattn/go-sqlite3), at the isolation levels each
 offers from READ COMMITTED up. How each dialect claims a key is described in
 its package under dialects/.
+
+On PostgreSQL with pgx's own API, package pgxstore gives a store whose fn
+gets a pgx.Tx (sqlc's Queries.WithTx takes one) and whose fresh call costs
+the round trips of a bare transaction. Do, Run, DoTx and RunTx are generic
+over the transaction type (TxStore), so the same calls serve both stores.
 */
 package idempotency
