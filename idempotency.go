@@ -84,11 +84,6 @@ func (s *TxStore[TTx]) Scope(scope string) *TxStore[TTx] {
 	return &c
 }
 
-// Driver returns the store's driver, for code that works beside the
-// protocol on the same database: a tool that prunes batch by batch, an
-// adapter that begins a transaction without a key (see also InTx).
-func (s *TxStore[TTx]) Driver() dialects.Driver[TTx] { return s.driver }
-
 // key checks key and the store's scope and derives the driver's key.
 func (s *TxStore[TTx]) key(key string) (dialects.Key, error) {
 	if err := ValidateKey(key); err != nil {

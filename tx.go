@@ -444,15 +444,15 @@ func (s *TxStore[TTx]) classify(ctx context.Context, stage string, err error) (o
 // doubling to 32ms, jittered so that twins do not claim in step. A twin
 // sees its holder's commit at most that late, and costs the database about
 // one short transaction per pause.
-func pause(poll int) time.Duration {
-	ceiling := time.Millisecond << min(poll-1, 5)
-	return ceiling/2 + rand.N(ceiling/2+1)
-}
+func pause(poll int) time.Duration { return jitter(time.Millisecond << min(poll-1, 5)) }
 
-func backoff(attempt int) time.Duration {
-	ceiling := time.Millisecond << min(attempt, 7) // 2ms, 4ms ... 128ms
-	return ceiling/2 + rand.N(ceiling/2+1)
-}
+// backoff is the wait before a retry after a conflict: 2ms, 4ms ... 128ms,
+// jittered.
+func backoff(attempt int) time.Duration { return jitter(time.Millisecond << min(attempt, 7)) }
+
+// jitter draws a wait between half of ceiling and ceiling: never zero, and
+// never the same for callers that started together.
+func jitter(ceiling time.Duration) time.Duration { return ceiling/2 + rand.N(ceiling/2+1) }
 
 func sleep(ctx context.Context, d time.Duration) error {
 	t := time.NewTimer(d)
