@@ -183,14 +183,17 @@ func dispatch(ctx context.Context, words []string, o options, stdout, stderr io.
 		return migrateStatus(ctx, db, stdout)
 	}
 
-	if _, err := idempotency.New(db, idempotency.WithTable(o.table), idempotency.WithPruneBatch(o.batch)); err != nil {
+	progress := &pruneProgress{out: stderr, show: o.progress || isTerminal(stderr)}
+	store, err := idempotency.New(db, idempotency.WithTable(o.table), idempotency.WithPruneBatch(o.batch),
+		idempotency.WithPrunePause(o.pause), idempotency.WithHooks(progress.hooks()))
+	if err != nil {
 		return usageError{msg: strings.TrimPrefix(err.Error(), "idempotency: ")}
 	}
 	if err := checkTable(ctx, db, schema, o.table); err != nil {
 		return err
 	}
 	if cmd == "prune" {
-		return prune(ctx, db, o, stdout, stderr)
+		return prune(ctx, store, progress, o.table, stdout)
 	}
 	return stats(ctx, db, schema, o.table, stdout)
 }
@@ -249,7 +252,9 @@ func open(ctx context.Context, o options) (*sqlx.DB, dialects.Schema, error) {
 	if !ok {
 		return nil, nil, usagef("--driver %q: want one of %s", driver, strings.Join(slices.Sorted(maps.Keys(drivers)), ", "))
 	}
-	d, err := dialects.Open(driver, o.table)
+	// Only the dialect's Schema is needed here, which is the same for
+	// every table; --table is checked by idempotency.New.
+	d, err := dialects.Open(driver, dialects.DefaultTable)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -332,30 +337,33 @@ func migrateStatus(ctx context.Context, db *sqlx.DB, stdout io.Writer) error {
 	return nil
 }
 
-// prune deletes expired keys through the store, which pauses between
-// batches; a hook prints each batch.
-func prune(ctx context.Context, db *sqlx.DB, o options, stdout, stderr io.Writer) error {
-	progress := o.progress || isTerminal(stderr)
-	var batches int
-	hooks := idempotency.Hooks{
+// pruneProgress prints each batch of a prune (when show) and counts them.
+type pruneProgress struct {
+	out     io.Writer
+	show    bool
+	batches int
+}
+
+func (p *pruneProgress) hooks() idempotency.Hooks {
+	return idempotency.Hooks{
 		PruneBatch: func(_ context.Context, e idempotency.PruneBatchEvent) {
-			if progress {
-				fmt.Fprintf(stderr, "batch %d: deleted %d rows in %v (total %d)\n", e.Batch, e.Rows, e.Duration.Round(time.Millisecond), e.Total)
+			if p.show {
+				fmt.Fprintf(p.out, "batch %d: deleted %d rows in %v (total %d)\n", e.Batch, e.Rows, e.Duration.Round(time.Millisecond), e.Total)
 			}
 		},
-		Pruned: func(_ context.Context, e idempotency.PruneEvent) { batches = e.Batches },
+		Pruned: func(_ context.Context, e idempotency.PruneEvent) { p.batches = e.Batches },
 	}
-	s, err := idempotency.New(db, idempotency.WithTable(o.table), idempotency.WithPruneBatch(o.batch),
-		idempotency.WithPrunePause(o.pause), idempotency.WithHooks(hooks))
-	if err != nil {
-		return err
-	}
+}
+
+// prune deletes expired keys through the store, which pauses between
+// batches (--pause); progress prints each batch.
+func prune(ctx context.Context, s *idempotency.Store, progress *pruneProgress, table string, stdout io.Writer) error {
 	start := time.Now()
 	total, err := s.Prune(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "pruned %d expired keys from %s in %d batch(es), %v\n", total, o.table, batches, time.Since(start).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "pruned %d expired keys from %s in %d batch(es), %v\n", total, table, progress.batches, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

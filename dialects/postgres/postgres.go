@@ -171,8 +171,7 @@ func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key,
 // refuses every statement after an error until the transaction ends, so
 // nothing fn did escaped it. Other errors are returned as they are.
 func SaveError(err error) error {
-	var coded interface{ SQLState() string }
-	if errors.As(err, &coded) && coded.SQLState() == "25P02" {
+	if sqlState(err) == "25P02" {
 		return fmt.Errorf("fn's transaction was aborted by an error fn did not return, so nothing was committed (return every error of tx from fn): %w", err)
 	}
 	return err
@@ -214,14 +213,14 @@ func (d *Dialect) Classify(err error) dialects.Class { return Classify(err) }
 // Classify sorts errors of lib/pq and pgx (database/sql or native) by
 // SQLSTATE.
 func Classify(err error) dialects.Class {
-	var coded interface{ SQLState() string }
-	if !errors.As(err, &coded) {
+	state := sqlState(err)
+	if state == "" {
 		if dialects.ConnectionLost(err) {
 			return dialects.Lost
 		}
 		return dialects.Unknown
 	}
-	switch state := coded.SQLState(); {
+	switch {
 	case state == "40001", state == "40P01":
 		return dialects.Retry
 	case state == "55P03":
@@ -234,4 +233,14 @@ func Classify(err error) dialects.Class {
 	default:
 		return dialects.Definite
 	}
+}
+
+// sqlState is the SQLSTATE an error of lib/pq or pgx carries, or "" when it
+// did not come from the server.
+func sqlState(err error) string {
+	var coded interface{ SQLState() string }
+	if errors.As(err, &coded) {
+		return coded.SQLState()
+	}
+	return ""
 }

@@ -29,8 +29,8 @@ func (d *Dialect) Hint(error) string { return "" }
 // MissingTable reports SQLSTATE 42P01 (undefined table) and 3F000
 // (undefined schema).
 func (d *Dialect) MissingTable(err error) bool {
-	var coded interface{ SQLState() string }
-	return errors.As(err, &coded) && (coded.SQLState() == "42P01" || coded.SQLState() == "3F000")
+	state := sqlState(err)
+	return state == "42P01" || state == "3F000"
 }
 
 // AgeSQL returns a row's age and its expiry by now().

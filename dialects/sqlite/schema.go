@@ -30,7 +30,9 @@ func (d *Dialect) Hint(error) string { return "" }
 // MissingTable reports "no such table", which SQLite gives for a missing
 // table and for a missing attached database alike, with the generic
 // SQLITE_ERROR code.
-func (d *Dialect) MissingTable(err error) bool {
+func (d *Dialect) MissingTable(err error) bool { return missingTable(err) }
+
+func missingTable(err error) bool {
 	return err != nil && strings.Contains(err.Error(), "no such table")
 }
 
@@ -62,7 +64,7 @@ WHERE idempotency_migration_lock.taken_at < excluded.taken_at - 600`)
 			if n, _ := res.RowsAffected(); n == 1 {
 				return nil
 			}
-		} else if !busy(err) && !strings.Contains(err.Error(), "no such table") {
+		} else if !busy(err) && !missingTable(err) {
 			return fmt.Errorf("take the migration lock: %w", err)
 		}
 		select {

@@ -82,6 +82,9 @@ func run(ctx context.Context, c config) error {
 		return fmt.Errorf("-driver %q: %w", c.driver, err)
 	}
 	c.kind = d.Name()
+	if c.kind == "sqlite" {
+		return fmt.Errorf("-driver %q: prunebench measures a server under load; want pgx, postgres or mysql", c.driver)
+	}
 	sc, err := scratch.New(ctx, c.kind, c.dsn, "prunebench_")
 	if err != nil {
 		return err

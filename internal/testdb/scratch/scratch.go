@@ -62,7 +62,7 @@ func New(ctx context.Context, kind, serverDSN, prefix string) (Database, error) 
 		return Database{}, fmt.Errorf("scratch: %s DSN: %w", kind, err)
 	}
 	if err := db.admin(ctx, "CREATE DATABASE "+db.Name); err != nil {
-		return Database{}, fmt.Errorf("scratch: %s at %s: %w", kind, Redact(serverDSN), err)
+		return Database{}, fmt.Errorf("scratch: %s at %s: %w", kind, redact(serverDSN), err)
 	}
 	return db, nil
 }
@@ -161,8 +161,8 @@ func Rehost(kind, dsn, addr string) (string, error) {
 	return "", fmt.Errorf("scratch: a %s database has no server to rehost", kind)
 }
 
-// PostgresParams adds run-time parameters (search_path, binary_parameters)
-// to a Postgres DSN, a URL or key=value pairs.
+// PostgresParams adds run-time parameters (binary_parameters, say) to a
+// Postgres DSN, a URL or key=value pairs.
 func PostgresParams(dsn string, params map[string]string) (string, error) {
 	if !isURL(dsn) {
 		for k, v := range params {
@@ -197,8 +197,8 @@ func postgresURL(dsn string) (*url.URL, error) {
 	return u, nil
 }
 
-// Redact returns dsn without its password, for error messages.
-func Redact(dsn string) string {
+// redact returns dsn without its password, for error messages.
+func redact(dsn string) string {
 	if isURL(dsn) {
 		if u, err := url.Parse(dsn); err == nil {
 			return u.Redacted()
