@@ -238,8 +238,10 @@ func WithStoredStatus(stored func(code int) bool) Option {
 	}
 }
 
-// WithRetryAfter sets the Retry-After of a 409 (a request with the same key
-// is still running); the default is 1 second. It is sent in whole seconds.
+// WithRetryAfter sets the Retry-After of the answers a retry can resolve:
+// 409 in-progress (a request with the same key is still running) and the
+// 503s outcome-unknown, store-failed and deadline-exceeded. The default is
+// 1 second; it is sent in whole seconds.
 func WithRetryAfter(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {
@@ -250,8 +252,10 @@ func WithRetryAfter(d time.Duration) Option {
 	}
 }
 
-// WithLogger makes the middleware log panics and store failures. The
-// default is silent.
+// WithLogger makes the middleware log what it answers with a problem of
+// its own making: panics, store failures, refused scopes, ended
+// transactions, unreadable bodies and deadline rollbacks. The default is
+// silent.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) error {
 		if l == nil {

@@ -59,7 +59,7 @@ run anything on it, savepoints included (tx.Begin), but not end it: its
 Commit and Rollback return an error that says so, because the store writes
 the key and commits. To roll back, return an error. fn must close every
 pgx.Rows it opens and must not keep tx after it returns; once the call has
-ended, tx's methods return pgx.ErrTxClosed. By default pgx closes a
+ended, tx's statement methods return pgx.ErrTxClosed. By default pgx closes a
 connection whose statement's context ends, so a cancelled ctx inside fn
 ends the attempt and its transaction.
 

@@ -29,20 +29,14 @@ type driver struct {
 
 var _ dialects.Driver[pgx.Tx] = (*driver)(nil)
 
-// newDriver returns the driver for pool with cfg's table and isolation.
+// newDriver returns the driver for pool (New checked it) with cfg's table
+// and isolation (the store's options checked them).
 func newDriver(pool *pgxpool.Pool, cfg dialects.Config) (*driver, error) {
-	if pool == nil {
-		return nil, errors.New("pgxstore: nil *pgxpool.Pool: create one with pgxpool.New")
-	}
 	opts, err := txOptions(cfg.Isolation)
 	if err != nil {
 		return nil, err
 	}
-	table := cfg.Table
-	if table == "" {
-		table = dialects.DefaultTable
-	}
-	return &driver{pool: pool, sql: postgres.SQL(table), opts: opts}, nil
+	return &driver{pool: pool, sql: postgres.SQL(cfg.Table), opts: opts}, nil
 }
 
 // txOptions maps database/sql's isolation levels onto pgx's.
@@ -183,14 +177,12 @@ func (d *driver) Commit(ctx context.Context, tx pgx.Tx, k dialects.Key, rec dial
 		return &dialects.CommitError{Err: fmt.Errorf("commit answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)}
 	case err == nil:
 		return nil
-	case !answered(err):
-		// The connection broke once the pipeline was under way, so the
-		// COMMIT may have run. pgconn.SafeToRetry cannot say otherwise:
-		// pgx reports a connection lost while reading a batch's results
-		// (in QueryExecModeExec and the simple protocol) as "conn closed",
-		// an error that claims nothing was sent.
-		return &dialects.CommitError{Err: err}
-	case committing:
+	case committing, !answered(err):
+		// COMMIT itself failed, or the connection broke once the pipeline
+		// was under way, so the COMMIT may have run. pgconn.SafeToRetry
+		// cannot say otherwise: pgx reports a connection lost while reading
+		// a batch's results (in QueryExecModeExec and the simple protocol)
+		// as "conn closed", an error that claims nothing was sent.
 		return &dialects.CommitError{Err: err}
 	}
 	var pgErr *pgconn.PgError

@@ -25,9 +25,10 @@ const rollbackTimeout = 5 * time.Second
 //
 // The driver sends COMMIT inside its own pipeline, so pgx's transaction
 // never learns that it ended and would go on sending statements on a
-// connection that is back in the pool. Every method therefore checks ended
-// first: a tx that fn kept past its call gets pgx.ErrTxClosed instead of
-// running in another caller's transaction.
+// connection that is back in the pool. Every method that runs a statement
+// therefore checks ended first: a tx that fn kept past its call gets
+// pgx.ErrTxClosed instead of running in another caller's transaction.
+// (LargeObjects and Conn only hand out pgx's own objects, unchecked.)
 type callTx struct {
 	tx    pgx.Tx
 	conn  *pgxpool.Conn
