@@ -25,6 +25,9 @@ type driver struct {
 	pool *pgxpool.Pool
 	sql  postgres.Statements
 	opts pgx.TxOptions
+	// twoStatements claims with Lock and Read rather than Claim: the
+	// store runs at READ COMMITTED or the server's default level.
+	twoStatements bool
 }
 
 var _ dialects.Driver[pgx.Tx] = (*driver)(nil)
@@ -36,7 +39,8 @@ func newDriver(pool *pgxpool.Pool, cfg dialects.Config) (*driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &driver{pool: pool, sql: postgres.SQL(cfg.Table), opts: opts}, nil
+	two := opts.IsoLevel == "" || opts.IsoLevel == pgx.ReadCommitted
+	return &driver{pool: pool, sql: postgres.SQL(cfg.Table), opts: opts, twoStatements: two}, nil
 }
 
 // txOptions maps database/sql's isolation levels onto pgx's.
@@ -64,6 +68,14 @@ func (d *driver) Name() string { return "postgres" }
 // round trip already holds the key. Anything but Claimed costs a second
 // round trip, the ROLLBACK, before the connection goes back to the pool.
 //
+// Unless the store asks for REPEATABLE READ or SERIALIZABLE, the claim is
+// two plain statements, Lock and Read: at READ COMMITTED, Read's snapshot
+// is taken after the lock, and the server has no function to run. Lock
+// also says which level the transaction runs at; on a server whose default
+// is stricter, a claim that took the lock and read no row is made again
+// with Claim (a third round trip), whose probe sees a row committed since
+// the snapshot.
+//
 // ctx governs the wait for a connection and the pipeline; pgx closes the
 // connection when ctx ends mid-pipeline, which ends the transaction too.
 // Once Begin has returned, ctx no longer matters to the transaction.
@@ -76,10 +88,19 @@ func (d *driver) Begin(ctx context.Context, k dialects.Key, _ []byte, _ time.Dur
 	var c claimRow
 	b := &pgx.Batch{}
 	b.BeginTx(d.opts)
-	b.Queue(d.sql.Claim, k.Lock, k.Scope, k.Key).QueryRow(c.scan)
+	if d.twoStatements {
+		b.Queue(d.sql.Lock, k.Lock).QueryRow(c.scanLock)
+		b.Queue(d.sql.Read, k.Scope, k.Key).QueryRow(c.scanRead)
+	} else {
+		b.Queue(d.sql.Claim, k.Lock, k.Scope, k.Key).QueryRow(c.scan)
+	}
 	br := conn.Conn().SendBatch(ctx, b)
 	err = br.Close()
 	t := &callTx{tx: br.Tx(), conn: conn}
+	if err == nil && d.twoStatements && !c.readCommitted && c.locked && c.rec.Fingerprint == nil && d.sql.ClaimProbes {
+		c = claimRow{}
+		err = c.scan(t.tx.QueryRow(ctx, d.sql.Claim, k.Lock, k.Scope, k.Key))
+	}
 	claim, rec := c.result()
 	if err != nil || claim != dialects.Claimed {
 		t.end()
@@ -89,23 +110,50 @@ func (d *driver) Begin(ctx context.Context, k dialects.Key, _ []byte, _ time.Dur
 		}
 		return nil, claim, rec, nil
 	}
+	t.stale = c.stale
 	return t, dialects.Claimed, none, nil
 }
 
-// claimRow is the row the claim statement returns.
+// claimRow is what a claim read: Claim's row, or Lock's row and Read's
+// (which may find none).
 type claimRow struct {
 	locked bool
 	rec    dialects.Record
 	failed *bool // NULL when there is no record
+
+	readCommitted bool // from Lock
+	// stale reports an expired row under the key, or one that may be
+	// there: the save deletes it first. Claim does not say, so after Claim
+	// it is assumed.
+	stale bool
 }
 
 func (c *claimRow) scan(row pgx.Row) error {
+	c.stale = true
 	return row.Scan(&c.locked, &c.rec.Fingerprint, &c.rec.Value, &c.failed)
 }
 
-// result sorts the row the way the database/sql dialect does: a live
-// record wins over the lock (roll back and replay it); no record and no
-// lock means a twin holds the key.
+func (c *claimRow) scanLock(row pgx.Row) error {
+	return row.Scan(&c.locked, &c.readCommitted)
+}
+
+func (c *claimRow) scanRead(row pgx.Row) error {
+	var live bool
+	err := row.Scan(&c.rec.Fingerprint, &c.rec.Value, &c.failed, &live)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil
+	case err != nil:
+		return err
+	case !live:
+		c.rec, c.failed, c.stale = dialects.Record{}, nil, true
+	}
+	return nil
+}
+
+// result sorts what the claim read the way the database/sql dialect does:
+// a live record wins over the lock (roll back and replay it); no record
+// and no lock means a twin holds the key.
 func (c *claimRow) result() (dialects.Claim, dialects.Record) {
 	switch {
 	case c.rec.Fingerprint != nil:
@@ -118,8 +166,9 @@ func (c *claimRow) result() (dialects.Claim, dialects.Record) {
 	return dialects.Held, dialects.Record{}
 }
 
-// Commit sends the save and COMMIT as one pipeline: DELETE of the key's
-// expired row, a plain INSERT of the record, COMMIT, and one Sync. Postgres
+// Commit sends the save and COMMIT as one pipeline: a plain INSERT of the
+// record and COMMIT, with one Sync, preceded by a DELETE of the key's
+// expired row when the claim saw one (or could not tell). Postgres
 // skips every message after an error until the Sync, so when the INSERT
 // fails (23505: a live row holds the key) or any statement before it does,
 // the COMMIT never runs, whatever the client reads afterwards. The
@@ -153,13 +202,20 @@ func (d *driver) Commit(ctx context.Context, tx pgx.Tx, k dialects.Key, rec dial
 	}
 
 	b := &pgx.Batch{}
-	b.Queue(d.sql.DeleteExpired, k.Scope, k.Key)
+	if t.stale {
+		b.Queue(d.sql.DeleteExpired, k.Scope, k.Key)
+	}
 	b.Queue(d.sql.Insert, k.Scope, k.Key, rec.Fingerprint, rec.Value, rec.Failed, ttl.Microseconds())
 	b.Queue("commit")
 	br := t.conn.Conn().SendBatch(context.WithoutCancel(ctx), b)
 	committing := false
-	var tag pgconn.CommandTag
-	_, err := br.Exec() // DELETE
+	var (
+		tag pgconn.CommandTag
+		err error
+	)
+	if t.stale {
+		_, err = br.Exec() // DELETE
+	}
 	if err == nil {
 		if _, err = br.Exec(); err == nil { // INSERT
 			committing = true

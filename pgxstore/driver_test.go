@@ -416,55 +416,70 @@ func TestDriverBeginObeysCtx(t *testing.T) {
 }
 
 // TestDriverRoundTrips counts round trips at the wire on a warm connection:
-// a fresh key is [BEGIN, claim], fn's INSERT, [DELETE, INSERT, COMMIT]: 3;
-// a replay is [BEGIN, claim], ROLLBACK: 2; a held key is 2 as well.
+// a fresh key is [BEGIN, lock, read], fn's INSERT, [INSERT, COMMIT]: 3; a
+// replay is [BEGIN, lock, read], ROLLBACK: 2; a held key is 2 as well. On a
+// server whose default level is REPEATABLE READ, a fresh claim is made
+// again with the probing idempotency_claim: 4.
 func TestDriverRoundTrips(t *testing.T) {
 	t.Parallel()
-	dsn := testDSN(t)
-	_, target := testdb.Rehost(t, "postgres", dsn, "")
-	proxy := startWireProxy(t, target)
-	dsn, _ = testdb.Rehost(t, "postgres", dsn, proxy.addr())
-	pool := openPool(t, dsn, func(c *pgxpool.Config) {
-		c.MaxConns = 1
-		// pgxpool pings a connection idle for over a second before handing
-		// it out: a round trip of the pool's, not the protocol's.
-		c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
-	})
-	d := testDriver(t, pool, dialects.Config{})
-	ctx := context.Background()
-	fresh := func(k dialects.Key) {
-		tx := begin(t, d, k)
-		insertCharge(t, tx, k.Key)
-		if err := d.Commit(ctx, tx, k, dialects.Record{Fingerprint: fp, Value: []byte(`1`)}, ttl); err != nil {
-			t.Fatal(err)
-		}
-	}
-	fresh(key(t, "warm-up")) // prepares the statements on the connection
-	if _, c, _, err := d.Begin(ctx, key(t, "warm-up"), fp, ttl); err != nil || c != dialects.Found {
-		t.Fatal(c, err)
-	}
-	if _, ok, err := d.Lookup(ctx, key(t, "warm-up")); err != nil || !ok {
-		t.Fatal(ok, err)
-	}
+	for _, tc := range []struct {
+		level string // the server's default_transaction_isolation
+		fresh int64
+	}{
+		{"read committed", 3},
+		{"repeatable read", 4},
+	} {
+		t.Run(tc.level, func(t *testing.T) {
+			t.Parallel()
+			dsn := testDSN(t)
+			_, target := testdb.Rehost(t, "postgres", dsn, "")
+			proxy := startWireProxy(t, target)
+			dsn, _ = testdb.Rehost(t, "postgres", dsn, proxy.addr())
+			pool := openPool(t, dsn, func(c *pgxpool.Config) {
+				c.MaxConns = 1
+				// pgxpool pings a connection idle for over a second before
+				// handing it out: a round trip of the pool's, not the
+				// protocol's.
+				c.ShouldPing = func(context.Context, pgxpool.ShouldPingParams) bool { return false }
+				c.ConnConfig.RuntimeParams["default_transaction_isolation"] = tc.level
+			})
+			d := testDriver(t, pool, dialects.Config{})
+			ctx := context.Background()
+			fresh := func(k dialects.Key) {
+				tx := begin(t, d, k)
+				insertCharge(t, tx, k.Key)
+				if err := d.Commit(ctx, tx, k, dialects.Record{Fingerprint: fp, Value: []byte(`1`)}, ttl); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fresh(key(t, "warm-up")) // prepares the statements on the connection
+			if _, c, _, err := d.Begin(ctx, key(t, "warm-up"), fp, ttl); err != nil || c != dialects.Found {
+				t.Fatal(c, err)
+			}
+			if _, ok, err := d.Lookup(ctx, key(t, "warm-up")); err != nil || !ok {
+				t.Fatal(ok, err)
+			}
 
-	before := proxy.Trips()
-	fresh(key(t, "fresh"))
-	if n := proxy.Trips() - before; n != 3 {
-		t.Errorf("fresh key: %d round trips, want 3", n)
-	}
-	before = proxy.Trips()
-	if _, c, _, err := d.Begin(ctx, key(t, "fresh"), fp, ttl); err != nil || c != dialects.Found {
-		t.Fatal(c, err)
-	}
-	if n := proxy.Trips() - before; n != 2 {
-		t.Errorf("replay: %d round trips, want 2", n)
-	}
-	before = proxy.Trips()
-	if _, ok, err := d.Lookup(ctx, key(t, "fresh")); err != nil || !ok {
-		t.Fatal(ok, err)
-	}
-	if n := proxy.Trips() - before; n != 1 {
-		t.Errorf("lookup: %d round trips, want 1", n)
+			before := proxy.Trips()
+			fresh(key(t, "fresh"))
+			if n := proxy.Trips() - before; n != tc.fresh {
+				t.Errorf("fresh key: %d round trips, want %d", n, tc.fresh)
+			}
+			before = proxy.Trips()
+			if _, c, _, err := d.Begin(ctx, key(t, "fresh"), fp, ttl); err != nil || c != dialects.Found {
+				t.Fatal(c, err)
+			}
+			if n := proxy.Trips() - before; n != 2 {
+				t.Errorf("replay: %d round trips, want 2", n)
+			}
+			before = proxy.Trips()
+			if _, ok, err := d.Lookup(ctx, key(t, "fresh")); err != nil || !ok {
+				t.Fatal(ok, err)
+			}
+			if n := proxy.Trips() - before; n != 1 {
+				t.Errorf("lookup: %d round trips, want 1", n)
+			}
+		})
 	}
 }
 

@@ -159,15 +159,34 @@ func TestStoreFinal(t *testing.T) {
 }
 
 // TestStoreTwins: 64 concurrent calls with one key, on a pool smaller than
-// that, run fn once at every isolation level, and all return its value.
+// that, run fn once at every isolation level, the store's or the server's
+// default, and all return its value.
 func TestStoreTwins(t *testing.T) {
 	t.Parallel()
-	levels := []sql.IsolationLevel{sql.LevelDefault, sql.LevelReadCommitted, sql.LevelRepeatableRead, sql.LevelSerializable}
+	type level struct {
+		store  sql.IsolationLevel
+		server string // default_transaction_isolation; "" leaves the server's
+	}
+	levels := []level{
+		{store: sql.LevelDefault}, {store: sql.LevelReadCommitted},
+		{store: sql.LevelRepeatableRead}, {store: sql.LevelSerializable},
+		{store: sql.LevelDefault, server: "repeatable read"},
+		{store: sql.LevelDefault, server: "serializable"},
+	}
 	for _, level := range levels {
-		t.Run(level.String(), func(t *testing.T) {
+		name := level.store.String()
+		if level.server != "" {
+			name += ", server " + level.server
+		}
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			pool := openPool(t, testDSN(t), func(c *pgxpool.Config) { c.MaxConns = 16 })
-			s := newStore(t, pool, idempotency.WithIsolation(level), idempotency.WithWait(30*time.Second), idempotency.WithMaxRetries(50))
+			pool := openPool(t, testDSN(t), func(c *pgxpool.Config) {
+				c.MaxConns = 16
+				if level.server != "" {
+					c.ConnConfig.RuntimeParams["default_transaction_isolation"] = level.server
+				}
+			})
+			s := newStore(t, pool, idempotency.WithIsolation(level.store), idempotency.WithWait(30*time.Second), idempotency.WithMaxRetries(50))
 			var calls atomic.Int64
 			fn := func(ctx context.Context, tx pgx.Tx) (receipt, error) {
 				r, err := charge("twin", 7, &calls)(ctx, tx)

@@ -33,6 +33,8 @@ type callTx struct {
 	tx    pgx.Tx
 	conn  *pgxpool.Conn
 	ended atomic.Bool
+	// stale is set by the claim when an expired row may hold the key.
+	stale bool
 }
 
 var _ pgx.Tx = (*callTx)(nil)

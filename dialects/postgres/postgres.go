@@ -70,6 +70,11 @@ type Statements struct {
 	// without waiting and reads its live record: locked, fingerprint,
 	// value, failed.
 	Claim string
+	// ClaimProbes reports whether Claim also catches, under REPEATABLE
+	// READ and SERIALIZABLE, a row committed after the transaction's
+	// snapshot (idempotency_claim does, for the default table). Without
+	// it, such a row is caught later, by the save.
+	ClaimProbes bool
 	// Save ($1 scope, $2 key, $3 fingerprint, $4 value, $5 failed, $6 TTL
 	// in microseconds) inserts the record or replaces an expired one; it
 	// affects no row when a live record holds the key.
@@ -82,6 +87,19 @@ type Statements struct {
 	// Lookup ($1 scope, $2 key) reads the live record: fingerprint, value,
 	// failed.
 	Lookup string
+	// Lock ($1 lock) takes the key's advisory lock without waiting, and
+	// says whether the transaction runs at READ COMMITTED: locked,
+	// readCommitted. Sent in a pipeline before Read, it lets Read take its
+	// snapshot after the lock, without idempotency_claim; see Read.
+	Lock string
+	// Read ($1 scope, $2 key) reads the key's row, live or expired:
+	// fingerprint, value, failed, live. Under READ COMMITTED, sent after
+	// Lock, it sees every commit made before the lock came free, as
+	// idempotency_claim's read does. Under REPEATABLE READ and
+	// SERIALIZABLE its snapshot is the transaction's, taken before the
+	// lock: a claim that took the lock and read no row must then be made
+	// again with Claim, whose probe sees a row committed since.
+	Read string
 	// DeleteExpired ($1 scope, $2 key) removes the key's expired row.
 	DeleteExpired string
 	// Prune deletes up to %d expired rows (format the limit in; see
@@ -95,7 +113,8 @@ func SQL(table string) Statements {
 	// not from the transaction's start (now()).
 	const values = `VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp() + $6::float8 * interval '1 microsecond')`
 	return Statements{
-		Claim: claimStatement(table),
+		Claim:       claimStatement(table),
+		ClaimProbes: table == dialects.DefaultTable,
 		Save: `INSERT INTO ` + table + ` AS k (scope, key, fingerprint, value, failed, created_at, expires_at)
 ` + values + `
 ON CONFLICT (scope, key) DO UPDATE SET
@@ -106,6 +125,9 @@ WHERE k.expires_at <= now()`,
 ` + values,
 		Lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = $1 AND key = $2 AND expires_at > now()`,
+		Lock: `SELECT pg_try_advisory_xact_lock($1), current_setting('transaction_isolation') = 'read committed'`,
+		Read: `SELECT fingerprint, value, failed, expires_at > now() FROM ` + table + `
+WHERE scope = $1 AND key = $2`,
 		DeleteExpired: `DELETE FROM ` + table + ` WHERE scope = $1 AND key = $2 AND expires_at <= now()`,
 		// Batches locked with SKIP LOCKED: a pruner never waits on a row a
 		// live call holds, and two pruners never wait on each other. A row
