@@ -433,8 +433,8 @@ func TestDriverRoundTrips(t *testing.T) {
 			t.Parallel()
 			dsn := testDSN(t)
 			_, target := testdb.Rehost(t, "postgres", dsn, "")
-			proxy := startWireProxy(t, target)
-			dsn, _ = testdb.Rehost(t, "postgres", dsn, proxy.addr())
+			proxy := startProxy(t, target)
+			dsn, _ = testdb.Rehost(t, "postgres", dsn, proxy.Addr())
 			pool := openPool(t, dsn, func(c *pgxpool.Config) {
 				c.MaxConns = 1
 				// pgxpool pings a connection idle for over a second before
@@ -508,22 +508,13 @@ func TestDriverLostCommit(t *testing.T) {
 			dsn := testDSN(t)
 			admin := openPool(t, dsn, nil)
 			_, target := testdb.Rehost(t, "postgres", dsn, "")
-			var arm func()
+			proxy := startProxy(t, target)
+			dsn, _ = testdb.Rehost(t, "postgres", dsn, proxy.Addr())
+			cut := map[bool]faultproxy.Mode{true: faultproxy.CutAfterNext, false: faultproxy.CutBeforeNext}
 			if tc.exec {
-				proxy, err := faultproxy.Start(target)
-				if err != nil {
-					t.Fatal(err)
-				}
-				t.Cleanup(func() { _ = proxy.Close() })
-				dsn, _ = testdb.Rehost(t, "postgres", dsn, proxy.Addr())
-				arm = func() {
-					proxy.Arm(map[bool]faultproxy.Mode{true: faultproxy.CutAfterCommit, false: faultproxy.CutBeforeCommit}[tc.after])
-				}
-			} else {
-				proxy := startWireProxy(t, target)
-				dsn, _ = testdb.Rehost(t, "postgres", dsn, proxy.addr())
-				arm = func() { proxy.Arm(map[bool]cutMode{true: cutAfter, false: cutBefore}[tc.after]) }
+				cut = map[bool]faultproxy.Mode{true: faultproxy.CutAfterCommit, false: faultproxy.CutBeforeCommit}
 			}
+			arm := func() { proxy.Arm(cut[tc.after]) }
 			pool := openPool(t, dsn, func(c *pgxpool.Config) {
 				c.MaxConns = 1
 				if tc.exec {

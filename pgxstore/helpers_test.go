@@ -3,15 +3,13 @@ package pgxstore
 import (
 	"context"
 	"hash/fnv"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/exactlyonce/idempotency/dialects"
+	"github.com/exactlyonce/idempotency/internal/faultproxy"
 	"github.com/exactlyonce/idempotency/internal/testdb"
 )
 
@@ -112,131 +110,14 @@ func column(table string) string {
 	return "key"
 }
 
-// wireProxy forwards TCP connections to a server, counts round trips at
-// the wire and, when armed, cuts a connection at the client's next message.
-// It knows nothing of the protocol, so it counts what pgx really does
-// (prepares and pings included), and it cuts a pipeline whatever names its
-// statements go by: on a warm pgx connection the save pipeline names
-// prepared statements, and the word COMMIT never crosses the wire.
-type wireProxy struct {
-	ln     net.Listener
-	target string
-	trips  atomic.Int64
-	cut    atomic.Int32 // a cutMode, for the next message of any client
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-type cutMode int32
-
-const (
-	noCut cutMode = iota
-	// cutBefore drops the client's next message and the connection.
-	cutBefore
-	// cutAfter forwards the client's next message, then drops the client
-	// before the server's answer can reach it.
-	cutAfter
-)
-
-// startWireProxy listens on a loopback port, forwards to target and stops
-// at cleanup.
-func startWireProxy(t *testing.T, target string) *wireProxy {
+// startProxy starts a fault proxy in front of target, stopped at cleanup.
+// It counts round trips at the wire and cuts a connection when armed.
+func startProxy(t *testing.T, target string) *faultproxy.Proxy {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	proxy, err := faultproxy.Start(target)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &wireProxy{ln: ln, target: target}
-	go p.serve()
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *wireProxy) addr() string { return p.ln.Addr().String() }
-
-// Trips is the number of round trips counted so far, on every connection.
-func (p *wireProxy) Trips() int64 { return p.trips.Load() }
-
-// Arm cuts the connection that carries the next message a client sends.
-func (p *wireProxy) Arm(m cutMode) { p.cut.Store(int32(m)) }
-
-func (p *wireProxy) serve() {
-	for {
-		client, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		server, err := net.Dial("tcp", p.target)
-		if err != nil {
-			_ = client.Close()
-			continue
-		}
-		p.mu.Lock()
-		p.conns = append(p.conns, client, server)
-		p.mu.Unlock()
-		// turn is whose move it is: set when the client speaks, taken when
-		// the server answers. It is set before the client's bytes are
-		// forwarded, so the answer cannot overtake it.
-		var turn atomic.Bool
-		go p.upstream(client, server, &turn)
-		go func() {
-			defer client.Close()
-			defer server.Close()
-			buf := make([]byte, 32<<10)
-			for {
-				n, err := server.Read(buf)
-				if n > 0 {
-					if turn.Swap(false) {
-						p.trips.Add(1)
-					}
-					if _, err := client.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-				if err != nil {
-					return
-				}
-			}
-		}()
-	}
-}
-
-// upstream forwards what the client sends, and cuts when armed. After
-// cutAfter the server's side stays open until the server answers (the
-// answer then fails to reach the client, which closes it), so the server is
-// not interrupted before it has done what it was sent.
-func (p *wireProxy) upstream(client, server net.Conn, turn *atomic.Bool) {
-	defer client.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := client.Read(buf)
-		if n > 0 {
-			turn.Store(true)
-			switch cutMode(p.cut.Swap(int32(noCut))) {
-			case cutBefore:
-				_ = server.Close()
-				return
-			case cutAfter:
-				_, _ = server.Write(buf[:n])
-				return
-			}
-			if _, err := server.Write(buf[:n]); err != nil {
-				_ = server.Close()
-				return
-			}
-		}
-		if err != nil {
-			_ = server.Close()
-			return
-		}
-	}
-}
-
-func (p *wireProxy) close() {
-	_ = p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	return proxy
 }

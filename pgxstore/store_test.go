@@ -21,6 +21,7 @@ import (
 	"github.com/exactlyonce/idempotency/dialects"
 	"github.com/exactlyonce/idempotency/dialects/postgres"
 	"github.com/exactlyonce/idempotency/httpadapter"
+	"github.com/exactlyonce/idempotency/internal/faultproxy"
 	"github.com/exactlyonce/idempotency/internal/testdb"
 )
 
@@ -456,13 +457,13 @@ func TestStoreSharesDatabase(t *testing.T) {
 // proxied returns a store whose single connection runs through a wire
 // proxy, warmed so that its statements are prepared, and a pool beside it
 // that does not go through the proxy.
-func proxied(t *testing.T, mode pgx.QueryExecMode, opts ...idempotency.Option) (s *Store, proxy *wireProxy, admin *pgxpool.Pool) {
+func proxied(t *testing.T, mode pgx.QueryExecMode, opts ...idempotency.Option) (s *Store, proxy *faultproxy.Proxy, admin *pgxpool.Pool) {
 	t.Helper()
 	dsn := testDSN(t)
 	admin = openPool(t, dsn, nil)
 	_, target := testdb.Rehost(t, "postgres", dsn, "")
-	proxy = startWireProxy(t, target)
-	dsn, _ = testdb.Rehost(t, "postgres", dsn, proxy.addr())
+	proxy = startProxy(t, target)
+	dsn, _ = testdb.Rehost(t, "postgres", dsn, proxy.Addr())
 	pool := openPool(t, dsn, func(c *pgxpool.Config) {
 		c.MaxConns = 1
 		// pgxpool pings a connection idle for over a second before handing
@@ -589,7 +590,7 @@ func TestStoreLostCommit(t *testing.T) {
 			_, err := idempotency.Do(ctx, s, "k", params{1}, func(ctx context.Context, tx pgx.Tx) (receipt, error) {
 				v, err := charge("k", 1, &calls)(ctx, tx)
 				// The next message on the wire is the save pipeline.
-				proxy.Arm(map[bool]cutMode{true: cutAfter, false: cutBefore}[after])
+				proxy.Arm(map[bool]faultproxy.Mode{true: faultproxy.CutAfterNext, false: faultproxy.CutBeforeNext}[after])
 				return v, err
 			})
 			if !errors.Is(err, idempotency.ErrOutcomeUnknown) {

@@ -49,6 +49,7 @@ import (
 	"time"
 
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/internal/faultproxy"
 )
 
 func main() {
@@ -251,12 +252,12 @@ func (r *runner) countTrips(ctx context.Context, w *bench) (map[string]float64, 
 	if err != nil {
 		return nil, err
 	}
-	p, err := startProxy(target)
+	p, err := faultproxy.Start(target)
 	if err != nil {
 		return nil, err
 	}
-	defer p.close()
-	dsn, err := w.b.withAddr(p.addr())
+	defer p.Close()
+	dsn, err := w.b.withAddr(p.Addr())
 	if err != nil {
 		return nil, err
 	}
@@ -280,13 +281,13 @@ func (r *runner) countTrips(ctx context.Context, w *bench) (map[string]float64, 
 				return nil, err
 			}
 		}
-		before := p.trips.Load()
+		before := p.Trips()
 		for i := range n {
 			if err := op(ctx, i); err != nil {
 				return nil, err
 			}
 		}
-		out[name] = float64(p.trips.Load()-before) / n
+		out[name] = float64(p.Trips()-before) / n
 	}
 	return out, nil
 }

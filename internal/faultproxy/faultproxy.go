@@ -1,8 +1,14 @@
-// Package faultproxy is a TCP proxy for tests that cuts connections at the
-// moment that matters: when the client sends COMMIT. It forwards the
-// COMMIT to the server and then drops the connection before the answer comes
-// back (the server committed, the client cannot know), or drops it before
-// forwarding (nothing committed, the client cannot know either).
+// Package faultproxy is a TCP proxy for tests and benchmarks that cuts
+// connections at the moment that matters: when the client sends COMMIT, or
+// its next message, whatever it holds. It forwards that message to the
+// server and then drops the connection before the answer comes back (the
+// server committed, the client cannot know), or drops it before forwarding
+// (nothing committed, the client cannot know either).
+//
+// It also counts round trips at the wire: each time the server answers
+// after the client sent something is one. It knows no protocol, so it counts
+// what a driver really does (lib/pq's separate Parse and Bind exchanges,
+// go-sql-driver/mysql's prepare and execute, pgx's pipelines and pings).
 package faultproxy
 
 import (
@@ -25,6 +31,13 @@ const (
 	CutAfterCommit
 	// CutBeforeCommit closes the connection instead of forwarding COMMIT.
 	CutBeforeCommit
+	// CutAfterNext is CutAfterCommit at the next message any client sends,
+	// whatever it holds: on a warm pgx connection the save pipeline names
+	// prepared statements, and the word COMMIT never crosses the wire.
+	CutAfterNext
+	// CutBeforeNext is CutBeforeCommit at the next message any client
+	// sends.
+	CutBeforeNext
 )
 
 // Proxy forwards TCP connections from Addr to a target.
@@ -33,6 +46,7 @@ type Proxy struct {
 	target string
 	mode   atomic.Int32
 	cuts   atomic.Int64
+	trips  atomic.Int64
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	closed bool
@@ -101,9 +115,12 @@ func Start(target string) (*Proxy, error) {
 // Addr is the proxy's host:port.
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// Arm sets what happens at the next COMMIT; after one cut the proxy goes
-// back to Pass.
+// Arm sets what happens at the next COMMIT (or next message); after one cut
+// the proxy goes back to Pass.
 func (p *Proxy) Arm(m Mode) { p.mode.Store(int32(m)) }
+
+// Trips counts the round trips so far, on every connection.
+func (p *Proxy) Trips() int64 { return p.trips.Load() }
 
 // Cuts counts the connections cut so far.
 func (p *Proxy) Cuts() int64 { return p.cuts.Load() }
@@ -152,14 +169,18 @@ func (p *Proxy) serve() {
 			_ = server.Close()
 			continue
 		}
-		go p.pipe(client, server, true)
-		go p.pipe(server, client, false)
+		// turn is whose move it is: set when the client speaks, taken when
+		// the server answers. It is set before the client's bytes are
+		// forwarded, so the answer cannot overtake it.
+		turn := new(atomic.Bool)
+		go p.pipe(client, server, turn, true)
+		go p.pipe(server, client, turn, false)
 	}
 }
 
 var commit = []byte("commit")
 
-func (p *Proxy) pipe(from, to net.Conn, upstream bool) {
+func (p *Proxy) pipe(from, to net.Conn, turn *atomic.Bool, upstream bool) {
 	keepTarget := false
 	defer func() {
 		p.untrack(from)
@@ -172,6 +193,11 @@ func (p *Proxy) pipe(from, to net.Conn, upstream bool) {
 		n, err := from.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
+			if upstream {
+				turn.Store(true)
+			} else if turn.Swap(false) {
+				p.trips.Add(1)
+			}
 			isCommit := upstream && bytes.Contains(bytes.ToLower(chunk), commit)
 			mode := Pass
 			if c := p.chaos.Load(); c != nil {
@@ -191,11 +217,17 @@ func (p *Proxy) pipe(from, to net.Conn, upstream bool) {
 					mode = CutAfterCommit
 				}
 			}
-			if mode == Pass && isCommit && Mode(p.mode.Load()) != Pass {
-				mode = Mode(p.mode.Swap(int32(Pass)))
+			if mode == Pass && upstream {
+				switch armed := Mode(p.mode.Load()); {
+				case armed == CutAfterNext || armed == CutBeforeNext,
+					isCommit && armed != Pass:
+					if p.mode.CompareAndSwap(int32(armed), int32(Pass)) {
+						mode = armed
+					}
+				}
 			}
 			if mode != Pass {
-				if mode == CutAfterCommit {
+				if mode == CutAfterCommit || mode == CutAfterNext {
 					// Drop the client before the server can answer it,
 					// then hand the server the COMMIT.
 					_ = from.Close()
@@ -209,7 +241,7 @@ func (p *Proxy) pipe(from, to net.Conn, upstream bool) {
 				// connection stays open until the server answers (the
 				// other pipe then fails to deliver it and closes it), so
 				// the server is not interrupted before it commits.
-				keepTarget = mode == CutAfterCommit
+				keepTarget = mode == CutAfterCommit || mode == CutAfterNext
 				return
 			}
 			if _, werr := to.Write(chunk); werr != nil {
