@@ -247,7 +247,9 @@ func (m *middleware[TTx]) serveWithoutKey(w http.ResponseWriter, r *http.Request
 	switch {
 	case err == nil:
 		c.send(w)
-	case served:
+	case served && errors.Is(err, idempotency.ErrOutcomeUnknown):
+		// A COMMIT the database refused took no effect, and fail says so;
+		// this one may have.
 		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: commit failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeProblem(w, Problem{
 			Type: ProblemOutcomeUnknown, Title: "Commit failed", Status: http.StatusServiceUnavailable,

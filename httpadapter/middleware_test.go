@@ -835,3 +835,31 @@ func TestKeylessWaitForAConnection(t *testing.T) {
 		}
 	})
 }
+
+// TestKeylessCommitRefused: a request without a key whose COMMIT the
+// database refuses (a deferred foreign key, checked at COMMIT) took no
+// effect, and the answer says so: store-failed, safe to retry, not
+// outcome-unknown.
+func TestKeylessCommitRefused(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		if e.Kind != "postgres" {
+			t.Skip("deferred constraints, which fail at COMMIT, are Postgres's")
+		}
+		e.Exec(t, `CREATE TABLE parents (id int PRIMARY KEY)`)
+		e.Exec(t, `CREATE TABLE children (id int PRIMARY KEY,
+			parent int REFERENCES parents (id) DEFERRABLE INITIALLY DEFERRED)`)
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if _, err := Tx(r.Context()).ExecContext(r.Context(), `INSERT INTO children VALUES (1, 42)`); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			w.WriteHeader(http.StatusCreated)
+		})
+		srv := httptest.NewServer(Middleware(e.store(t))(h))
+		t.Cleanup(srv.Close)
+		wantProblem(t, post(t, nil, srv.URL, "", `{}`), http.StatusServiceUnavailable, ProblemStoreFailed)
+		if n := e.Count(t, `SELECT count(*) FROM children`); n != 0 {
+			t.Fatalf("%d children committed", n)
+		}
+	})
+}
