@@ -151,19 +151,11 @@ func (c *claimRow) scanRead(row pgx.Row) error {
 	return nil
 }
 
-// result sorts what the claim read the way the database/sql dialect does:
-// a live record wins over the lock (roll back and replay it); no record
-// and no lock means a twin holds the key.
+// result sorts what the claim read, as the database/sql dialect does.
 func (c *claimRow) result() (dialects.Claim, dialects.Record) {
-	switch {
-	case c.rec.Fingerprint != nil:
-		rec := c.rec
-		rec.Failed = c.failed != nil && *c.failed
-		return dialects.Found, rec
-	case c.locked:
-		return dialects.Claimed, dialects.Record{}
-	}
-	return dialects.Held, dialects.Record{}
+	rec := c.rec
+	rec.Failed = c.failed != nil && *c.failed
+	return postgres.ClaimOf(c.locked, rec)
 }
 
 // Commit sends the save and COMMIT as one pipeline: a plain INSERT of the

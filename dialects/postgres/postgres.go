@@ -164,16 +164,26 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 		failed sql.NullBool
 	)
 	err := tx.QueryRowxContext(ctx, d.sql.Claim, k.Lock, k.Scope, k.Key).Scan(&locked, &rec.Fingerprint, &rec.Value, &failed)
-	switch {
-	case err != nil:
+	if err != nil {
 		return 0, rec, err
-	case rec.Fingerprint != nil:
-		rec.Failed = failed.Bool
-		return dialects.Found, rec, nil
-	case locked:
-		return dialects.Claimed, rec, nil
 	}
-	return dialects.Held, rec, nil
+	rec.Failed = failed.Bool
+	claim, rec := ClaimOf(locked, rec)
+	return claim, rec, nil
+}
+
+// ClaimOf sorts what a claim read: whether it took the lock, and the live
+// record (a nil Fingerprint when there is none). A live record wins over
+// the lock (roll back and replay it); no record and no lock means a twin
+// holds the key.
+func ClaimOf(locked bool, rec dialects.Record) (dialects.Claim, dialects.Record) {
+	switch {
+	case rec.Fingerprint != nil:
+		return dialects.Found, rec
+	case locked:
+		return dialects.Claimed, dialects.Record{}
+	}
+	return dialects.Held, dialects.Record{}
 }
 
 // Save inserts the record, or replaces an expired one.
