@@ -18,7 +18,7 @@ var backend = testdb.Backend{Name: "pgx", Driver: "pgx", Kind: "postgres"}
 
 // testDSN returns the DSN of a fresh schema, migrated through Up, with the
 // charges table that fn writes to in the tests.
-func testDSN(t *testing.T) string {
+func testDSN(t testing.TB) string {
 	t.Helper()
 	dsn := backend.DSN(t)
 	pool := openPool(t, dsn, nil)
