@@ -44,10 +44,21 @@ trip more per pipeline, once; QueryExecModeDescribeExec pays that on every
 pipeline. pgxpool pings a connection that was idle for over a second before
 it hands it out.
 
-The save is a DELETE of the key's expired row and a plain INSERT, queued
-with COMMIT behind them. Postgres skips every message after an error until
-the pipeline's Sync, so when the INSERT fails (a twin's row holds the key)
-the COMMIT never runs, and fn's writes are rolled back with the attempt. A
+The claim, at READ COMMITTED (the store's level, or the server's default),
+is two plain statements behind BEGIN: one takes the key's advisory lock
+without waiting, the next reads the key's row with a snapshot taken after
+the lock, so a twin that committed just before it came free is seen and
+replayed. At REPEATABLE READ or SERIALIZABLE the claim is the function
+idempotency_claim, which also catches a row committed after the
+transaction's snapshot; a server whose default is one of those costs a
+fresh call one round trip more, unless the store asks for the level with
+idempotency.WithIsolation.
+
+The save is a plain INSERT, queued with COMMIT behind it (and a DELETE of
+the key's expired row before it, when the claim saw one). Postgres skips
+every message after an error until the pipeline's Sync, so when the INSERT
+fails (a twin's row holds the key) the COMMIT never runs, and fn's writes
+are rolled back with the attempt. A
 connection lost while that pipeline is on the wire may have committed or
 not: Do returns idempotency.ErrOutcomeUnknown, and a retry with the same key
 replays or runs.
