@@ -41,10 +41,64 @@ func open(b *backend, dsn string, opts ...idempotency.Option) (client, error) {
 	return openSQL(b, dsn, opts)
 }
 
-type sqlClient struct {
+// calls runs the workloads on one client API's transactions, TTx: the
+// bare and floor transactions by hand, and the stores' calls.
+type calls[TTx any] struct {
 	b                *backend
-	db               *sqlx.DB
-	store, readFirst *idempotency.Store
+	store, readFirst *idempotency.TxStore[TTx]
+	begin            func(ctx context.Context) (TTx, error)
+	exec             func(ctx context.Context, tx TTx, query string, args ...any) error
+	commit           func(ctx context.Context, tx TTx) error
+	rollback         func(ctx context.Context, tx TTx)
+}
+
+// inTx runs statements in a transaction of the client's own and commits.
+func (c *calls[TTx]) inTx(ctx context.Context, statements func(tx TTx) error) error {
+	tx, err := c.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.rollback(ctx, tx)
+	if err := statements(tx); err != nil {
+		return err
+	}
+	return c.commit(ctx, tx)
+}
+
+func (c *calls[TTx]) bare(ctx context.Context, key string) error {
+	return c.inTx(ctx, func(tx TTx) error { return c.exec(ctx, tx, c.b.business, key, params.Amount) })
+}
+
+func (c *calls[TTx]) floor(ctx context.Context, key string, fp, value []byte) error {
+	return c.inTx(ctx, func(tx TTx) error {
+		if err := c.exec(ctx, tx, c.b.business, key, params.Amount); err != nil {
+			return err
+		}
+		return c.exec(ctx, tx, c.b.keyRow, "", key, fp, value)
+	})
+}
+
+func (c *calls[TTx]) run(ctx context.Context, readFirst bool, key string, work time.Duration, fnRuns *atomic.Int64) (idempotency.Result[receipt], error) {
+	s := c.store
+	if readFirst {
+		s = c.readFirst
+	}
+	return idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx TTx) (receipt, error) {
+		if fnRuns != nil {
+			fnRuns.Add(1)
+		}
+		if err := c.exec(ctx, tx, c.b.business, key, params.Amount); err != nil {
+			return receipt{}, err
+		}
+		time.Sleep(work)
+		return receipt{Ref: key, Amount: params.Amount}, nil
+	})
+}
+
+// sqlClient runs on database/sql through sqlx.
+type sqlClient struct {
+	calls[*sqlx.Tx]
+	db *sqlx.DB
 }
 
 func openSQL(b *backend, dsn string, opts []idempotency.Option) (*sqlClient, error) {
@@ -60,51 +114,16 @@ func openSQL(b *backend, dsn string, opts []idempotency.Option) (*sqlClient, err
 	if err != nil {
 		return nil, err
 	}
-	return &sqlClient{b: b, db: db, store: s, readFirst: rf}, nil
-}
-
-func (c *sqlClient) bare(ctx context.Context, key string) error {
-	tx, err := c.db.BeginTxx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, c.b.business, key, params.Amount); err != nil {
-		return err
-	}
-	return tx.Commit()
-}
-
-func (c *sqlClient) floor(ctx context.Context, key string, fp, value []byte) error {
-	tx, err := c.db.BeginTxx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, c.b.business, key, params.Amount); err != nil {
-		return err
-	}
-	if _, err := tx.ExecContext(ctx, c.b.keyRow, "", key, fp, value); err != nil {
-		return err
-	}
-	return tx.Commit()
-}
-
-func (c *sqlClient) run(ctx context.Context, readFirst bool, key string, work time.Duration, fnRuns *atomic.Int64) (idempotency.Result[receipt], error) {
-	s := c.store
-	if readFirst {
-		s = c.readFirst
-	}
-	return idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx *sqlx.Tx) (receipt, error) {
-		if fnRuns != nil {
-			fnRuns.Add(1)
-		}
-		if _, err := tx.ExecContext(ctx, c.b.business, key, params.Amount); err != nil {
-			return receipt{}, err
-		}
-		time.Sleep(work)
-		return receipt{Ref: key, Amount: params.Amount}, nil
-	})
+	return &sqlClient{db: db, calls: calls[*sqlx.Tx]{
+		b: b, store: s, readFirst: rf,
+		begin: func(ctx context.Context) (*sqlx.Tx, error) { return db.BeginTxx(ctx, nil) },
+		exec: func(ctx context.Context, tx *sqlx.Tx, query string, args ...any) error {
+			_, err := tx.ExecContext(ctx, query, args...)
+			return err
+		},
+		commit:   func(_ context.Context, tx *sqlx.Tx) error { return tx.Commit() },
+		rollback: func(_ context.Context, tx *sqlx.Tx) { _ = tx.Rollback() },
+	}}, nil
 }
 
 func (c *sqlClient) conns(n int) {
@@ -123,15 +142,24 @@ func (c *sqlClient) close() { _ = c.db.Close() }
 // pgxClient runs on a pgxpool.Pool. Its bare transaction is pgx's own:
 // pool.Begin, Exec, Commit, three round trips.
 type pgxClient struct {
-	b                *backend
-	dsn              string
-	pool             *pgxpool.Pool
-	opts             []idempotency.Option
-	store, readFirst *pgxstore.Store
+	calls[pgx.Tx]
+	dsn  string
+	pool *pgxpool.Pool
+	opts []idempotency.Option
 }
 
 func openPgx(b *backend, dsn string, opts []idempotency.Option) (*pgxClient, error) {
-	c := &pgxClient{b: b, dsn: dsn, opts: opts}
+	c := &pgxClient{dsn: dsn, opts: opts}
+	c.calls = calls[pgx.Tx]{
+		b:     b,
+		begin: func(ctx context.Context) (pgx.Tx, error) { return c.pool.Begin(ctx) },
+		exec: func(ctx context.Context, tx pgx.Tx, query string, args ...any) error {
+			_, err := tx.Exec(ctx, query, args...)
+			return err
+		},
+		commit:   func(ctx context.Context, tx pgx.Tx) error { return tx.Commit(ctx) },
+		rollback: func(ctx context.Context, tx pgx.Tx) { _ = tx.Rollback(ctx) },
+	}
 	return c, c.connect(4)
 }
 
@@ -162,50 +190,6 @@ func (c *pgxClient) connect(n int) error {
 	}
 	c.pool, c.store, c.readFirst = pool, s, rf
 	return nil
-}
-
-func (c *pgxClient) bare(ctx context.Context, key string) error {
-	tx, err := c.pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, c.b.business, key, params.Amount); err != nil {
-		return err
-	}
-	return tx.Commit(ctx)
-}
-
-func (c *pgxClient) floor(ctx context.Context, key string, fp, value []byte) error {
-	tx, err := c.pool.Begin(ctx)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, c.b.business, key, params.Amount); err != nil {
-		return err
-	}
-	if _, err := tx.Exec(ctx, c.b.keyRow, "", key, fp, value); err != nil {
-		return err
-	}
-	return tx.Commit(ctx)
-}
-
-func (c *pgxClient) run(ctx context.Context, readFirst bool, key string, work time.Duration, fnRuns *atomic.Int64) (idempotency.Result[receipt], error) {
-	s := c.store
-	if readFirst {
-		s = c.readFirst
-	}
-	return idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx pgx.Tx) (receipt, error) {
-		if fnRuns != nil {
-			fnRuns.Add(1)
-		}
-		if _, err := tx.Exec(ctx, c.b.business, key, params.Amount); err != nil {
-			return receipt{}, err
-		}
-		time.Sleep(work)
-		return receipt{Ref: key, Amount: params.Amount}, nil
-	})
 }
 
 func (c *pgxClient) conns(n int) {
