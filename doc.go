@@ -50,8 +50,10 @@ reports whether the value was replayed.
 
 fn may run more than once when an attempt is rolled back (a retry after a
 deadlock, a lost race), which is why all its effects must go through tx. A
-call to another system inside fn is not undone by a rollback: write an outbox
-row through tx instead, and send it after the commit.
+call to another system inside fn is not undone by a rollback: insert a job
+(River's InsertTx) or an outbox row through tx instead, and make the call
+after the commit, with the key DownstreamKey derives, which is the same on
+every run of the job.
 
 # Joining a transaction
 
