@@ -10,6 +10,10 @@
 // pass sends the row again with the same key, and the provider, which
 // dedupes on that key, answers with the charge it already made.
 //
+// On Postgres and SQLite, examples/river does the same with River, a job
+// queue in the application's database, instead of a relay of one's own.
+// This outbox stays for MySQL and MariaDB, where River does not run.
+//
 //	go run ./examples/outbox
 //	go run ./examples/outbox -driver pgx -dsn 'postgres://postgres@127.0.0.1:5432/test?sslmode=disable'
 package main
