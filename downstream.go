@@ -3,7 +3,8 @@ package idempotency
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
+
+	"github.com/exactlyonce/idempotency/internal/uuid"
 )
 
 // downstreamNamespace starts every hash DownstreamKey takes, so that its
@@ -46,17 +47,5 @@ func DownstreamKey(scope, key, step string) string {
 	}
 	var u [16]byte
 	copy(u[:], h.Sum(nil))
-	u[6] = u[6]&0x0f | 0x80 // version 8
-	u[8] = u[8]&0x3f | 0x80 // variant 10 (RFC 9562)
-	var b [36]byte
-	hex.Encode(b[0:8], u[0:4])
-	b[8] = '-'
-	hex.Encode(b[9:13], u[4:6])
-	b[13] = '-'
-	hex.Encode(b[14:18], u[6:8])
-	b[18] = '-'
-	hex.Encode(b[19:23], u[8:10])
-	b[23] = '-'
-	hex.Encode(b[24:], u[10:])
-	return string(b[:])
+	return uuid.Format(8, u)
 }
