@@ -15,7 +15,6 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -137,26 +136,17 @@ type proc struct {
 	ctx    context.Context // bounds the waits for it
 	name   string
 	cmd    *exec.Cmd
-	addr   string // its first line of output, for the API: where it listens
-	stderr *syncBuffer
+	addr   string        // its first line of output, for the API: where it listens
+	stderr *lockedWriter // over errBuf
+	errBuf bytes.Buffer
 	done   chan error
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// log returns what p has written to stderr so far.
+func (p *proc) log() string {
+	p.stderr.mu.Lock()
+	defer p.stderr.mu.Unlock()
+	return p.errBuf.String()
 }
 
 // start starts the example's command line args in a child process, and
@@ -164,7 +154,8 @@ func (s *syncBuffer) String() string {
 func start(ctx context.Context, t *testing.T, name, kill string, args ...string) *proc {
 	t.Helper()
 	spec, _ := json.Marshal(childSpec{Args: args, Kill: kill})
-	p := &proc{ctx: ctx, name: name, cmd: exec.Command(os.Args[0]), stderr: &syncBuffer{}, done: make(chan error, 1)}
+	p := &proc{ctx: ctx, name: name, cmd: exec.Command(os.Args[0]), done: make(chan error, 1)}
+	p.stderr = &lockedWriter{w: &p.errBuf}
 	p.cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
 	p.cmd.Stderr = p.stderr
 	stdout, err := p.cmd.StdoutPipe()
@@ -177,8 +168,8 @@ func start(ctx context.Context, t *testing.T, name, kill string, args ...string)
 	t.Cleanup(func() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
-		if strings.Contains(p.stderr.String(), "WARNING: DATA RACE") {
-			t.Errorf("%s: a data race:\n%s", p.name, p.stderr)
+		if strings.Contains(p.log(), "WARNING: DATA RACE") {
+			t.Errorf("%s: a data race:\n%s", p.name, p.log())
 		}
 	})
 	first := make(chan string, 1)
@@ -195,11 +186,11 @@ func start(ctx context.Context, t *testing.T, name, kill string, args ...string)
 	select {
 	case l, ok := <-first:
 		if !ok {
-			t.Fatalf("%s ended before it was ready: %v\n%s", name, p.wait(t), p.stderr)
+			t.Fatalf("%s ended before it was ready: %v\n%s", name, p.wait(t), p.log())
 		}
 		line = l
 	case <-ctx.Done():
-		t.Fatalf("%s: not ready: %v\n%s", name, ctx.Err(), p.stderr)
+		t.Fatalf("%s: not ready: %v\n%s", name, ctx.Err(), p.log())
 	}
 	if _, addr, found := strings.Cut(line, "listening on "); found {
 		p.addr = addr
@@ -215,7 +206,7 @@ func (p *proc) wait(t *testing.T) error {
 		p.done <- err // for the next wait, and the cleanup
 		return err
 	case <-p.ctx.Done():
-		t.Fatalf("%s: still running: %v\n%s", p.name, p.ctx.Err(), p.stderr)
+		t.Fatalf("%s: still running: %v\n%s", p.name, p.ctx.Err(), p.log())
 		return nil
 	}
 }
@@ -226,10 +217,10 @@ func (p *proc) killed(t *testing.T) {
 	err := p.wait(t)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) {
-		t.Fatalf("%s: ended with %v, want SIGKILL\n%s", p.name, err, p.stderr)
+		t.Fatalf("%s: ended with %v, want SIGKILL\n%s", p.name, err, p.log())
 	}
 	if ws, ok := ee.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGKILL {
-		t.Fatalf("%s: ended with %v, want SIGKILL\n%s", p.name, err, p.stderr)
+		t.Fatalf("%s: ended with %v, want SIGKILL\n%s", p.name, err, p.log())
 	}
 }
 
@@ -239,7 +230,7 @@ func (p *proc) stop(t *testing.T) {
 	t.Helper()
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	if err := p.wait(t); err != nil {
-		t.Fatalf("%s: stopped with %v\n%s", p.name, err, p.stderr)
+		t.Fatalf("%s: stopped with %v\n%s", p.name, err, p.log())
 	}
 }
 
@@ -308,7 +299,7 @@ func faults(t *testing.T, driver string) {
 		retries++
 		resp, c, err := post(api, key)
 		if err != nil || resp.StatusCode != http.StatusCreated || resp.Header.Get(httpadapter.ReplayedHeader) != "true" {
-			t.Fatalf("retry of %s: %v, %v; want 201 replayed\n%s", key, resp, err, api.stderr)
+			t.Fatalf("retry of %s: %v, %v; want 201 replayed\n%s", key, resp, err, api.log())
 		}
 		if first, ok := answers[key]; ok && c != first {
 			t.Fatalf("retry of %s: %+v, then %+v", key, first, c)
@@ -383,7 +374,7 @@ func faults(t *testing.T, driver string) {
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("jobs not done: %+v\nworker:\n%s", jobs, w.stderr)
+			t.Fatalf("jobs not done: %+v\nworker:\n%s", jobs, w.log())
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
