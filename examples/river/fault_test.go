@@ -341,10 +341,13 @@ func faults(t *testing.T, driver string) {
 	w.killed(t)
 	killedAt := time.Now()
 	byKey, charges := prov.stats()
+	before := map[string]int{} // requests per key before the kill: 1, unless a call outlived -job-timeout and was retried
 	for _, key := range keys {
-		if s := byKey[idempotency.DownstreamKey(customer, key, stepCollect)]; s.Requests != 1 || !s.Charged {
-			t.Fatalf("%s: at the provider before the kill: %+v; want 1 request, charged", key, s)
+		s := byKey[idempotency.DownstreamKey(customer, key, stepCollect)]
+		if s.Requests < 1 || !s.Charged {
+			t.Fatalf("%s: at the provider before the kill: %+v; want a request, charged", key, s)
 		}
+		before[key] = s.Requests
 	}
 	for _, j := range jobRows(ctx, t, a) {
 		if j.State != rivertype.JobStateRunning {
@@ -382,7 +385,7 @@ func faults(t *testing.T, driver string) {
 
 	// The invariants, from the database and the provider alone.
 	byKey, charges = prov.stats()
-	requests := map[string]int{}
+	requests, runs := map[string]int{}, map[string]int{}
 	for _, key := range keys {
 		dk := idempotency.DownstreamKey(customer, key, stepCollect)
 		s := byKey[dk]
@@ -396,13 +399,17 @@ func faults(t *testing.T, driver string) {
 				mine = append(mine, j)
 			}
 		}
-		if len(mine) != 1 || mine[0].Args.ChargeID != answers[key].ID || mine[0].Attempt != 2 ||
+		if len(mine) == 1 {
+			runs[key] = mine[0].Attempt
+		}
+		if len(mine) != 1 || mine[0].Args.ChargeID != answers[key].ID || mine[0].Attempt < 2 ||
 			mine[0].Output.ProviderID != s.ChargeID || !mine[0].Output.Replayed {
-			t.Errorf("%s: jobs %+v; want one, for charge %s, done at its second run with the provider's replay of %s",
+			t.Errorf("%s: jobs %+v; want one, for charge %s, done at a run after the kill with the provider's replay of %s",
 				key, mine, answers[key].ID, s.ChargeID)
 		}
-		if s.Requests != 2 || !s.Charged {
-			t.Errorf("%s: at the provider %+v; want 2 requests with key %s and one charge", key, s, dk)
+		if s.Requests <= before[key] || !s.Charged {
+			t.Errorf("%s: at the provider %+v; want more than the %d requests before the kill, with key %s, and one charge",
+				key, s, before[key], dk)
 		}
 	}
 	if count(t, db, `SELECT COUNT(*) FROM idempotency_keys`) != len(keys) || count(t, db, `SELECT COUNT(*) FROM charges`) != len(keys) ||
@@ -412,8 +419,8 @@ func faults(t *testing.T, driver string) {
 	}
 	t.Logf("%s: %d keys; API killed %d times between COMMIT and answer, %d retries, all replayed; "+
 		"worker killed once after %d provider calls; provider requests per key %v, charges per key 1 (%d in all); "+
-		"jobs: %d, one per key, all completed at run 2",
-		driver, len(keys), apiKills, retries, len(keys), requests, charges, len(jobs))
+		"jobs: %d, one per key, all completed, runs per job %v",
+		driver, len(keys), apiKills, retries, len(keys), requests, charges, len(jobs), runs)
 }
 
 // jobRow is a collect job as the test reads it.
