@@ -14,8 +14,8 @@ import (
 
 // BenchmarkDo compares a fresh Do and a replay with the bare transaction
 // the caller would commit anyway (BEGIN; INSERT a row; COMMIT), on every
-// backend: SQLite always, the servers when IDEMPOTENCY_POSTGRES_DSN and
-// IDEMPOTENCY_MYSQL_DSN are set. Compare the ns/op and allocs/op of the
+// backend: SQLite always, the servers when IDEMPOTENCY_POSTGRES_DSN,
+// IDEMPOTENCY_MYSQL_DSN and IDEMPOTENCY_TIDB_DSN are set. Compare the ns/op and allocs/op of the
 // sub-benchmarks; cmd/idempotency-bench measures concurrency, round trips
 // and duplicate storms.
 //
@@ -23,8 +23,7 @@ import (
 func BenchmarkDo(b *testing.B) {
 	for _, be := range testdb.Backends() {
 		b.Run(be.Name, func(b *testing.B) {
-			env := map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN"}[be.Kind]
-			if env != "" && os.Getenv(env) == "" {
+			if env := be.Env(); env != "" && os.Getenv(env) == "" {
 				b.Skipf("set %s to benchmark %s", env, be.Name)
 			}
 			ctx := context.Background()

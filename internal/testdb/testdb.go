@@ -1,7 +1,8 @@
 // Package testdb gives tests a real, empty, migrated database of each kind.
 //
-// Server databases come from IDEMPOTENCY_POSTGRES_DSN and
-// IDEMPOTENCY_MYSQL_DSN; without them, testcontainers-go starts a server
+// Server databases come from IDEMPOTENCY_POSTGRES_DSN,
+// IDEMPOTENCY_MYSQL_DSN and IDEMPOTENCY_TIDB_DSN; without them,
+// testcontainers-go starts a server
 // where Docker runs; without Docker the test is skipped with a message that
 // says how to provide one, except under CI=true, where it fails. Each Open
 // gets a database of its own on the server (see package scratch), dropped
@@ -14,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,8 +26,11 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib" // pgx
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq" // postgres
+	"github.com/moby/moby/api/types/network"
+	"github.com/testcontainers/testcontainers-go"
 	tcmysql "github.com/testcontainers/testcontainers-go/modules/mysql"
 	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
+	"github.com/testcontainers/testcontainers-go/wait"
 	_ "modernc.org/sqlite" // sqlite
 
 	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
@@ -34,19 +39,56 @@ import (
 
 // Backend is one database and driver the suites run against.
 type Backend struct {
-	Name   string // "sqlite", "postgres", "pgx", "mysql"
+	Name   string // "sqlite", "postgres", "pgx", "mysql", "tidb", "tidb-optimistic"
 	Driver string // database/sql driver name
 	Kind   string // dialect: "sqlite", "postgres", "mysql"
+
+	// Server is the server, when it is not Kind's own: "tidb" speaks
+	// MySQL's protocol and runs the mysql dialect.
+	Server string
+	// TxnMode is TiDB's tidb_txn_mode, set on every connection:
+	// "pessimistic" or "optimistic".
+	TxnMode string
 }
 
-// Backends lists every backend the suites cover.
+// Backends lists every backend the suites cover. TiDB runs in both of its
+// transaction modes, on one server.
 func Backends() []Backend {
 	return []Backend{
 		{Name: "sqlite", Driver: "sqlite", Kind: "sqlite"},
 		{Name: "postgres", Driver: "postgres", Kind: "postgres"},
 		{Name: "pgx", Driver: "pgx", Kind: "postgres"},
 		{Name: "mysql", Driver: "mysql", Kind: "mysql"},
+		TiDB("pessimistic"),
+		TiDB("optimistic"),
 	}
+}
+
+// TiDB is the backend of TiDB in a transaction mode, "pessimistic" (its
+// default) or "optimistic".
+func TiDB(mode string) Backend {
+	name := "tidb"
+	if mode != "pessimistic" {
+		name += "-" + mode
+	}
+	return Backend{Name: name, Driver: "mysql", Kind: "mysql", Server: "tidb", TxnMode: mode}
+}
+
+// Optimistic reports whether transactions see each other only at COMMIT
+// (TiDB's optimistic mode): a twin that is still running holds no lock, so
+// twins each run fn and the first to commit wins; the others replay it.
+func (b Backend) Optimistic() bool { return b.TxnMode == "optimistic" }
+
+// Env is the environment variable with the DSN of b's server; "" for
+// SQLite, which needs none.
+func (b Backend) Env() string { return envDSN[b.server()] }
+
+// server is the server b runs on: "postgres", "mysql" or "tidb".
+func (b Backend) server() string {
+	if b.Server != "" {
+		return b.Server
+	}
+	return b.Kind
 }
 
 // Open returns a migrated database of b's kind, isolated for this test.
@@ -113,7 +155,7 @@ func (b Backend) DSN(t testing.TB) string {
 	case "sqlite":
 		return SQLiteDSN(filepath.Join(t.TempDir(), "test.db"))
 	case "postgres", "mysql":
-		return scratchDSN(t, b.Kind, serverDSN(t, b.Kind))
+		return b.scratchDSN(t, serverDSN(t, b.server()))
 	}
 	t.Fatalf("unknown backend %q", b.Name)
 	return ""
@@ -122,31 +164,37 @@ func (b Backend) DSN(t testing.TB) string {
 // SQLiteDSN is the DSN the project recommends for modernc.org/sqlite.
 func SQLiteDSN(path string) string { return scratch.SQLiteDSN(path, "NORMAL") }
 
-// ServerDSN returns the DSN of the Postgres or MySQL server (kind), as the
-// environment gives it or as a container started for this process.
-func ServerDSN(t testing.TB, kind string) string { return serverDSN(t, kind) }
+// ServerDSN returns the DSN of the Postgres, MySQL or TiDB server (server),
+// as the environment gives it or as a container started for this process.
+func ServerDSN(t testing.TB, server string) string { return serverDSN(t, server) }
 
-// container is the server started for one kind, once per process. Each kind
-// has its own, so that starting both at once writes no shared state.
+// container is the server started for one server, once per process. Each
+// has its own, so that starting them at once writes no shared state.
 type container struct {
 	once sync.Once
 	dsn  string
 	err  error
 }
 
-var containers = map[string]*container{"postgres": {}, "mysql": {}}
+var containers = map[string]*container{"postgres": {}, "mysql": {}, "tidb": {}}
 
-func serverDSN(t testing.TB, kind string) string {
+// envDSN names the environment variable of each server's DSN.
+var envDSN = map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN", "tidb": "IDEMPOTENCY_TIDB_DSN"}
+
+func serverDSN(t testing.TB, server string) string {
 	t.Helper()
-	env := map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN"}[kind]
+	env := envDSN[server]
+	if env == "" {
+		t.Fatalf("testdb: unknown server %q: want postgres, mysql or tidb", server)
+	}
 	if dsn := os.Getenv(env); dsn != "" {
 		return dsn
 	}
-	c := containers[kind]
-	c.once.Do(func() { c.dsn, c.err = start(kind) })
+	c := containers[server]
+	c.once.Do(func() { c.dsn, c.err = start(server) })
 	if err := c.err; err != nil {
 		msg := fmt.Sprintf("no %s database: set %s (for example %s) or run Docker for testcontainers: %v",
-			kind, env, exampleDSN[kind], err)
+			server, env, exampleDSN[server], err)
 		if os.Getenv("CI") == "true" {
 			t.Fatal(msg)
 		}
@@ -158,12 +206,17 @@ func serverDSN(t testing.TB, kind string) string {
 var exampleDSN = map[string]string{
 	"postgres": "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
 	"mysql":    "root@tcp(127.0.0.1:3306)/test",
+	"tidb":     "root@tcp(127.0.0.1:4000)/test, which bash .ci/tidb builds, starts and prints",
 }
 
-// start starts a server of kind; tests of this package replace it.
+// start starts a server; tests of this package replace it.
 var start = startContainer
 
-func startContainer(kind string) (dsn string, err error) {
+// tidbImage is the TiDB image testcontainers runs when no
+// IDEMPOTENCY_TIDB_DSN is set.
+const tidbImage = "pingcap/tidb:v8.5.0"
+
+func startContainer(server string) (dsn string, err error) {
 	defer func() {
 		// testcontainers panics in some environments without Docker.
 		if r := recover(); r != nil {
@@ -172,7 +225,7 @@ func startContainer(kind string) (dsn string, err error) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	switch kind {
+	switch server {
 	case "postgres":
 		c, err := tcpostgres.Run(ctx, "postgres:16-alpine", tcpostgres.WithDatabase("test"),
 			tcpostgres.WithUsername("postgres"), tcpostgres.WithPassword("postgres"), tcpostgres.BasicWaitStrategies())
@@ -180,6 +233,21 @@ func startContainer(kind string) (dsn string, err error) {
 			return "", err
 		}
 		return c.ConnectionString(ctx, "sslmode=disable")
+	case "tidb":
+		// A one-node TiDB on its embedded storage, root with no password,
+		// with a "test" database from its bootstrap.
+		c, err := testcontainers.Run(ctx, tidbImage, testcontainers.WithExposedPorts("4000/tcp"),
+			testcontainers.WithWaitStrategy(wait.ForSQL("4000/tcp", "mysql", func(host string, port network.Port) string {
+				return fmt.Sprintf("root@tcp(%s)/test", net.JoinHostPort(host, port.Port()))
+			})))
+		if err != nil {
+			return "", err
+		}
+		endpoint, err := c.PortEndpoint(ctx, "4000/tcp", "")
+		if err != nil {
+			return "", err
+		}
+		return "root@tcp(" + endpoint + ")/test", nil
 	default:
 		c, err := tcmysql.Run(ctx, "mariadb:10.11", tcmysql.WithDatabase("test"),
 			tcmysql.WithUsername("root"), tcmysql.WithPassword("test"))
@@ -191,12 +259,12 @@ func startContainer(kind string) (dsn string, err error) {
 }
 
 // scratchDSN creates a database on the server, for this test only, and
-// returns a DSN that uses it.
-func scratchDSN(t testing.TB, kind, server string) string {
+// returns a DSN that uses it, with b's session settings.
+func (b Backend) scratchDSN(t testing.TB, server string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	db, err := scratch.New(ctx, kind, server, "t_")
+	db, err := scratch.New(ctx, b.Kind, server, "t_")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +273,7 @@ func scratchDSN(t testing.TB, kind, server string) string {
 		defer cancel()
 		_ = db.Drop(ctx)
 	})
-	if kind != "mysql" {
+	if b.Kind != "mysql" {
 		return db.DSN
 	}
 	cfg, err := mysql.ParseDSN(db.DSN)
@@ -213,6 +281,15 @@ func scratchDSN(t testing.TB, kind, server string) string {
 		t.Fatal(err)
 	}
 	cfg.ParseTime = true
+	if b.TxnMode != "" {
+		// go-sql-driver/mysql sets unknown DSN parameters as session
+		// variables when it connects: every connection runs in b's mode,
+		// whatever the server's default.
+		if cfg.Params == nil {
+			cfg.Params = map[string]string{}
+		}
+		cfg.Params["tidb_txn_mode"] = "'" + b.TxnMode + "'"
+	}
 	return cfg.FormatDSN()
 }
 
