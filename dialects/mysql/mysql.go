@@ -36,6 +36,12 @@
 // have committed; the call is not safe to retry blindly). Preventing that
 // would take a session without autocommit, whose setting would have to be
 // put back on every pooled connection at the cost of a round trip per call.
+//
+// # TiDB
+//
+// TiDB, recognised by its VERSION(), gets the MySQL 8 claim with INSERT
+// IGNORE, which checks the key at once in both of its transaction modes;
+// its own error numbers are classified too. See tidb.go.
 package mysql
 
 import (
@@ -55,10 +61,12 @@ import (
 // Dialect implements dialects.Dialect for MySQL 8 and MariaDB 10.5+.
 type Dialect struct {
 	insert, claimMariaDB, save, lookup, deleteExpired, prune string
+	insertIgnore                                             string // TiDB's claim
 
 	// flavor is 0 until the first claim asks the server, then 1 for MariaDB
-	// (which can bound one statement's lock wait with SET STATEMENT) or 2
-	// for MySQL (which cannot: the session value is set and restored).
+	// (which can bound one statement's lock wait with SET STATEMENT), 2
+	// for MySQL (which cannot: the session value is set and restored) or 3
+	// for TiDB (see tidb.go).
 	flavor atomic.Int32
 }
 
@@ -86,6 +94,7 @@ func New(table string) *Dialect {
 VALUES (?, ?, ?, NULL, FALSE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)`
 	return &Dialect{
 		insert:       insert,
+		insertIgnore: `INSERT IGNORE` + strings.TrimPrefix(insert, `INSERT`),
 		claimMariaDB: `SET STATEMENT innodb_lock_wait_timeout = 0 FOR ` + insert,
 		// The TTL counts from this statement, just before COMMIT, not from
 		// the claim.
@@ -110,9 +119,15 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 		return 0, none, err
 	}
 	args := []any{k.Scope, k.Key, fingerprint, ttl.Microseconds()}
-	if flavor == flavorMariaDB {
+	switch flavor {
+	case flavorMariaDB:
 		_, err = tx.ExecContext(ctx, d.claimMariaDB, args...)
-	} else {
+	case flavorTiDB:
+		var c dialects.Claim
+		if c, err = d.claimTiDB(ctx, tx, args); err == nil {
+			return c, none, nil
+		}
+	default:
 		err = d.claimMySQL(ctx, tx, args)
 	}
 	var me *mysql.MySQLError
@@ -161,7 +176,10 @@ func (d *Dialect) detect(ctx context.Context, q dialects.Querier) (int32, error)
 		return 0, err
 	}
 	f := int32(flavorMySQL)
-	if strings.Contains(strings.ToLower(version), "mariadb") {
+	switch {
+	case isTiDB(version):
+		f = flavorTiDB
+	case strings.Contains(strings.ToLower(version), "mariadb"):
 		f = flavorMariaDB
 	}
 	d.flavor.Store(f)
@@ -222,6 +240,9 @@ func (d *Dialect) Classify(err error) dialects.Class {
 		case 1053, 1077, 1152, 1153, 1158, 1159, 1160, 1161, 1927, 4031:
 			// Shutdown, aborted or killed connection, packet errors.
 			return dialects.Lost
+		}
+		if c, ok := tidbClass(me.Number); ok {
+			return c
 		}
 		return dialects.Definite
 	case errors.Is(err, mysql.ErrInvalidConn), dialects.ConnectionLost(err):

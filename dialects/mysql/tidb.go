@@ -1,0 +1,115 @@
+package mysql
+
+// TiDB speaks MySQL's protocol and runs this dialect's statements, with two
+// differences that matter to the claim, and error numbers of its own.
+//
+// Its transactions are pessimistic by default, and optimistic when
+// tidb_txn_mode is 'optimistic' (for a session or the whole cluster).
+//
+//   - Pessimistic: an INSERT locks the key and waits for a twin's lock, as
+//     InnoDB does. innodb_lock_wait_timeout bounds the wait, in whole
+//     seconds from 1 (TiDB's system variable has a minimum of 1 and no
+//     SET STATEMENT to bound one statement), so the claim sets the
+//     session's wait to one second and puts it back, as on MySQL 8.
+//   - Optimistic: nothing is locked before COMMIT, and a plain INSERT
+//     checks the key lazily, at COMMIT (unless tidb_constraint_check_in_place
+//     is ON): a replay would run fn and fail its COMMIT with a duplicate
+//     key. INSERT IGNORE always checks in place, in the transaction's
+//     snapshot, in both modes (it has to know which rows to skip), so the
+//     claim is an INSERT IGNORE, and no row inserted means the key is taken.
+//     A twin that is still running is invisible: each twin runs fn, the
+//     first to COMMIT wins, and the others fail at COMMIT with a write
+//     conflict (9007), which is retried, and their next claim replays the
+//     winner.
+//
+// References: TiDB's pessimistic and optimistic transaction models
+// (docs.pingcap.com/tidb/stable/pessimistic-transaction,
+// /optimistic-transaction), its constraints page on when uniqueness is
+// checked (/constraints), its error codes (/error-codes), and, in its
+// source, pkg/executor/insert.go (INSERT IGNORE's in-place check) and
+// pkg/sessionctx/variable/sysvar.go (innodb_lock_wait_timeout's range).
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/exactlyonce/idempotency/dialects"
+)
+
+const flavorTiDB = 3
+
+// isTiDB reports whether a VERSION() string is TiDB's
+// ("8.0.11-TiDB-v8.5.0", ...).
+func isTiDB(version string) bool { return strings.Contains(strings.ToLower(version), "-tidb-") }
+
+// claimTiDB inserts the key's row with INSERT IGNORE, its lock wait bounded
+// to a second (pessimistic mode) as claimMySQL bounds it. It reports Taken
+// when a committed row (in the transaction's snapshot) holds the key.
+func (d *Dialect) claimTiDB(ctx context.Context, tx dialects.Querier, args []any) (dialects.Claim, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	ctx = context.WithoutCancel(ctx)
+	if _, err := tx.ExecContext(ctx,
+		"SET @idempotency_lock_wait = @@SESSION.innodb_lock_wait_timeout, SESSION innodb_lock_wait_timeout = 1"); err != nil {
+		return 0, err
+	}
+	res, err := tx.ExecContext(ctx, d.insertIgnore, args...)
+	// Putting a session variable back writes no data: safe after an error.
+	if _, rerr := tx.ExecContext(ctx, "SET SESSION innodb_lock_wait_timeout = @idempotency_lock_wait"); err == nil {
+		err = rerr
+	}
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("rows affected: %w", err)
+	}
+	if n == 0 {
+		return dialects.Taken, nil
+	}
+	return dialects.Claimed, nil
+}
+
+// tidbClass sorts TiDB's own error numbers (docs.pingcap.com/tidb/stable/
+// error-codes); ok is false for numbers that are not TiDB's. MySQL's numbers
+// that TiDB shares (1062, 1205, 1213) are sorted by Classify as on MySQL:
+// after 1213 TiDB, like InnoDB, has rolled the pessimistic transaction
+// back (pkg/session/tidb.go).
+//
+// An error TiDB returns from COMMIT means the transaction did not commit:
+// when it cannot tell (ErrResultUndetermined), it closes the connection
+// instead of answering (pkg/server/conn.go), which Classify sees as Lost,
+// an unknown outcome.
+func tidbClass(number uint16) (c dialects.Class, ok bool) {
+	switch number {
+	case 9007, // ErrWriteConflict: another transaction wrote the key first; rolled back
+		8005, // ErrWriteConflictInTiDB: "Write Conflict, txnStartTS is stale"
+		8002, // ErrForUpdateCantRetry: SELECT FOR UPDATE met a commit conflict; "the application can safely retry the whole transaction"
+		8022, // ErrTxnRetryable: "the transaction commit fails and has been rolled back"
+		8028, // ErrInfoSchemaChanged: a table's schema changed under the transaction; "can safely retry"
+		8027, // ErrInfoSchemaExpired: this server's schema is out of date; nothing committed
+		8147, // ErrLazyUniquenessCheckFailure: the transaction was aborted (tidb_constraint_check_in_place_pessimistic OFF)
+		9004: // ErrResolveLockTimeout: too many conflicting locks to resolve
+		return dialects.Retry, true
+	case 9001, // ErrPDServerTimeout
+		9002, // ErrTiKVServerTimeout
+		9003, // ErrTiKVServerBusy
+		9005, // ErrRegionUnavailable
+		9010: // ErrTiKVStaleCommand
+		// The cluster is busy or a node is down: the statement failed and
+		// the transaction did not commit. Running it again after a pause
+		// is safe and may succeed.
+		return dialects.Retry, true
+	case 8004, // ErrTxnTooLarge
+		8025, // ErrEntryTooLarge: one value over txn-entry-size-limit (6 MB by default)
+		8229, // ErrLockExpire: the transaction outlived its lock TTL
+		9006, // ErrGCTooEarly: the transaction outlived tidb_gc_life_time
+		8141: // ErrAssertionFailed: data and index disagree
+		// Running it again would fail the same way.
+		return dialects.Definite, true
+	}
+	return 0, false
+}
