@@ -364,7 +364,10 @@ func testReadFirst[TTx any](t *testing.T, e *suite[TTx]) {
 		}()
 	}
 	wg.Wait()
-	if calls.Load() != 2 || e.charges(t, "rf") != 1 || e.charges(t, "rf-twins") != 1 {
-		t.Errorf("fn ran %d times; want 2 (one per key)", calls.Load())
+	// With optimistic transactions the twins that began before the winner
+	// committed run fn too, and roll back.
+	ranOnce := calls.Load() == 2 || e.optimistic && calls.Load() >= 2
+	if !ranOnce || e.charges(t, "rf") != 1 || e.charges(t, "rf-twins") != 1 {
+		t.Errorf("fn ran %d times, %d and %d charges; want 2 (one per key), 1 and 1", calls.Load(), e.charges(t, "rf"), e.charges(t, "rf-twins"))
 	}
 }

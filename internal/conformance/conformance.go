@@ -35,6 +35,12 @@ type Harness[TTx any] struct {
 	// sense on one database (a deadlock that InnoDB ends, SQLite's one
 	// writer).
 	Kind string
+	// Optimistic says that transactions take no lock before COMMIT
+	// (TiDB's optimistic mode): a twin cannot see a holder that is still
+	// running, so it does not wait; each twin may run fn, the first to
+	// commit wins, and the others' COMMIT fails and they replay it. The
+	// tests of waiting are replaced by one of that meeting.
+	Optimistic bool
 	// Open returns a fresh database for this test alone: migrated, with
 	// the charges table (testdb.Charges) and nothing in either table,
 	// closed and dropped at t's cleanup.
@@ -103,7 +109,12 @@ type test[TTx any] struct {
 	// why not on the others.
 	kinds []string
 	why   string
-	run   func(t *testing.T, s *suite[TTx])
+	// locks: the test needs a twin to see a holder that has not committed
+	// (the claim's lock); it does not run on optimistic harnesses.
+	locks bool
+	// optimistic: the test runs only on optimistic harnesses.
+	optimistic bool
+	run        func(t *testing.T, s *suite[TTx])
 }
 
 func tests[TTx any]() []test[TTx] {
@@ -125,10 +136,11 @@ func tests[TTx any]() []test[TTx] {
 		// twins.go
 		{name: "TwinsRunOnce", serial: true, run: testTwinsRunOnce[TTx]},
 		{name: "WinnerRollsBack", serial: true, run: testWinnerRollsBack[TTx]},
-		{name: "WaitBound", serial: true, run: testWaitBound[TTx]},
-		{name: "LongWait", serial: true, run: testLongWait[TTx]},
+		{name: "WaitBound", serial: true, locks: true, run: testWaitBound[TTx]},
+		{name: "LongWait", serial: true, locks: true, run: testLongWait[TTx]},
+		{name: "TwinsMeetAtCommit", serial: true, optimistic: true, run: testTwinsMeetAtCommit[TTx]},
 		{name: "Storm", serial: true, run: testStorm[TTx]},
-		{name: "WaitingTwinsLeaveThePool", serial: true, kinds: []string{"postgres", "mysql"},
+		{name: "WaitingTwinsLeaveThePool", serial: true, locks: true, kinds: []string{"postgres", "mysql"},
 			why: "SQLite has one writer at a time: a call on another key waits for the holder's write lock whatever the pool",
 			run: testWaitingTwinsLeaveThePool[TTx]},
 		{name: "QueuedCallObeysContext", serial: true, run: testQueuedCallObeysContext[TTx]},
@@ -140,7 +152,7 @@ func tests[TTx any]() []test[TTx] {
 		// tx.go
 		{name: "DoTx", run: testDoTx[TTx]},
 		{name: "TransactionEndedUnderFn", run: testTransactionEndedUnderFn[TTx]},
-		{name: "SwallowedDeadlockInFn", serial: true, kinds: []string{"mysql"},
+		{name: "SwallowedDeadlockInFn", serial: true, locks: true, kinds: []string{"mysql"},
 			why: "InnoDB ends a transaction on a deadlock; Postgres aborts it, and SQLite has one writer",
 			run: testSwallowedDeadlockInFn[TTx]},
 
@@ -168,13 +180,18 @@ func Run[TTx any](t *testing.T, h Harness[TTx]) {
 		t.Parallel()
 		for _, tc := range tests[TTx]() {
 			t.Run(tc.name, func(t *testing.T) {
-				if tc.kinds != nil && !slices.Contains(tc.kinds, h.Kind) {
+				switch {
+				case tc.kinds != nil && !slices.Contains(tc.kinds, h.Kind):
 					t.Skip(tc.why)
+				case tc.locks && h.Optimistic:
+					t.Skip("optimistic transactions lock nothing before COMMIT: twins do not wait for (or deadlock with) each other, they meet at COMMIT (TwinsMeetAtCommit)")
+				case tc.optimistic && !h.Optimistic:
+					t.Skip("a test of optimistic transactions; here twins wait for each other (WaitBound)")
 				}
 				if !tc.serial {
 					t.Parallel()
 				}
-				tc.run(t, &suite[TTx]{kind: h.Kind, env: h.Open(t)})
+				tc.run(t, &suite[TTx]{kind: h.Kind, optimistic: h.Optimistic, env: h.Open(t)})
 			})
 		}
 	})

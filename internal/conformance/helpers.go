@@ -16,8 +16,9 @@ import (
 
 // suite is what a behaviour test gets: the database and its kind.
 type suite[TTx any] struct {
-	kind string
-	env  Env[TTx]
+	kind       string
+	optimistic bool // see Harness.Optimistic
+	env        Env[TTx]
 }
 
 var (

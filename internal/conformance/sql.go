@@ -17,7 +17,8 @@ import (
 // SQL is the harness of a database/sql driver: the store idempotency.New
 // makes on b's database.
 func SQL(b testdb.Backend) Harness[*sqlx.Tx] {
-	return Harness[*sqlx.Tx]{Name: b.Name, Kind: b.Kind, Open: func(t *testing.T) Env[*sqlx.Tx] { return OpenSQL(t, b) }}
+	return Harness[*sqlx.Tx]{Name: b.Name, Kind: b.Kind, Optimistic: b.Optimistic(),
+		Open: func(t *testing.T) Env[*sqlx.Tx] { return OpenSQL(t, b) }}
 }
 
 // SQLEnv is a database of a database/sql driver, reached through sqlx. The
