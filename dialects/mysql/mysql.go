@@ -241,7 +241,7 @@ func (d *Dialect) Classify(err error) dialects.Class {
 			// Shutdown, aborted or killed connection, packet errors.
 			return dialects.Lost
 		}
-		if c, ok := tidbClass(me.Number); ok {
+		if c, ok := tidbClass(me); ok {
 			return c
 		}
 		return dialects.Definite

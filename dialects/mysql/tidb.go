@@ -31,8 +31,11 @@ package mysql
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/go-sql-driver/mysql"
 
 	"github.com/exactlyonce/idempotency/dialects"
 )
@@ -60,6 +63,10 @@ func (d *Dialect) claimTiDB(ctx context.Context, tx dialects.Querier, args []any
 	if _, rerr := tx.ExecContext(ctx, "SET SESSION innodb_lock_wait_timeout = @idempotency_lock_wait"); err == nil {
 		err = rerr
 	}
+	var me *mysql.MySQLError
+	if errors.As(err, &me) && tidbLockWaitTimeout(me) {
+		return dialects.Held, nil
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -83,8 +90,11 @@ func (d *Dialect) claimTiDB(ctx context.Context, tx dialects.Querier, args []any
 // when it cannot tell (ErrResultUndetermined), it closes the connection
 // instead of answering (pkg/server/conn.go), which Classify sees as Lost,
 // an unknown outcome.
-func tidbClass(number uint16) (c dialects.Class, ok bool) {
-	switch number {
+func tidbClass(me *mysql.MySQLError) (c dialects.Class, ok bool) {
+	if tidbLockWaitTimeout(me) {
+		return dialects.LockTimeout, true
+	}
+	switch me.Number {
 	case 9007, // ErrWriteConflict: another transaction wrote the key first; rolled back
 		8005, // ErrWriteConflictInTiDB: "Write Conflict, txnStartTS is stale"
 		8002, // ErrForUpdateCantRetry: SELECT FOR UPDATE met a commit conflict; "the application can safely retry the whole transaction"
@@ -112,4 +122,13 @@ func tidbClass(number uint16) (c dialects.Class, ok bool) {
 		return dialects.Definite, true
 	}
 	return 0, false
+}
+
+// tidbLockWaitTimeout reports a lock wait that ran out. TiDB says so with
+// 1205, as MySQL does, except when a pessimistic statement that it retried
+// after a write conflict runs past innodb_lock_wait_timeout: then client-go's
+// ErrLockWaitTimeout reaches the client unconverted, as 1105 "lock wait
+// timeout" (pkg/sessiontxn/isolation, handleAfterPessimisticLockError).
+func tidbLockWaitTimeout(me *mysql.MySQLError) bool {
+	return me.Number == 1105 && me.Message == "lock wait timeout"
 }

@@ -20,27 +20,31 @@ import (
 func TestClassifyTiDB(t *testing.T) {
 	d := idmysql.New(dialects.DefaultTable)
 	for _, c := range []struct {
-		number uint16
-		want   dialects.Class
+		number  uint16
+		want    dialects.Class
+		message string
 	}{
-		{9007, dialects.Retry},       // write conflict at COMMIT (optimistic)
-		{8005, dialects.Retry},       // write conflict, txnStartTS is stale
-		{8002, dialects.Retry},       // SELECT FOR UPDATE met a commit conflict
-		{8022, dialects.Retry},       // commit failed and was rolled back
-		{8028, dialects.Retry},       // schema changed under the transaction
-		{8147, dialects.Retry},       // lazy uniqueness check aborted the transaction
-		{9001, dialects.Retry},       // PD timeout
-		{9005, dialects.Retry},       // region unavailable
-		{1213, dialects.Retry},       // deadlock (pessimistic)
-		{1205, dialects.LockTimeout}, // lock wait timeout (pessimistic)
-		{1062, dialects.Definite},    // a duplicate of fn's own
-		{8004, dialects.Definite},    // transaction too large
-		{8025, dialects.Definite},    // entry too large
-		{8229, dialects.Definite},    // transaction outlived its lock TTL
-		{1105, dialects.Definite},    // TiDB's catch-all
+		{9007, dialects.Retry, ""},               // write conflict at COMMIT (optimistic)
+		{8005, dialects.Retry, ""},               // write conflict, txnStartTS is stale
+		{8002, dialects.Retry, ""},               // SELECT FOR UPDATE met a commit conflict
+		{8022, dialects.Retry, ""},               // commit failed and was rolled back
+		{8028, dialects.Retry, ""},               // schema changed under the transaction
+		{8147, dialects.Retry, ""},               // lazy uniqueness check aborted the transaction
+		{9001, dialects.Retry, ""},               // PD timeout
+		{9005, dialects.Retry, ""},               // region unavailable
+		{1213, dialects.Retry, ""},               // deadlock (pessimistic)
+		{1205, dialects.LockTimeout, ""},         // lock wait timeout (pessimistic)
+		{1062, dialects.Definite, ""},            // a duplicate of fn's own
+		{8004, dialects.Definite, ""},            // transaction too large
+		{8025, dialects.Definite, ""},            // entry too large
+		{8229, dialects.Definite, ""},            // transaction outlived its lock TTL
+		{1105, dialects.Definite, "other error"}, // TiDB's catch-all
+		// A pessimistic statement retried after a write conflict past the
+		// lock wait.
+		{1105, dialects.LockTimeout, "lock wait timeout"},
 	} {
-		if got := d.Classify(&mysql.MySQLError{Number: c.number}); got != c.want {
-			t.Errorf("error %d: class %v, want %v", c.number, got, c.want)
+		if got := d.Classify(&mysql.MySQLError{Number: c.number, Message: c.message}); got != c.want {
+			t.Errorf("error %d %q: class %v, want %v", c.number, c.message, got, c.want)
 		}
 	}
 }
