@@ -20,7 +20,7 @@ import (
 // backend, and checks what it printed and what it left in the database.
 func TestExample(t *testing.T) { exampletest.Each(t, "outbox", check) }
 
-func check(t *testing.T, db *sqlx.DB) {
+func check(t *testing.T, _ testdb.Backend, db *sqlx.DB) {
 	t.Helper()
 	text := exampletest.Output(t, db, run)
 	ctx := context.Background()

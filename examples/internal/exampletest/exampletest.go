@@ -17,8 +17,9 @@ import (
 )
 
 // Each runs check, in parallel, on the database the example opens without
-// flags and on each of testdb.Backends().
-func Each(t *testing.T, name string, check func(t *testing.T, db *sqlx.DB)) {
+// flags and on each of testdb.Backends(); check learns which backend it
+// has.
+func Each(t *testing.T, name string, check func(t *testing.T, b testdb.Backend, db *sqlx.DB)) {
 	t.Run("default", func(t *testing.T) {
 		t.Parallel()
 		db, closeDB, err := exampledb.Open("sqlite", "", name)
@@ -26,12 +27,12 @@ func Each(t *testing.T, name string, check func(t *testing.T, db *sqlx.DB)) {
 			t.Fatal(err)
 		}
 		defer closeDB()
-		check(t, db)
+		check(t, testdb.Backend{Name: "sqlite", Driver: "sqlite", Kind: "sqlite"}, db)
 	})
 	for _, b := range testdb.Backends() {
 		t.Run(b.Name, func(t *testing.T) {
 			t.Parallel()
-			check(t, b.Open(t))
+			check(t, b, b.Open(t))
 		})
 	}
 }
