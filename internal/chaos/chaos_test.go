@@ -93,6 +93,7 @@ var (
 type backend struct {
 	name       string
 	kind       string
+	shared     testdb.Backend // the shared server, for the phases without restarts
 	drivers    []string
 	isolations []string
 	wait       time.Duration
@@ -102,14 +103,39 @@ type backend struct {
 }
 
 var backends = []backend{
-	{name: "postgres", kind: "postgres", drivers: []string{"pgx", "postgres", chaos.PgxStore},
+	{name: "postgres", kind: "postgres", shared: testdb.Backend{Name: "pgx", Driver: "pgx", Kind: "postgres"},
+		drivers:    []string{"pgx", "postgres", chaos.PgxStore},
 		isolations: []string{"", "repeatable read", "serializable"}, wait: 300 * time.Millisecond,
 		phases: phasesServer, start: chaos.StartPostgres, proxyDSN: proxyDSN("postgres")},
-	{name: "mysql", kind: "mysql", drivers: []string{"mysql"},
-		isolations: []string{"", "read committed"}, wait: time.Second,
+	{name: "mysql", kind: "mysql", shared: testdb.Backend{Name: "mysql", Driver: "mysql", Kind: "mysql"},
+		drivers: []string{"mysql"}, isolations: []string{"", "read committed"}, wait: time.Second,
 		phases: phasesServer, start: chaos.StartMariaDB, proxyDSN: proxyDSN("mysql")},
-	{name: "sqlite", kind: "sqlite", drivers: []string{"sqlite"},
+	// TiDB in both transaction modes: the mode is a session variable in
+	// the DSN, which the workers and the checker share.
+	{name: "tidb", kind: "mysql", shared: testdb.TiDB("pessimistic"),
+		drivers: []string{"mysql"}, isolations: []string{"", "read committed"}, wait: time.Second,
+		phases: phasesServer, start: noTiDBRestarts, proxyDSN: proxyDSN("mysql")},
+	{name: "tidb-optimistic", kind: "mysql", shared: testdb.TiDB("optimistic"),
+		drivers: []string{"mysql"}, isolations: []string{"", "read committed"}, wait: time.Second,
+		phases: phasesServer, start: noTiDBRestarts, proxyDSN: proxyDSN("mysql")},
+	{name: "sqlite", kind: "sqlite", shared: testdb.Backend{Name: "sqlite", Driver: "sqlite", Kind: "sqlite"},
+		drivers:    []string{"sqlite"},
 		isolations: []string{""}, wait: 300 * time.Millisecond, phases: phasesSQLite},
+}
+
+// noTiDBRestarts is why TiDB runs without the restart fault. The one-node
+// TiDB the tests have stores data with its embedded engine, unistore, which
+// keeps the locks of a transaction's first commit phase in memory and
+// writes them out only on a clean shutdown (pkg/store/mockstore/unistore/
+// tikv/mvcc.go, dumpMemLocks): a SIGKILL between the commit of a
+// transaction's primary key and that of its other keys loses the rest, and
+// a run found key rows without their business row after such restarts. TiKV
+// keeps those locks in its replicated log; what the restart fault would
+// prove about TiDB's clients, the proxy's cuts (mid-COMMIT too) prove
+// already. A clean restart drains clients for up to 15 seconds, too long
+// for the bounded run.
+func noTiDBRestarts(context.Context) (*chaos.Server, error) {
+	return nil, fmt.Errorf("%w: TiDB's embedded test storage (unistore) keeps commit locks in memory, so a killed server can lose half a transaction", chaos.ErrNoServer)
 }
 
 // TestChaos runs the workload with each fault alone and all mixed, against
@@ -166,8 +192,7 @@ func runBackend(t *testing.T, set settings, b backend) {
 				t.Fatal(err)
 			}
 		} else {
-			tb := testdb.Backend{Name: b.name, Driver: b.drivers[0], Kind: b.kind}
-			dsn = tb.DSN(t)
+			dsn = b.shared.DSN(t)
 			db, err := sqlx.Open(b.drivers[0], dsn)
 			if err != nil {
 				t.Fatal(err)
