@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // pgx
@@ -27,6 +28,9 @@ type backend struct {
 
 	// native: pgx's own API through the pgx store, not database/sql.
 	native bool
+	// server is the server when it is not kind's own ("tidb"), and
+	// txnMode TiDB's tidb_txn_mode for every connection.
+	server, txnMode string
 
 	// The statements each workload sends besides the core's own.
 	business  string // the business row: (ref, amount)
@@ -70,15 +74,32 @@ func variants(name, settings string) ([]backend, error) {
 		if rec {
 			out = append(out, backend{name: "mysql+interpolateParams", driver: "mysql", kind: "mysql"})
 		}
+	case "tidb", "tidb-optimistic":
+		// The mysql dialect on TiDB, in its default pessimistic mode or
+		// with tidb_txn_mode='optimistic' on every connection.
+		mode := "pessimistic"
+		if name == "tidb-optimistic" {
+			mode = "optimistic"
+		}
+		if plain {
+			out = append(out, backend{name: name, driver: "mysql", kind: "mysql", server: "tidb", txnMode: mode})
+		}
+		if rec {
+			out = append(out, backend{name: name + "+interpolateParams", driver: "mysql", kind: "mysql", server: "tidb", txnMode: mode})
+		}
 	default:
-		return nil, fmt.Errorf("unknown backend %q: use sqlite, pgx, pgxstore, postgres or mysql", name)
+		return nil, fmt.Errorf("unknown backend %q: use sqlite, pgx, pgxstore, postgres, mysql, tidb or tidb-optimistic", name)
 	}
 	return out, nil
 }
 
 // serverDSN is the DSN of the server, with the backend's setting applied.
 func (b *backend) serverDSN() (string, error) {
-	env := map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN"}[b.kind]
+	server := b.server
+	if server == "" {
+		server = b.kind
+	}
+	env := map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN", "tidb": "IDEMPOTENCY_TIDB_DSN"}[server]
 	dsn := os.Getenv(env)
 	if dsn == "" {
 		return "", fmt.Errorf("%s: set %s", b.name, env)
@@ -108,13 +129,17 @@ func (b *backend) setup(ctx context.Context, tmp string) error {
 		}
 		b.cleanup = func() { _ = sc.Drop(context.Background()) }
 		b.dsn = sc.DSN
-		switch b.name {
-		case "postgres+binary_parameters":
+		switch {
+		case b.name == "postgres+binary_parameters":
 			b.dsn, err = scratch.PostgresParams(sc.DSN, map[string]string{"binary_parameters": "yes"})
-		case "mysql+interpolateParams":
+		case b.kind == "mysql":
 			var cfg *mysql.Config
 			if cfg, err = mysql.ParseDSN(sc.DSN); err == nil {
-				cfg.InterpolateParams = true
+				cfg.InterpolateParams = strings.HasSuffix(b.name, "+interpolateParams")
+				if b.txnMode != "" {
+					// Set on every connection as it opens, as a session variable.
+					cfg.Params = map[string]string{"tidb_txn_mode": "'" + b.txnMode + "'"}
+				}
 				b.dsn = cfg.FormatDSN()
 			}
 		}

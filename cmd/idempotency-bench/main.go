@@ -29,10 +29,13 @@
 //
 //	export IDEMPOTENCY_POSTGRES_DSN='postgres://postgres@127.0.0.1:5432/test?sslmode=disable'
 //	export IDEMPOTENCY_MYSQL_DSN='root@tcp(127.0.0.1:3306)/test'
+//	export IDEMPOTENCY_TIDB_DSN='root@tcp(127.0.0.1:4000)/test'
 //	go run ./cmd/idempotency-bench -backends sqlite,pgx,postgres,mysql -concurrency 1,16,64 -ops 2000 -rounds 3 -storm 200
 //
-// Each backend gets its own Postgres or MySQL database, or SQLite file,
-// migrated with migrations.Up and dropped at the end.
+// Each backend gets its own Postgres, MySQL or TiDB database, or SQLite
+// file, migrated with migrations.Up and dropped at the end. The tidb
+// backend runs TiDB in its default pessimistic mode, tidb-optimistic with
+// tidb_txn_mode='optimistic' on every connection.
 package main
 
 import (
@@ -54,8 +57,8 @@ import (
 
 func main() {
 	var (
-		backendsFlag = flag.String("backends", "sqlite,pgx,postgres,mysql", "backends: sqlite, pgx (stdlib), pgxstore (native pgx), postgres (lib/pq), mysql")
-		settings     = flag.String("settings", "both", "DSN settings for lib/pq and mysql: plain (driver defaults), recommended (binary_parameters=yes, interpolateParams=true) or both")
+		backendsFlag = flag.String("backends", "sqlite,pgx,postgres,mysql", "backends: sqlite, pgx (stdlib), pgxstore (native pgx), postgres (lib/pq), mysql, tidb, tidb-optimistic")
+		settings     = flag.String("settings", "both", "DSN settings for lib/pq, mysql and tidb: plain (driver defaults), recommended (binary_parameters=yes, interpolateParams=true) or both")
 		concFlag     = flag.String("concurrency", "1,16,64", "concurrent callers")
 		ops          = flag.Int("ops", 2000, "calls per workload, round and concurrency")
 		rounds       = flag.Int("rounds", 3, "rounds; medians are reported")
