@@ -1,4 +1,4 @@
-// Package mysql is the MySQL and MariaDB dialect of the key protocol, for
+// Package mysql is the MySQL, MariaDB and TiDB dialect of the key protocol, for
 // go-sql-driver/mysql ("mysql").
 //
 // # Protocol
@@ -58,7 +58,7 @@ import (
 	"github.com/exactlyonce/idempotency/dialects"
 )
 
-// Dialect implements dialects.Dialect for MySQL 8 and MariaDB 10.5+.
+// Dialect implements dialects.Dialect for MySQL 8, MariaDB 10.5+ and TiDB.
 type Dialect struct {
 	insert, claimMariaDB, save, lookup, deleteExpired, prune string
 	insertIgnore                                             string // TiDB's claim
