@@ -255,6 +255,10 @@ func Classify(err error) dialects.Class {
 	switch {
 	case state == "40001", state == "40P01":
 		return dialects.Retry
+	case state == "40003":
+		// statement_completion_unknown: CockroachDB's "result is
+		// ambiguous" for a COMMIT that may or may not have committed.
+		return dialects.Unknown
 	case state == "55P03":
 		return dialects.LockTimeout
 	case len(state) == 5 && (state[:2] == "08" || state[:2] == "57" && state != "57014"):
