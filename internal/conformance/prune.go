@@ -245,7 +245,10 @@ func testHooks[TTx any](t *testing.T, e *suite[TTx]) {
 		pruned  []idempotency.PruneEvent
 		started atomic.Int64
 	)
-	s := e.store(t, idempotency.WithTTL(100*time.Millisecond), idempotency.WithHooks(idempotency.Hooks{
+	// The TTL outlasts the calls (a loaded machine makes each take a while),
+	// then the prune below waits it out.
+	const ttl = 3 * time.Second
+	s := e.store(t, idempotency.WithTTL(ttl), idempotency.WithHooks(idempotency.Hooks{
 		CallStart: func(ctx context.Context, scope, key string) context.Context {
 			started.Add(1)
 			return context.WithValue(ctx, ctxKey{}, key)
@@ -290,7 +293,7 @@ func testHooks[TTx any](t *testing.T, e *suite[TTx]) {
 	if !errors.Is(events[4].Err, errDeclined) {
 		t.Errorf("the failed call's event carries %v", events[4].Err)
 	}
-	time.Sleep(200 * time.Millisecond)
+	time.Sleep(ttl + 100*time.Millisecond)
 	n, err := s.Prune(ctx)
 	if err != nil || len(pruned) != 1 || pruned[0].Rows != n || n != 2 || pruned[0].Batches != 1 {
 		t.Errorf("prune: %d, %v; events %+v; want 2 rows in one batch", n, err, pruned)

@@ -112,7 +112,7 @@ func testSwallowedDeadlockInFn[TTx any](t *testing.T, e *suite[TTx]) {
 	}
 	s := e.store(t)
 	var calls atomic.Int64
-	locked1 := make(chan struct{})
+	locked1, locked2 := make(chan struct{}), make(chan struct{})
 	other := make(chan error, 1)
 	go func() {
 		<-locked1
@@ -132,6 +132,7 @@ func testSwallowedDeadlockInFn[TTx any](t *testing.T, e *suite[TTx]) {
 			other <- err
 			return
 		}
+		close(locked2)
 		if err := e.env.ExecTx(ctx, tx, `UPDATE accounts SET n = n + 1 WHERE id = 1`); err != nil { // waits for fn
 			other <- err
 			return
@@ -145,8 +146,13 @@ func testSwallowedDeadlockInFn[TTx any](t *testing.T, e *suite[TTx]) {
 		}
 		close(locked1)
 		// The other transaction, heavier so that InnoDB picks this one as
-		// the victim, holds row 2 and waits for row 1.
-		time.Sleep(500 * time.Millisecond)
+		// the victim, holds row 2 and then waits for row 1: let it start
+		// waiting.
+		select {
+		case <-locked2:
+		case <-time.After(time.Minute):
+		}
+		time.Sleep(200 * time.Millisecond)
 		fnErr = e.env.ExecTx(ctx, tx, `UPDATE accounts SET n = n + 1 WHERE id = 2`) // ignored
 		_, _ = e.charge("k", 1, &calls)(ctx, tx)
 		return 1, nil
