@@ -5,6 +5,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/lib/pq"
+	"github.com/lib/pq/pqerror"
 
 	"github.com/exactlyonce/idempotency/dialects"
 	"github.com/exactlyonce/idempotency/dialects/postgres"
@@ -31,7 +32,7 @@ func TestClassify(t *testing.T) {
 		if got := postgres.Classify(&pgconn.PgError{Code: c.state}); got != c.want {
 			t.Errorf("pgx %s: %v, want %v", c.state, got, c.want)
 		}
-		if got := postgres.Classify(&pq.Error{Code: pq.ErrorCode(c.state)}); got != c.want {
+		if got := postgres.Classify(&pq.Error{Code: pqerror.Code(c.state)}); got != c.want {
 			t.Errorf("lib/pq %s: %v, want %v", c.state, got, c.want)
 		}
 	}
