@@ -17,6 +17,7 @@ type TxStore[TTx any] struct {
 	driver dialects.Driver[TTx]
 	cfg    *config
 	scope  string
+	reads  *reads // shared by the store's scopes
 }
 
 // Store is the store for database/sql through sqlx: its calls run fn with a
@@ -42,7 +43,7 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 			return nil, err
 		}
 	}
-	return &Store{driver: dialects.SQL(db, d, cfg.driverConfig()), cfg: cfg}, nil
+	return newStore(dialects.SQL(db, d, cfg.driverConfig()), cfg), nil
 }
 
 // NewTxStore returns a store on the driver that open returns for the
@@ -66,7 +67,18 @@ func NewTxStore[TTx any](open func(dialects.Config) (dialects.Driver[TTx], error
 	if d == nil {
 		return nil, errors.New("idempotency: NewTxStore: the open function returned no driver")
 	}
-	return &TxStore[TTx]{driver: d, cfg: cfg}, nil
+	return newStore(d, cfg), nil
+}
+
+func newStore[TTx any](d dialects.Driver[TTx], cfg *config) *TxStore[TTx] {
+	policy := dialects.ReadFirstNever
+	if r, ok := d.(dialects.ReadFirster); ok {
+		policy = r.ReadFirst()
+	}
+	if cfg.readFirst != nil {
+		policy = map[bool]dialects.ReadFirst{false: dialects.ReadFirstNever, true: dialects.ReadFirstAlways}[*cfg.readFirst]
+	}
+	return &TxStore[TTx]{driver: d, cfg: cfg, reads: &reads{policy: policy}}
 }
 
 func (c *config) driverConfig() dialects.Config {

@@ -31,6 +31,14 @@ var _ Driver[*sqlx.Tx] = (*sqlDriver)(nil)
 
 func (s *sqlDriver) Name() string { return s.d.Name() }
 
+// ReadFirst returns the dialect's choice, if it makes one.
+func (s *sqlDriver) ReadFirst() ReadFirst {
+	if r, ok := s.d.(ReadFirster); ok {
+		return r.ReadFirst()
+	}
+	return ReadFirstNever
+}
+
 // begin obeys ctx while it waits for a pooled connection and for BEGIN
 // (where SQLite waits for its write lock). Once the transaction has begun,
 // its fate is decided by its caller, not by ctx: database/sql rolls back a

@@ -83,8 +83,9 @@ type Dialect struct {
 }
 
 var (
-	_ dialects.Dialect = (*Dialect)(nil)
-	_ dialects.Schema  = (*Dialect)(nil)
+	_ dialects.Dialect     = (*Dialect)(nil)
+	_ dialects.Schema      = (*Dialect)(nil)
+	_ dialects.ReadFirster = (*Dialect)(nil)
 )
 
 // The database/sql driver names the dialect serves.
@@ -127,6 +128,13 @@ WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6) AND fa
 
 // Name returns "mysql".
 func (d *Dialect) Name() string { return "mysql" }
+
+// ReadFirst returns dialects.ReadFirstAdaptive. A replay that claims first
+// costs four statements (BEGIN, the failed INSERT, ROLLBACK, the read), a
+// replay that reads first one, and a fresh call that reads first six
+// instead of five: reading first pays while more than a quarter of the
+// calls replay.
+func (d *Dialect) ReadFirst() dialects.ReadFirst { return dialects.ReadFirstAdaptive }
 
 // Claim inserts the key's row with a placeholder for the value, without
 // waiting for a twin's row lock (up to a second on MySQL 8); see the package

@@ -41,8 +41,9 @@ type Dialect struct {
 }
 
 var (
-	_ dialects.Dialect = (*Dialect)(nil)
-	_ dialects.Schema  = (*Dialect)(nil)
+	_ dialects.Dialect     = (*Dialect)(nil)
+	_ dialects.Schema      = (*Dialect)(nil)
+	_ dialects.ReadFirster = (*Dialect)(nil)
 )
 
 // The database/sql driver names the dialect serves.
@@ -75,6 +76,11 @@ WHERE scope = ? AND "key" = ? AND expires_at > ` + NowMillis + ` AND value IS NO
 
 // Name returns "sqlite".
 func (d *Dialect) Name() string { return "sqlite" }
+
+// ReadFirst returns dialects.ReadFirstAlways: a read, which runs in the
+// process, costs a fresh call little, and a replay that reads first takes
+// no write lock.
+func (d *Dialect) ReadFirst() dialects.ReadFirst { return dialects.ReadFirstAlways }
 
 // Claim inserts the key's row with no value, taking the write lock.
 func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, fingerprint []byte, ttl time.Duration) (dialects.Claim, dialects.Record, error) {
