@@ -70,13 +70,16 @@ func NewTxStore[TTx any](open func(dialects.Config) (dialects.Driver[TTx], error
 	return newStore(d, cfg), nil
 }
 
+// newStore returns a store on d. Its calls read first as WithReadFirst
+// says, or else as the driver chooses.
 func newStore[TTx any](d dialects.Driver[TTx], cfg *config) *TxStore[TTx] {
 	policy := dialects.ReadFirstNever
-	if r, ok := d.(dialects.ReadFirster); ok {
+	r, chooses := d.(dialects.ReadFirster)
+	switch {
+	case cfg.readFirst != nil && *cfg.readFirst:
+		policy = dialects.ReadFirstAlways
+	case cfg.readFirst == nil && chooses:
 		policy = r.ReadFirst()
-	}
-	if cfg.readFirst != nil {
-		policy = map[bool]dialects.ReadFirst{false: dialects.ReadFirstNever, true: dialects.ReadFirstAlways}[*cfg.readFirst]
 	}
 	return &TxStore[TTx]{driver: d, cfg: cfg, reads: &reads{policy: policy}}
 }

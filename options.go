@@ -102,12 +102,11 @@ func WithIsolation(level sql.IsolationLevel) Option {
 // transaction, and a read after it; on SQLite, the write lock too); a
 // fresh call that reads first costs one more statement.
 //
-// By default the dialect chooses, from what each costs on its database:
-// Postgres claims first (its claim returns the stored record); SQLite reads
-// first (a read costs a fresh call little there); MySQL and MariaDB read
-// first while more than a quarter of the store's recent calls replayed (a
-// wave of retries, a duplicate storm) and claim first otherwise, so that
-// fresh calls in ordinary traffic pay for no read.
+// By default the dialect chooses, from what each costs on its database.
+// Postgres claims first: its claim returns the stored record. MySQL,
+// MariaDB and SQLite read first while more than a quarter of the store's
+// recent calls replayed (a wave of retries, a duplicate storm), and claim
+// first otherwise, so that fresh calls in ordinary traffic pay for no read.
 func WithReadFirst(on bool) Option {
 	return func(c *config) error {
 		c.readFirst = &on

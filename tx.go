@@ -331,8 +331,9 @@ type reads struct {
 }
 
 // readFirstAbove is the share of replays above which adaptive calls read
-// first: measured on MariaDB, a read costs a fresh call about one
-// statement, and saves a replay about three.
+// first. Measured, a read first costs a fresh call about a third of what
+// it saves a replay: one statement against three on MariaDB, 18µs against
+// 48µs of CPU on SQLite. Reading first pays above a quarter.
 const readFirstAbove = 1 << 16 / 4
 
 func (r *reads) first() bool {

@@ -369,13 +369,12 @@ func testReadFirst[TTx any](t *testing.T, e *suite[TTx]) {
 	}
 }
 
-// testDefaultReadFirst: without WithReadFirst the dialect chooses. SQLite
-// reads first: a replay is answered while another transaction holds the
-// write lock, which a claim would wait for. MySQL and MariaDB read first
-// while more than a quarter of the store's recent calls replayed: a replay
-// of a key whose row another transaction has locked is held up while fresh
-// calls dominate (its claim needs that lock) and answered once replays do
-// (its read does not).
+// testDefaultReadFirst: without WithReadFirst the dialect chooses. MySQL,
+// MariaDB and SQLite read first while more than a quarter of the store's
+// recent calls replayed. A replay of a key that another transaction keeps
+// from being claimed (it holds the key's row on MySQL, the write lock on
+// SQLite) is held up while fresh calls dominate, for its claim needs the
+// lock, and answered once replays do, for its read does not.
 func testDefaultReadFirst[TTx any](t *testing.T, e *suite[TTx]) {
 	var calls atomic.Int64
 	seed := e.store(t)
@@ -384,20 +383,8 @@ func testDefaultReadFirst[TTx any](t *testing.T, e *suite[TTx]) {
 			t.Fatal(err)
 		}
 	}
-	// lock begins a transaction that keeps others from claiming "locked";
-	// replay replays it in a context that ends long before the lock would.
-	lock := map[string]string{
-		"sqlite": `INSERT INTO charges (ref, amount) VALUES ('lock', 0)`, // takes the write lock
-		"mysql":  "SELECT 1 FROM idempotency_keys WHERE scope = '' AND `key` = 'locked' FOR UPDATE",
-	}[e.kind]
-	holder, err := e.env.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = e.env.Rollback(ctx, holder) }()
-	if err := e.env.ExecTx(ctx, holder, lock); err != nil {
-		t.Fatal(err)
-	}
+	// replay replays "locked" in a context that ends long before the lock
+	// would; lock is a statement that keeps others from claiming it.
 	replay := func(s *idempotency.TxStore[TTx]) error {
 		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer cancel()
@@ -407,43 +394,51 @@ func testDefaultReadFirst[TTx any](t *testing.T, e *suite[TTx]) {
 		}
 		return err
 	}
-	// The claim has to wait for the lock (till the context ends, or not at
-	// all with WithWait(0)); a read does not.
+	lock := map[string]string{
+		"sqlite": `INSERT INTO charges (ref, amount) VALUES ('lock', 0)`, // takes the write lock
+		"mysql":  "SELECT 1 FROM idempotency_keys WHERE scope = '' AND `key` = 'locked' FOR UPDATE",
+	}[e.kind]
+	s := e.store(t, idempotency.WithWait(0))
 	claimFirst := e.store(t, idempotency.WithReadFirst(false), idempotency.WithWait(0))
-	if err := replay(claimFirst); err == nil {
+	// The replays and fresh calls below run while the lock is not held,
+	// those of "locked" while it is.
+	underLock := func(s *idempotency.TxStore[TTx]) error {
+		t.Helper()
+		holder, err := e.env.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = e.env.Rollback(ctx, holder) }()
+		if err := e.env.ExecTx(ctx, holder, lock); err != nil {
+			t.Fatal(err)
+		}
+		return replay(s)
+	}
+	if err := underLock(claimFirst); err == nil {
 		t.Fatal("a replay that claims first was answered under the lock: the test cannot tell a read from a claim")
 	}
-
-	s := e.store(t, idempotency.WithWait(0))
-	switch e.kind {
-	case "sqlite":
-		if err := replay(s); err != nil {
-			t.Fatalf("a replay under the write lock, by default: %v; want it read first and answered", err)
-		}
-	case "mysql":
-		if err := replay(s); err == nil {
-			t.Fatal("a replay under the row lock, by a store that has seen no calls, was answered; want it to claim first")
-		}
-		for i := range 10 {
-			key := fmt.Sprintf("r%d", i)
-			if r, err := idempotency.Run(ctx, s, key, nil, e.charge(key, 1, &calls)); err != nil || !r.Replayed {
-				t.Fatalf("replay %s: %v, replayed %v", key, err, r.Replayed)
-			}
-		}
-		if err := replay(s); err != nil {
-			t.Fatalf("a replay under the row lock after ten replays: %v; want it read first and answered", err)
-		}
-		for i := range 20 {
-			key := fmt.Sprintf("f%d", i)
-			if _, err := idempotency.Do(ctx, s, key, nil, e.charge(key, 1, &calls)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := replay(s); err == nil {
-			t.Fatal("a replay under the row lock after twenty fresh calls was answered; want it to claim first again")
+	if err := underLock(s); err == nil {
+		t.Fatal("a replay under the lock, by a store that has seen no calls, was answered; want it to claim first")
+	}
+	for i := range 10 {
+		key := fmt.Sprintf("r%d", i)
+		if r, err := idempotency.Run(ctx, s, key, nil, e.charge(key, 1, &calls)); err != nil || !r.Replayed {
+			t.Fatalf("replay %s: %v, replayed %v", key, err, r.Replayed)
 		}
 	}
-	if calls.Load() != 11+map[string]int64{"sqlite": 0, "mysql": 20}[e.kind] {
-		t.Errorf("fn ran %d times", calls.Load())
+	if err := underLock(s); err != nil {
+		t.Fatalf("a replay under the lock after ten replays: %v; want it read first and answered", err)
+	}
+	for i := range 20 {
+		key := fmt.Sprintf("f%d", i)
+		if _, err := idempotency.Do(ctx, s, key, nil, e.charge(key, 1, &calls)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := underLock(s); err == nil {
+		t.Fatal("a replay under the lock after twenty fresh calls was answered; want it to claim first again")
+	}
+	if calls.Load() != 31 {
+		t.Errorf("fn ran %d times, want 31: once per key", calls.Load())
 	}
 }
