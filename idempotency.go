@@ -17,6 +17,7 @@ type TxStore[TTx any] struct {
 	driver dialects.Driver[TTx]
 	cfg    *config
 	scope  string
+	reads  *reads // shared by the store's scopes
 }
 
 // Store is the store for database/sql through sqlx: its calls run fn with a
@@ -42,7 +43,7 @@ func New(db *sqlx.DB, opts ...Option) (*Store, error) {
 			return nil, err
 		}
 	}
-	return &Store{driver: dialects.SQL(db, d, cfg.driverConfig()), cfg: cfg}, nil
+	return newStore(dialects.SQL(db, d, cfg.driverConfig()), cfg), nil
 }
 
 // NewTxStore returns a store on the driver that open returns for the
@@ -66,7 +67,21 @@ func NewTxStore[TTx any](open func(dialects.Config) (dialects.Driver[TTx], error
 	if d == nil {
 		return nil, errors.New("idempotency: NewTxStore: the open function returned no driver")
 	}
-	return &TxStore[TTx]{driver: d, cfg: cfg}, nil
+	return newStore(d, cfg), nil
+}
+
+// newStore returns a store on d. Its calls read first as WithReadFirst
+// says, or else as the driver chooses.
+func newStore[TTx any](d dialects.Driver[TTx], cfg *config) *TxStore[TTx] {
+	policy := dialects.ReadFirstNever
+	r, chooses := d.(dialects.ReadFirster)
+	switch {
+	case cfg.readFirst != nil && *cfg.readFirst:
+		policy = dialects.ReadFirstAlways
+	case cfg.readFirst == nil && chooses:
+		policy = r.ReadFirst()
+	}
+	return &TxStore[TTx]{driver: d, cfg: cfg, reads: &reads{policy: policy}}
 }
 
 func (c *config) driverConfig() dialects.Config {

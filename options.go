@@ -21,7 +21,7 @@ type config struct {
 	dialect    dialects.Dialect
 	logger     *slog.Logger
 	hooks      Hooks
-	readFirst  bool
+	readFirst  *bool       // nil: the driver's default
 	prune      pruneConfig // RunPruner's
 }
 
@@ -95,14 +95,21 @@ func WithIsolation(level sql.IsolationLevel) Option {
 	}
 }
 
-// WithReadFirst makes Do read the key before it begins a transaction. A
-// replay then costs one indexed read and no transaction (on MySQL and SQLite
-// it otherwise costs a failed INSERT and, on SQLite, the write lock); a
-// fresh call costs one more round trip. Worth it where retries are common,
-// and on SQLite, whose statements are cheap. The default is off.
+// WithReadFirst(true) makes every call read its key before it begins a
+// transaction; WithReadFirst(false) makes every call claim it first. A
+// replay that reads first costs one indexed read and no transaction (on
+// MySQL and SQLite a claim that finds the key costs a failed INSERT in a
+// transaction, and a read after it; on SQLite, the write lock too); a
+// fresh call that reads first costs one more statement.
+//
+// By default the dialect chooses, from what each costs on its database.
+// Postgres claims first: its claim returns the stored record. MySQL,
+// MariaDB and SQLite read first while more than a quarter of the store's
+// recent calls replayed (a wave of retries, a duplicate storm), and claim
+// first otherwise, so that fresh calls in ordinary traffic pay for no read.
 func WithReadFirst(on bool) Option {
 	return func(c *config) error {
-		c.readFirst = on
+		c.readFirst = &on
 		return nil
 	}
 }

@@ -245,7 +245,7 @@ func (s *TxStore[TTx]) loop(ctx context.Context, u unit[TTx], k dialects.Key, fp
 		deadline time.Time // of the wait for a twin, from when one is first seen
 		stored   []byte    // a final failure to store instead of calling fn
 	)
-	if s.cfg.readFirst && !u.joined() {
+	if !u.joined() && s.reads.first() {
 		rec, ok, err := s.driver.Lookup(ctx, k)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -254,6 +254,7 @@ func (s *TxStore[TTx]) loop(ctx context.Context, u unit[TTx], k dialects.Key, fp
 			return dialects.Record{}, false, fmt.Errorf("idempotency: read the stored key: %w", err)
 		}
 		if ok {
+			s.reads.saw(true)
 			return replayOf(rec, fp, k)
 		}
 	}
@@ -264,8 +265,14 @@ func (s *TxStore[TTx]) loop(ctx context.Context, u unit[TTx], k dialects.Key, fp
 		out, rec, err := s.attempt(ctx, u, k, fp, work, stored)
 		switch out {
 		case done:
+			if err == nil && !u.joined() {
+				s.reads.saw(false)
+			}
 			return rec, false, err
 		case replay:
+			if !u.joined() {
+				s.reads.saw(true)
+			}
 			return replayOf(rec, fp, k)
 		case failed:
 			stored = rec.Value
@@ -310,6 +317,46 @@ func (s *TxStore[TTx]) loop(ctx context.Context, u unit[TTx], k dialects.Key, fp
 			return dialects.Record{}, false, fmt.Errorf("idempotency: key %q: gave up after %d attempts that each found the key changed under them", k.Key, restarts)
 		}
 	}
+}
+
+// reads decides whether a call reads its key before its transaction, by
+// the store's policy (dialects.ReadFirst); for ReadFirstAdaptive, from the
+// share of its recent calls that replayed.
+type reads struct {
+	policy dialects.ReadFirst
+	// replayed is that share, in 1/65536, as a moving average over about
+	// the last 16 calls that committed or replayed. Updates from calls that
+	// end together may be lost: it is an estimate.
+	replayed atomic.Int32
+}
+
+// readFirstAbove is the share of replays above which adaptive calls read
+// first. Measured, a read first costs a fresh call about a third of what
+// it saves a replay: one statement against three on MariaDB, 18µs against
+// 48µs of CPU on SQLite. Reading first pays above a quarter.
+const readFirstAbove = 1 << 16 / 4
+
+func (r *reads) first() bool {
+	switch r.policy {
+	case dialects.ReadFirstAlways:
+		return true
+	case dialects.ReadFirstAdaptive:
+		return r.replayed.Load() > readFirstAbove
+	}
+	return false
+}
+
+// saw records a call that replayed, or that committed fn's value.
+func (r *reads) saw(replayed bool) {
+	if r.policy != dialects.ReadFirstAdaptive {
+		return
+	}
+	var x int32
+	if replayed {
+		x = 1 << 16
+	}
+	v := r.replayed.Load()
+	r.replayed.Store(v + (x-v)/16)
 }
 
 // replayOf answers a call from a stored record, if params match.

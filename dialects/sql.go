@@ -18,18 +18,44 @@ func SQL(db *sqlx.DB, d Dialect, cfg Config) Driver[*sqlx.Tx] {
 	if cfg.Isolation != sql.LevelDefault {
 		opts = &sql.TxOptions{Isolation: cfg.Isolation}
 	}
-	return &sqlDriver{db: db, d: d, opts: opts}
+	return &sqlDriver{db: db, d: d, opts: opts, stmts: newStatements(d)}
 }
 
 type sqlDriver struct {
-	db   *sqlx.DB
-	d    Dialect
-	opts *sql.TxOptions
+	db    *sqlx.DB
+	d     Dialect
+	opts  *sql.TxOptions
+	stmts *statements // nil: the dialect prepares none (see Prepared)
+}
+
+// in is what the dialect's statements run on in tx: the prepared ones, once
+// they are ready.
+func (s *sqlDriver) in(tx *sqlx.Tx) Querier {
+	if m := s.stmts.get(); m != nil {
+		return preparedTx{Tx: tx, stmts: m}
+	}
+	return tx
+}
+
+// outside is in outside any transaction.
+func (s *sqlDriver) outside() Querier {
+	if m := s.stmts.get(); m != nil {
+		return preparedDB{DB: s.db, stmts: m}
+	}
+	return s.db
 }
 
 var _ Driver[*sqlx.Tx] = (*sqlDriver)(nil)
 
 func (s *sqlDriver) Name() string { return s.d.Name() }
+
+// ReadFirst returns the dialect's choice, if it makes one.
+func (s *sqlDriver) ReadFirst() ReadFirst {
+	if r, ok := s.d.(ReadFirster); ok {
+		return r.ReadFirst()
+	}
+	return ReadFirstNever
+}
 
 // begin obeys ctx while it waits for a pooled connection and for BEGIN
 // (where SQLite waits for its write lock). Once the transaction has begun,
@@ -59,11 +85,12 @@ func (s *sqlDriver) begin(ctx context.Context) (*sqlx.Tx, error) {
 
 func (s *sqlDriver) Begin(ctx context.Context, k Key, fingerprint []byte, ttl time.Duration) (*sqlx.Tx, Claim, Record, error) {
 	var none Record
+	s.stmts.prepare(ctx, s.db)
 	tx, err := s.begin(ctx)
 	if err != nil {
 		return nil, 0, none, err
 	}
-	c, rec, err := s.d.Claim(ctx, tx, k, fingerprint, ttl)
+	c, rec, err := s.d.Claim(ctx, s.in(tx), k, fingerprint, ttl)
 	if err != nil || c != Claimed {
 		// Nothing but ROLLBACK after a failed claim: see the mysql dialect.
 		_ = tx.Rollback()
@@ -76,7 +103,7 @@ func (s *sqlDriver) Begin(ctx context.Context, k Key, fingerprint []byte, ttl ti
 }
 
 func (s *sqlDriver) Commit(ctx context.Context, tx *sqlx.Tx, k Key, rec Record, ttl time.Duration) error {
-	ok, err := s.d.Save(ctx, tx, k, rec, ttl)
+	ok, err := s.d.Save(ctx, s.in(tx), k, rec, ttl)
 	if err != nil || !ok {
 		_ = tx.Rollback()
 		if err == nil {
@@ -116,20 +143,24 @@ func (s *sqlDriver) Release(ctx context.Context, tx *sqlx.Tx, name string) error
 	return err
 }
 
+// Claim, Save and LookupTx run in the caller's transaction (DoTx), which
+// holds a connection: they use the prepared statements if they are ready,
+// and never prepare them.
 func (s *sqlDriver) Claim(ctx context.Context, tx *sqlx.Tx, k Key, fingerprint []byte, ttl time.Duration) (Claim, Record, error) {
-	return s.d.Claim(ctx, tx, k, fingerprint, ttl)
+	return s.d.Claim(ctx, s.in(tx), k, fingerprint, ttl)
 }
 
 func (s *sqlDriver) Save(ctx context.Context, tx *sqlx.Tx, k Key, rec Record, ttl time.Duration) (bool, error) {
-	return s.d.Save(ctx, tx, k, rec, ttl)
+	return s.d.Save(ctx, s.in(tx), k, rec, ttl)
 }
 
 func (s *sqlDriver) Lookup(ctx context.Context, k Key) (Record, bool, error) {
-	return s.d.Lookup(ctx, s.db, k)
+	s.stmts.prepare(ctx, s.db)
+	return s.d.Lookup(ctx, s.outside(), k)
 }
 
 func (s *sqlDriver) LookupTx(ctx context.Context, tx *sqlx.Tx, k Key) (Record, bool, error) {
-	return s.d.Lookup(ctx, tx, k)
+	return s.d.Lookup(ctx, s.in(tx), k)
 }
 
 func (s *sqlDriver) DeleteExpired(ctx context.Context, k Key) error {

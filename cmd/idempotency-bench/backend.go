@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // pgx
@@ -35,7 +37,12 @@ type backend struct {
 	// The statements each workload sends besides the core's own.
 	business  string // the business row: (ref, amount)
 	keyRow    string // the hand-written lower bound: one INSERT of key+value
+	emptyTrip string // a statement that does nothing: one round trip
 	countRows string // business rows of one ref
+
+	// serverCPU reads the server's CPU time, where the bench runs on its
+	// machine (MariaDB and MySQL, through /proc); nil elsewhere.
+	serverCPU func() time.Duration
 }
 
 // variants expands a -backends name into the DSN settings to measure:
@@ -164,18 +171,22 @@ func (b *backend) setup(ctx context.Context, tmp string) error {
 		b.countRows = `SELECT COUNT(*) FROM bench_orders WHERE ref = $1`
 		b.keyRow = `INSERT INTO idempotency_keys (scope, key, fingerprint, value, failed, created_at, expires_at)
 VALUES ($1, $2, $3, $4, false, now(), now() + interval '1 day')`
+		b.emptyTrip = `SELECT 1`
 	case "mysql":
 		table = `CREATE TABLE bench_orders (id bigint AUTO_INCREMENT PRIMARY KEY, ref varchar(255) NOT NULL, amount bigint NOT NULL) ENGINE = InnoDB`
 		b.business = `INSERT INTO bench_orders (ref, amount) VALUES (?, ?)`
 		b.countRows = `SELECT COUNT(*) FROM bench_orders WHERE ref = ?`
 		b.keyRow = "INSERT INTO idempotency_keys (scope, `key`, fingerprint, value, failed, created_at, expires_at)\n" +
 			`VALUES (?, ?, ?, ?, FALSE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 1 DAY)`
+		b.emptyTrip = `DO 1`
+		b.serverCPU = mysqlCPU(ctx, db)
 	case "sqlite":
 		table = `CREATE TABLE bench_orders (id INTEGER PRIMARY KEY, ref TEXT NOT NULL, amount INTEGER NOT NULL)`
 		b.business = `INSERT INTO bench_orders (ref, amount) VALUES (?, ?)`
 		b.countRows = `SELECT COUNT(*) FROM bench_orders WHERE ref = ?`
 		b.keyRow = `INSERT INTO idempotency_keys (scope, "key", fingerprint, value, failed, created_at, expires_at)
 VALUES (?, ?, ?, ?, 0, ` + sqlite.NowMillis + `, ` + sqlite.NowMillis + ` + 86400000)`
+		b.emptyTrip = `SELECT 1`
 	}
 	if _, err := db.ExecContext(ctx, table); err != nil {
 		return fmt.Errorf("%s: create bench_orders: %w", b.name, err)
@@ -189,3 +200,21 @@ func (b *backend) withAddr(addr string) (string, error) { return scratch.Rehost(
 
 // target is the server's host:port.
 func (b *backend) target() (string, error) { return scratch.Addr(b.kind, b.dsn) }
+
+// mysqlCPU finds the server's process through its pid file, if the server
+// runs on this machine.
+func mysqlCPU(ctx context.Context, db *sqlx.DB) func() time.Duration {
+	var file string
+	if err := db.GetContext(ctx, &file, `SELECT @@pid_file`); err != nil {
+		return nil
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil
+	}
+	return procCPU(pid)
+}

@@ -11,11 +11,18 @@
 //   - floor: the bare transaction plus one INSERT of the key with its value:
 //     the physical lower bound of any protocol that stores the key in the
 //     same transaction (it has no claim, so it is not one).
+//   - floor + empty trip: the floor with one more statement that does
+//     nothing (DO 1, SELECT 1): what a protocol that needs one round trip
+//     more than the floor cannot beat (a claim before fn, through
+//     database/sql).
 //   - fresh Do: idempotency.Do with a new key; fn inserts the business row.
 //   - fresh Do (ReadFirst): the same through a store with WithReadFirst, which
 //     reads the key before any transaction: what that costs fresh calls.
 //   - replay Do: idempotency.Do with a key that already committed.
 //   - replay Do (ReadFirst): the same replay answered by that one read.
+//   - replay Do (1 in 10): replays among fresh calls, nine to one, with the
+//     default store, as retries arrive in ordinary traffic; only the
+//     replays are timed.
 //
 // Then a duplicate storm: -storm calls on one key at once, fn inserting a
 // row and taking about as long as a bare transaction. It reports the
@@ -23,7 +30,8 @@
 //
 // Once per backend it counts round trips per call at the wire (a TCP proxy
 // counts each time the server answers after the client spoke), and on every
-// backend it reports heap allocations per call at concurrency 1.
+// backend it reports heap allocations per call at concurrency 1, and CPU
+// time per call: the bench's own, and a local MariaDB's (from /proc).
 //
 // Usage:
 //
@@ -199,7 +207,7 @@ func (r *runner) block(ctx context.Context, w *bench, c, round int) error {
 	defer w.c.conns(1)
 	// Warm the pool and the drivers' statement caches.
 	for _, name := range r.workloads {
-		if _, err := phase(ctx, c, max(2*c, r.ops/20), w.op(name)); err != nil {
+		if _, err := phase(ctx, c, max(2*c, r.ops/20), w.op(name), nil); err != nil {
 			return fmt.Errorf("warm-up %s: %w", name, err)
 		}
 	}
@@ -207,7 +215,7 @@ func (r *runner) block(ctx context.Context, w *bench, c, round int) error {
 	k := round % len(order)
 	order = append(order[k:], order[:k]...)
 	for _, name := range order {
-		s, err := phase(ctx, c, r.ops, w.op(name))
+		s, err := phase(ctx, c, r.ops, w.op(name), w.b.serverCPU)
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -278,6 +286,9 @@ func (r *runner) countTrips(ctx context.Context, w *bench) (map[string]float64, 
 	const n = 50
 	out := map[string]float64{}
 	for _, name := range workloads {
+		if name == wReplayMixed {
+			continue // fresh calls and replays: their own columns say it
+		}
 		op := pw.op(name)
 		for i := range 5 { // connect, detect, fill statement caches
 			if err := op(ctx, i); err != nil {

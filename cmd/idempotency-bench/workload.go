@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime"
 	"slices"
@@ -19,13 +20,19 @@ import (
 const (
 	wBare        = "bare tx"
 	wFloor       = "floor: +1 INSERT"
+	wCeiling     = "floor + empty trip"
 	wFresh       = "fresh Do"
 	wFreshLookup = "fresh Do (ReadFirst)"
 	wReplay      = "replay Do"
 	wReplayLook  = "replay Do (ReadFirst)"
+	wReplayMixed = "replay Do (1 in 10)"
 )
 
-var workloads = []string{wBare, wFloor, wFresh, wFreshLookup, wReplay, wReplayLook}
+var workloads = []string{wBare, wFloor, wCeiling, wFresh, wFreshLookup, wReplay, wReplayLook, wReplayMixed}
+
+// errUntimed is what an op returns when it succeeded but its latency is not
+// the workload's: the fresh calls between the replays of wReplayMixed.
+var errUntimed = errors.New("untimed")
 
 // receipt is what fn returns: small, like a payment's answer.
 type receipt struct {
@@ -103,6 +110,18 @@ func (w *bench) op(name string) func(ctx context.Context, i int) error {
 			}
 			return w.c.floor(ctx, key, w.fp, v)
 		}
+	case wCeiling:
+		// The floor plus one statement that does nothing: what any
+		// protocol costs that needs one round trip more than the floor,
+		// as a claim before fn does through database/sql.
+		return func(ctx context.Context, i int) error {
+			key := w.newKey()
+			v, err := json.Marshal(receipt{Ref: key, Amount: params.Amount})
+			if err != nil {
+				return err
+			}
+			return w.c.ceiling(ctx, key, w.fp, v)
+		}
 	case wFresh, wFreshLookup:
 		return func(ctx context.Context, i int) error {
 			_, err := w.c.run(ctx, name == wFreshLookup, w.newKey(), 0, nil)
@@ -112,6 +131,21 @@ func (w *bench) op(name string) func(ctx context.Context, i int) error {
 		return w.replayOp(false)
 	case wReplayLook:
 		return w.replayOp(true)
+	case wReplayMixed:
+		// A replay among fresh calls, as retries come in ordinary
+		// traffic, with the store's default options: only the replays
+		// are timed.
+		replay := w.replayOp(false)
+		return func(ctx context.Context, i int) error {
+			if i%10 != 9 {
+				_, err := w.c.run(ctx, false, w.newKey(), 0, nil)
+				if err == nil {
+					err = errUntimed
+				}
+				return err
+			}
+			return replay(ctx, i)
+		}
 	}
 	panic("unknown workload " + name)
 }
@@ -120,12 +154,16 @@ func (w *bench) op(name string) func(ctx context.Context, i int) error {
 type sample struct {
 	opsPerSec float64
 	p50, p99  time.Duration
-	allocs    float64 // heap allocations per op (whole process)
+	allocs    float64       // heap allocations per op (whole process)
+	cpu       time.Duration // the bench process's CPU time per op
+	serverCPU time.Duration // the server's per op, where it can be read (0: not)
 }
 
-// phase runs ops calls of op on c workers and measures them.
-func phase(ctx context.Context, c, ops int, op func(context.Context, int) error) (sample, error) {
+// phase runs ops calls of op on c workers and measures them; server, if not
+// nil, reads the server's CPU time.
+func phase(ctx context.Context, c, ops int, op func(context.Context, int) error, server func() time.Duration) (sample, error) {
 	lat := make([]time.Duration, ops)
+	timed := make([]bool, ops)
 	var (
 		next     atomic.Int64
 		wg       sync.WaitGroup
@@ -134,6 +172,7 @@ func phase(ctx context.Context, c, ops int, op func(context.Context, int) error)
 	)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	cpu0, srv0 := processCPU(), readCPU(server)
 	start := time.Now()
 	for range c {
 		wg.Add(1)
@@ -145,28 +184,51 @@ func phase(ctx context.Context, c, ops int, op func(context.Context, int) error)
 					return
 				}
 				t := time.Now()
-				if err := op(ctx, i); err != nil {
+				err := op(ctx, i)
+				if errors.Is(err, errUntimed) {
+					continue
+				}
+				if err != nil {
 					errOnce.Do(func() { firstErr = err })
 					next.Store(int64(ops))
 					return
 				}
-				lat[i] = time.Since(t)
+				lat[i], timed[i] = time.Since(t), true
 			}
 		}()
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu1, srv1 := processCPU(), readCPU(server)
 	runtime.ReadMemStats(&after)
 	if firstErr != nil {
 		return sample{}, firstErr
 	}
-	slices.Sort(lat)
-	return sample{
+	var kept []time.Duration
+	for i, ok := range timed {
+		if ok {
+			kept = append(kept, lat[i])
+		}
+	}
+	slices.Sort(kept)
+	s := sample{
 		opsPerSec: float64(ops) / elapsed.Seconds(),
-		p50:       lat[len(lat)/2],
-		p99:       lat[min(len(lat)-1, len(lat)*99/100)],
+		p50:       kept[len(kept)/2],
+		p99:       kept[min(len(kept)-1, len(kept)*99/100)],
 		allocs:    float64(after.Mallocs-before.Mallocs) / float64(ops),
-	}, nil
+		cpu:       (cpu1 - cpu0) / time.Duration(ops),
+	}
+	if server != nil {
+		s.serverCPU = (srv1 - srv0) / time.Duration(ops)
+	}
+	return s, nil
+}
+
+func readCPU(f func() time.Duration) time.Duration {
+	if f == nil {
+		return 0
+	}
+	return f()
 }
 
 // stormSample is one duplicate storm.

@@ -2,6 +2,7 @@ package mysql_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -86,5 +87,90 @@ func TestMySQL8Claim(t *testing.T) {
 	_ = tx.Rollback()
 	if err != nil || c != dialects.Taken {
 		t.Fatalf("a claim after the twin committed: %v, %v; want Taken", c, err)
+	}
+}
+
+// TestSaveInPlace: the claim writes the row at the size the save gives it,
+// so that InnoDB changes it in place: the save keeps the placeholder's
+// length (padding a shorter value) and the claim's expiry (when fn took
+// less than the slack), and the read strips the padding. A longer value,
+// a slow fn, and rows written before the placeholder came, are saved and
+// read as they are.
+func TestSaveInPlace(t *testing.T) {
+	ctx := context.Background()
+	db := testdb.Backend{Name: "mysql", Driver: "mysql", Kind: "mysql"}.Open(t)
+	d := mysql.New(dialects.DefaultTable)
+	fp := make([]byte, 32)
+	type row struct {
+		Length  int       `db:"length"`
+		Failed  int       `db:"failed"`
+		Expires time.Time `db:"expires_at"`
+	}
+	read := func(q dialects.Querier, key string) row {
+		t.Helper()
+		var r row
+		if err := sqlx.GetContext(ctx, q, &r, "SELECT LENGTH(value) AS length, failed, expires_at FROM idempotency_keys WHERE scope = '' AND `key` = ?", key); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	// call claims key, checks the claimed row, waits, saves value and
+	// commits; it returns the row as claimed and as saved.
+	call := func(key string, value []byte, ttl, wait time.Duration) (claimed, saved row) {
+		t.Helper()
+		tx, err := db.BeginTxx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback() }()
+		k := dialects.Key{Key: key}
+		if c, _, err := d.Claim(ctx, tx, k, fp, ttl); err != nil || c != dialects.Claimed {
+			t.Fatalf("claim %s: %v, %v", key, c, err)
+		}
+		if _, ok, err := d.Lookup(ctx, tx, k); ok || err != nil {
+			t.Fatalf("the claiming transaction reads its claimed row as a record (%v, %v)", ok, err)
+		}
+		claimed = read(tx, key)
+		time.Sleep(wait)
+		if ok, err := d.Save(ctx, tx, k, dialects.Record{Fingerprint: fp, Value: value}, ttl); !ok || err != nil {
+			t.Fatalf("save %s: %v, %v", key, ok, err)
+		}
+		saved = read(tx, key)
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		rec, ok, err := d.Lookup(ctx, db, k)
+		if !ok || err != nil || string(rec.Value) != string(value) || rec.Failed {
+			t.Fatalf("read %s: %q (failed %v), %v, %v; want %q", key, rec.Value, rec.Failed, ok, err, value)
+		}
+		return claimed, saved
+	}
+	value := func(n int) []byte { return []byte(`"` + strings.Repeat("x", n-2) + `"`) }
+
+	// The first value sizes the placeholder of the claims after it.
+	call("first", value(100), time.Hour, 0)
+	claimed, saved := call("shorter", value(10), time.Hour, 0)
+	if claimed.Failed != 2 || claimed.Length < 100 || saved.Length != claimed.Length || !saved.Expires.Equal(claimed.Expires) || saved.Failed != 0 {
+		t.Errorf("a shorter value: claimed %+v, saved %+v; want the claim's length and expiry kept, failed 2 then 0", claimed, saved)
+	}
+	claimed, saved = call("longer", value(1000), time.Hour, 0)
+	if saved.Length != 1000 || !saved.Expires.Equal(claimed.Expires) {
+		t.Errorf("a value longer than the placeholder: claimed %+v, saved %+v; want it whole, with the claim's expiry", claimed, saved)
+	}
+	// A TTL of 400ms has a slack of 50ms: a save 200ms after the claim
+	// moves the expiry to the TTL from the save.
+	claimed, saved = call("slow", value(10), 400*time.Millisecond, 200*time.Millisecond)
+	if moved := saved.Expires.Sub(claimed.Expires); moved < 100*time.Millisecond {
+		t.Errorf("a save 200ms after the claim, TTL 400ms: the expiry moved by %v; want it at the TTL from the save", moved)
+	}
+
+	// A row as earlier versions saved it: no padding.
+	if _, err := db.ExecContext(ctx, "INSERT INTO idempotency_keys (scope, `key`, fingerprint, value, failed, created_at, expires_at) "+
+		"VALUES ('', 'old', ?, '{\"a\":1}', TRUE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 1 HOUR)", fp); err != nil {
+		t.Fatal(err)
+	}
+	rec, ok, err := d.Lookup(ctx, db, dialects.Key{Key: "old"})
+	if !ok || err != nil || string(rec.Value) != `{"a":1}` || !rec.Failed {
+		t.Errorf("a row saved by an earlier version: %q (failed %v), %v, %v", rec.Value, rec.Failed, ok, err)
 	}
 }

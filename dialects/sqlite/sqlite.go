@@ -41,8 +41,10 @@ type Dialect struct {
 }
 
 var (
-	_ dialects.Dialect = (*Dialect)(nil)
-	_ dialects.Schema  = (*Dialect)(nil)
+	_ dialects.Dialect     = (*Dialect)(nil)
+	_ dialects.Schema      = (*Dialect)(nil)
+	_ dialects.ReadFirster = (*Dialect)(nil)
+	_ dialects.Prepared    = (*Dialect)(nil)
 )
 
 // The database/sql driver names the dialect serves.
@@ -75,6 +77,18 @@ WHERE scope = ? AND "key" = ? AND expires_at > ` + NowMillis + ` AND value IS NO
 
 // Name returns "sqlite".
 func (d *Dialect) Name() string { return "sqlite" }
+
+// Statements returns the claim, the save and the read: SQLite parses a
+// statement each time it is sent unprepared, which costs about as much as
+// running one of these.
+func (d *Dialect) Statements() []string { return []string{d.claim, d.save, d.lookup} }
+
+// ReadFirst returns dialects.ReadFirstAdaptive. On one connection a read
+// first costs a fresh call about 18µs of CPU (5% of a call with a
+// synchronous commit), and saves a replay about 48µs (the write lock, the
+// failed INSERT and the ROLLBACK): reading first pays while more than a
+// quarter of the calls replay.
+func (d *Dialect) ReadFirst() dialects.ReadFirst { return dialects.ReadFirstAdaptive }
 
 // Claim inserts the key's row with no value, taking the write lock.
 func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key, fingerprint []byte, ttl time.Duration) (dialects.Claim, dialects.Record, error) {

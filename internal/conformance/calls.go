@@ -385,3 +385,77 @@ func testReadFirst[TTx any](t *testing.T, e *suite[TTx]) {
 		t.Errorf("fn ran %d times, %d and %d charges; want 2 (one per key), 1 and 1", calls.Load(), e.charges(t, "rf"), e.charges(t, "rf-twins"))
 	}
 }
+
+// testDefaultReadFirst: without WithReadFirst the dialect chooses. MySQL,
+// MariaDB and SQLite read first while more than a quarter of the store's
+// recent calls replayed. A replay of a key that another transaction keeps
+// from being claimed (it holds the key's row on MySQL, the write lock on
+// SQLite) is held up while fresh calls dominate, for its claim needs the
+// lock, and answered once replays do, for its read does not.
+func testDefaultReadFirst[TTx any](t *testing.T, e *suite[TTx]) {
+	var calls atomic.Int64
+	seed := e.store(t)
+	for _, key := range []string{"locked", "r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"} {
+		if _, err := idempotency.Do(ctx, seed, key, nil, e.charge(key, 1, &calls)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// replay replays "locked" in a context that ends long before the lock
+	// would; lock is a statement that keeps others from claiming it.
+	replay := func(s *idempotency.TxStore[TTx]) error {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		r, err := idempotency.Run(cctx, s, "locked", nil, e.charge("locked", 1, &calls))
+		if err == nil && !r.Replayed {
+			err = errors.New("not replayed")
+		}
+		return err
+	}
+	lock := map[string]string{
+		"sqlite": `INSERT INTO charges (ref, amount) VALUES ('lock', 0)`, // takes the write lock
+		"mysql":  "SELECT 1 FROM idempotency_keys WHERE scope = '' AND `key` = 'locked' FOR UPDATE",
+	}[e.kind]
+	s := e.store(t, idempotency.WithWait(0))
+	claimFirst := e.store(t, idempotency.WithReadFirst(false), idempotency.WithWait(0))
+	// The replays and fresh calls below run while the lock is not held,
+	// those of "locked" while it is.
+	underLock := func(s *idempotency.TxStore[TTx]) error {
+		t.Helper()
+		holder, err := e.env.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = e.env.Rollback(ctx, holder) }()
+		if err := e.env.ExecTx(ctx, holder, lock); err != nil {
+			t.Fatal(err)
+		}
+		return replay(s)
+	}
+	if err := underLock(claimFirst); err == nil {
+		t.Fatal("a replay that claims first was answered under the lock: the test cannot tell a read from a claim")
+	}
+	if err := underLock(s); err == nil {
+		t.Fatal("a replay under the lock, by a store that has seen no calls, was answered; want it to claim first")
+	}
+	for i := range 10 {
+		key := fmt.Sprintf("r%d", i)
+		if r, err := idempotency.Run(ctx, s, key, nil, e.charge(key, 1, &calls)); err != nil || !r.Replayed {
+			t.Fatalf("replay %s: %v, replayed %v", key, err, r.Replayed)
+		}
+	}
+	if err := underLock(s); err != nil {
+		t.Fatalf("a replay under the lock after ten replays: %v; want it read first and answered", err)
+	}
+	for i := range 20 {
+		key := fmt.Sprintf("f%d", i)
+		if _, err := idempotency.Do(ctx, s, key, nil, e.charge(key, 1, &calls)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := underLock(s); err == nil {
+		t.Fatal("a replay under the lock after twenty fresh calls was answered; want it to claim first again")
+	}
+	if calls.Load() != 31 {
+		t.Errorf("fn ran %d times, want 31: once per key", calls.Load())
+	}
+}
