@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/go-sql-driver/mysql"
 
@@ -53,8 +54,22 @@ type migrationLock struct{}
 
 func (migrationLock) SessionLock(ctx context.Context, conn *sql.Conn) error {
 	var got sql.NullInt64
-	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 600)", migrationLockName).Scan(&got); err != nil {
-		return fmt.Errorf("take the migration lock: %w", err)
+	for try := 1; ; try++ {
+		err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 600)", migrationLockName).Scan(&got)
+		if err == nil {
+			break
+		}
+		// TiDB takes GET_LOCK in a pessimistic transaction of its own, and
+		// under contention may give up on it with 1105 "pessimistic lock
+		// retry limit reached": a lost race, not a failure, so try again.
+		if try == 20 || !strings.Contains(err.Error(), "lock retry limit") {
+			return fmt.Errorf("take the migration lock: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Duration(try) * 50 * time.Millisecond):
+		}
 	}
 	if got.Int64 != 1 {
 		return errors.New("take the migration lock: another instance held it for 10 minutes")

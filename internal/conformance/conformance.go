@@ -133,8 +133,9 @@ func tests[TTx any]() []test[TTx] {
 		{name: "ValueThatDoesNotDecode", run: testValueThatDoesNotDecode[TTx]},
 		{name: "ReadFirst", serial: true, run: testReadFirst[TTx]},
 		{name: "DefaultReadFirst", kinds: []string{"mysql", "sqlite"},
-			why: "Postgres claims first by default, and its claim reads a committed key without waiting for its row",
-			run: testDefaultReadFirst[TTx]},
+			why:   "Postgres claims first by default, and its claim reads a committed key without waiting for its row",
+			locks: true,
+			run:   testDefaultReadFirst[TTx]},
 
 		// twins.go
 		{name: "TwinsRunOnce", serial: true, run: testTwinsRunOnce[TTx]},
