@@ -1,6 +1,7 @@
 -- Keys and scopes are compared byte for byte (VARBINARY): a case-insensitive
--- collation would make "abc" and "ABC" one key. value is NULL only while the
--- claiming transaction runs, which no other transaction sees.
+-- collation would make "abc" and "ABC" one key. A row the claiming
+-- transaction has not saved yet (failed = 2, a placeholder value; before
+-- that, a NULL value) is seen by no other transaction.
 
 -- +goose Up
 CREATE TABLE IF NOT EXISTS idempotency_keys (
