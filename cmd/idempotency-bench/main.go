@@ -40,6 +40,9 @@
 //	export IDEMPOTENCY_TIDB_DSN='root@tcp(127.0.0.1:4000)/test'
 //	go run ./cmd/idempotency-bench -backends sqlite,pgx,postgres,mysql -concurrency 1,16,64 -ops 2000 -rounds 3 -storm 200
 //
+// -concurrency takes numbers for every backend, and backend=number for one
+// (issue 13's run: -concurrency sqlite=1,mysql+interpolateParams=16).
+//
 // Each backend gets its own Postgres, MySQL or TiDB database, or SQLite
 // file, migrated with migrations.Up and dropped at the end. The tidb
 // backend runs TiDB in its default pessimistic mode, tidb-optimistic with
@@ -67,7 +70,7 @@ func main() {
 	var (
 		backendsFlag = flag.String("backends", "sqlite,pgx,postgres,mysql", "backends: sqlite, pgx (stdlib), pgxstore (native pgx), postgres (lib/pq), mysql, tidb, tidb-optimistic")
 		settings     = flag.String("settings", "both", "DSN settings for lib/pq, mysql and tidb: plain (driver defaults), recommended (binary_parameters=yes, interpolateParams=true) or both")
-		concFlag     = flag.String("concurrency", "1,16,64", "concurrent callers")
+		concFlag     = flag.String("concurrency", "1,16,64", "concurrent callers: numbers for every backend, or backend=number for one (sqlite=1,mysql+interpolateParams=16)")
 		ops          = flag.Int("ops", 2000, "calls per workload, round and concurrency")
 		rounds       = flag.Int("rounds", 3, "rounds; medians are reported")
 		stormN       = flag.Int("storm", 200, "calls in the duplicate storm (0: none)")
@@ -79,10 +82,6 @@ func main() {
 	log.SetFlags(0)
 	log.SetPrefix("idempotency-bench: ")
 
-	conc, err := ints(*concFlag)
-	if err != nil {
-		log.Fatal(err)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 
@@ -95,6 +94,10 @@ func main() {
 		for i := range vs {
 			bs = append(bs, &vs[i])
 		}
+	}
+	conc, err := concurrency(*concFlag, bs)
+	if err != nil {
+		log.Fatal(err)
 	}
 	var wl []string
 	for _, w := range strings.Split(*workloadFlag, ",") {
@@ -112,7 +115,7 @@ func main() {
 }
 
 type runner struct {
-	conc       []int
+	conc       map[string][]int // by backend name
 	ops        int
 	rounds     int
 	workloads  []string
@@ -180,7 +183,7 @@ func (r *runner) run(ctx context.Context, bs []*backend, countTrips bool) error 
 	for round := range r.rounds {
 		fmt.Fprintf(os.Stderr, "round %d/%d\n", round+1, r.rounds)
 		for _, w := range benches {
-			for _, c := range r.conc {
+			for _, c := range r.conc[w.b.name] {
 				// A failed block (the server out of connections while other
 				// work shares it) leaves a gap in the tables, not a dead run.
 				if err := r.block(ctx, w, c, round); err != nil {
@@ -230,7 +233,7 @@ func (r *runner) block(ctx context.Context, w *bench, c, round int) error {
 // bare transaction's median latency at concurrency 1 (or 2ms).
 func (r *runner) storm(ctx context.Context, w *bench) error {
 	work := 2 * time.Millisecond
-	if ss := r.samples[id(w.b.name, r.conc[0], wBare)]; len(ss) > 0 {
+	if ss := r.samples[id(w.b.name, r.conc[w.b.name][0], wBare)]; len(ss) > 0 {
 		work = ss[len(ss)-1].p50
 	}
 	c, err := open(w.b, w.b.dsn, idempotency.WithWait(60*time.Second))
@@ -306,14 +309,38 @@ func (r *runner) countTrips(ctx context.Context, w *bench) (map[string]float64, 
 	return out, nil
 }
 
-func ints(s string) ([]int, error) {
-	var out []int
+// concurrency reads -concurrency: numbers for every backend, and
+// backend=number for one backend, which replace the others for it.
+func concurrency(s string, bs []*backend) (map[string][]int, error) {
+	var all []int
+	one := map[string][]int{}
 	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < 1 {
-			return nil, fmt.Errorf("bad number %q in %q", f, s)
+		name, num, named := strings.Cut(strings.TrimSpace(f), "=")
+		if !named {
+			num = name
 		}
-		out = append(out, n)
+		n, err := strconv.Atoi(num)
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("bad number %q in -concurrency %q", f, s)
+		}
+		if !named {
+			all = append(all, n)
+			continue
+		}
+		if !slices.ContainsFunc(bs, func(b *backend) bool { return b.name == name }) {
+			return nil, fmt.Errorf("-concurrency %q names %q, which is not a backend of this run", s, name)
+		}
+		one[name] = append(one[name], n)
+	}
+	out := map[string][]int{}
+	for _, b := range bs {
+		out[b.name] = all
+		if c, ok := one[b.name]; ok {
+			out[b.name] = c
+		}
+		if len(out[b.name]) == 0 {
+			return nil, fmt.Errorf("-concurrency %q gives %s no concurrency", s, b.name)
+		}
 	}
 	return out, nil
 }

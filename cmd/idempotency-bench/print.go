@@ -65,7 +65,7 @@ func (r *runner) print(benches []*bench) {
 	fmt.Fprintln(out, "| backend | c | workload | ops/s | x bare ops/s | p50 | p99 | p50 / bare p50 | allocs/op | bench CPU/op | server CPU/op |")
 	fmt.Fprintln(out, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, w := range benches {
-		for _, c := range r.conc {
+		for _, c := range r.conc[w.b.name] {
 			bare := med(r.samples[id(w.b.name, c, wBare)])
 			for _, name := range r.workloads {
 				s := med(r.samples[id(w.b.name, c, name)])
@@ -91,7 +91,7 @@ func (r *runner) print(benches []*bench) {
 	fmt.Fprintln(out, "| backend | c | fresh Do / bare | floor / bare | ReadFirst fresh / bare | target | replay Do p50 / bare p50 | ReadFirst replay p50 / bare p50 | replay target 0.20 |")
 	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---|---:|---:|---|")
 	for _, w := range benches {
-		for _, c := range r.conc {
+		for _, c := range r.conc[w.b.name] {
 			get := func(name string) sample { return med(r.samples[id(w.b.name, c, name)]) }
 			bare := get(wBare)
 			if bare.opsPerSec == 0 {
@@ -208,7 +208,7 @@ func (r *runner) printIssue13(benches []*bench) {
 	fmt.Fprintln(out, "| backend | c | | fresh / bare | bound / bare | fresh / bound | trip ceiling / bound | replay p50 / bare p50 | replay among fresh calls (1 in 10) p50 / bare p50 | bench CPU/op fresh, bound | server CPU/op fresh, bound |")
 	fmt.Fprintln(out, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, w := range benches {
-		for _, c := range r.conc {
+		for _, c := range r.conc[w.b.name] {
 			get := func(name string) sample { return med(r.samples[id(w.b.name, c, name)]) }
 			bare, bound, fresh := get(wBare), get(wFloor), get(wFresh)
 			if bare.opsPerSec == 0 || bound.opsPerSec == 0 || fresh.opsPerSec == 0 {
