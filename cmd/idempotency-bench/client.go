@@ -21,10 +21,9 @@ type client interface {
 	// bare commits the business row alone: BEGIN, INSERT, COMMIT.
 	bare(ctx context.Context, key string) error
 	// floor commits the business row and one INSERT of the key with its
-	// value: the least any protocol that stores the key can cost.
-	floor(ctx context.Context, key string, fp, value []byte) error
-	// ceiling is floor with one more statement that does nothing.
-	ceiling(ctx context.Context, key string, fp, value []byte) error
+	// value: the least any protocol that stores the key can cost. With
+	// empty, a statement that does nothing goes first.
+	floor(ctx context.Context, empty bool, key string, fp, value []byte) error
 	// run calls idempotency.Run for key; fn inserts the business row and
 	// then works for work. readFirst picks the WithReadFirst store.
 	run(ctx context.Context, readFirst bool, key string, work time.Duration, fnRuns *atomic.Int64) (idempotency.Result[receipt], error)
@@ -71,19 +70,12 @@ func (c *calls[TTx]) bare(ctx context.Context, key string) error {
 	return c.inTx(ctx, func(tx TTx) error { return c.exec(ctx, tx, c.b.business, key, params.Amount) })
 }
 
-func (c *calls[TTx]) floor(ctx context.Context, key string, fp, value []byte) error {
+func (c *calls[TTx]) floor(ctx context.Context, empty bool, key string, fp, value []byte) error {
 	return c.inTx(ctx, func(tx TTx) error {
-		if err := c.exec(ctx, tx, c.b.business, key, params.Amount); err != nil {
-			return err
-		}
-		return c.exec(ctx, tx, c.b.keyRow, "", key, fp, value)
-	})
-}
-
-func (c *calls[TTx]) ceiling(ctx context.Context, key string, fp, value []byte) error {
-	return c.inTx(ctx, func(tx TTx) error {
-		if err := c.exec(ctx, tx, c.b.emptyTrip); err != nil {
-			return err
+		if empty {
+			if err := c.exec(ctx, tx, c.b.emptyTrip); err != nil {
+				return err
+			}
 		}
 		if err := c.exec(ctx, tx, c.b.business, key, params.Amount); err != nil {
 			return err

@@ -42,6 +42,12 @@ func medDur(ss []stormSample, get func(stormSample) time.Duration) time.Duration
 	return v[len(v)/2]
 }
 
+// medians returns the median sample of a workload of backend b at
+// concurrency c.
+func (r *runner) medians(b string, c int) func(workload string) sample {
+	return func(workload string) sample { return med(r.samples[id(b, c, workload)]) }
+}
+
 func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) }
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/1e3) }
@@ -92,7 +98,7 @@ func (r *runner) print(benches []*bench) {
 	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---|---:|---:|---|")
 	for _, w := range benches {
 		for _, c := range r.conc[w.b.name] {
-			get := func(name string) sample { return med(r.samples[id(w.b.name, c, name)]) }
+			get := r.medians(w.b.name, c)
 			bare := get(wBare)
 			if bare.opsPerSec == 0 {
 				continue
@@ -209,7 +215,7 @@ func (r *runner) printIssue13(benches []*bench) {
 	fmt.Fprintln(out, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, w := range benches {
 		for _, c := range r.conc[w.b.name] {
-			get := func(name string) sample { return med(r.samples[id(w.b.name, c, name)]) }
+			get := r.medians(w.b.name, c)
 			bare, bound, fresh := get(wBare), get(wFloor), get(wFresh)
 			if bare.opsPerSec == 0 || bound.opsPerSec == 0 || fresh.opsPerSec == 0 {
 				continue
