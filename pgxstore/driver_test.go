@@ -487,7 +487,7 @@ func TestDriverRoundTrips(t *testing.T) {
 // carries the COMMIT: whether the COMMIT reached the server (it commits)
 // or not (nothing commits), the client cannot tell, and Commit returns a
 // CommitError the engine classifies as a lost connection. It runs in pgx's
-// default mode, cut by wireProxy at the pipeline's message, and in
+// default mode, cut by the fault proxy at the pipeline's message, and in
 // QueryExecModeExec, where the statements' text crosses the wire and
 // faultproxy (which the chaos run uses) finds the COMMIT by its name.
 func TestDriverLostCommit(t *testing.T) {
