@@ -155,52 +155,63 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 		return 0, none, err
 	}
 	args := []any{k.Scope, k.Key, fingerprint, d.pad.size(), (ttl + slack(ttl)).Microseconds()}
+	var res sql.Result
 	switch flavor {
 	case flavorMariaDB:
-		_, err = tx.ExecContext(ctx, d.claimMariaDB, args...)
+		res, err = tx.ExecContext(ctx, d.claimMariaDB, args...)
 	case flavorTiDB:
-		var c dialects.Claim
-		if c, err = d.claimTiDB(ctx, tx, args); err == nil {
-			return c, none, nil
-		}
+		res, err = d.claimBounded(ctx, tx, d.insertIgnore, args)
 	default:
-		err = d.claimMySQL(ctx, tx, args)
+		res, err = d.claimBounded(ctx, tx, d.insert, args)
 	}
 	var me *mysql.MySQLError
 	if errors.As(err, &me) {
-		switch me.Number {
-		case 1062: // ER_DUP_ENTRY: a committed row holds the key
+		switch {
+		case me.Number == 1062: // ER_DUP_ENTRY: a committed row holds the key
 			return dialects.Taken, none, nil
-		case 1205: // ER_LOCK_WAIT_TIMEOUT: a twin's row holds it
+		case me.Number == 1205, tidbLockWaitTimeout(me): // a twin's row holds it
 			return dialects.Held, none, nil
 		}
 	}
 	if err != nil {
 		return 0, none, err
 	}
+	if flavor == flavorTiDB {
+		// INSERT IGNORE reports a committed row that holds the key by
+		// inserting nothing.
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, none, fmt.Errorf("rows affected: %w", err)
+		}
+		if n == 0 {
+			return dialects.Taken, none, nil
+		}
+	}
 	return dialects.Claimed, none, nil
 }
 
-// claimMySQL bounds the INSERT's lock wait by setting the session's and
-// putting it back. The three statements run to the end whatever ctx does
-// (the INSERT waits a second at most): a connection goes back to the pool
-// only with the session's own setting.
-func (d *Dialect) claimMySQL(ctx context.Context, tx dialects.Querier, args []any) error {
+// claimBounded runs insert (the claim) with its lock wait bounded by
+// setting the session's to a second and putting it back, for MySQL 8 and
+// TiDB, which cannot bound one statement's (MariaDB's SET STATEMENT). The
+// three statements run to the end whatever ctx does (the INSERT waits a
+// second at most): a connection goes back to the pool only with the
+// session's own setting.
+func (d *Dialect) claimBounded(ctx context.Context, tx dialects.Querier, insert string, args []any) (sql.Result, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
 	}
 	ctx = context.WithoutCancel(ctx)
 	if _, err := tx.ExecContext(ctx,
 		"SET @idempotency_lock_wait = @@SESSION.innodb_lock_wait_timeout, SESSION innodb_lock_wait_timeout = 1"); err != nil {
-		return err
+		return nil, err
 	}
-	_, err := tx.ExecContext(ctx, d.insert, args...)
+	res, err := tx.ExecContext(ctx, insert, args...)
 	// Restoring a session variable writes no data, so it is safe even after
 	// a claim error.
 	if _, rerr := tx.ExecContext(ctx, "SET SESSION innodb_lock_wait_timeout = @idempotency_lock_wait"); err == nil {
 		err = rerr
 	}
-	return err
+	return res, err
 }
 
 func (d *Dialect) detect(ctx context.Context, q dialects.Querier) (int32, error) {

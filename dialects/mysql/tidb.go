@@ -30,9 +30,6 @@ package mysql
 // pkg/sessionctx/variable/sysvar.go (innodb_lock_wait_timeout's range).
 
 import (
-	"context"
-	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/go-sql-driver/mysql"
@@ -45,40 +42,6 @@ const flavorTiDB = 3
 // isTiDB reports whether a VERSION() string is TiDB's
 // ("8.0.11-TiDB-v8.5.0", ...).
 func isTiDB(version string) bool { return strings.Contains(strings.ToLower(version), "-tidb-") }
-
-// claimTiDB inserts the key's row with INSERT IGNORE, its lock wait bounded
-// to a second (pessimistic mode) as claimMySQL bounds it. It reports Taken
-// when a committed row (in the transaction's snapshot) holds the key.
-func (d *Dialect) claimTiDB(ctx context.Context, tx dialects.Querier, args []any) (dialects.Claim, error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
-	}
-	ctx = context.WithoutCancel(ctx)
-	if _, err := tx.ExecContext(ctx,
-		"SET @idempotency_lock_wait = @@SESSION.innodb_lock_wait_timeout, SESSION innodb_lock_wait_timeout = 1"); err != nil {
-		return 0, err
-	}
-	res, err := tx.ExecContext(ctx, d.insertIgnore, args...)
-	// Putting a session variable back writes no data: safe after an error.
-	if _, rerr := tx.ExecContext(ctx, "SET SESSION innodb_lock_wait_timeout = @idempotency_lock_wait"); err == nil {
-		err = rerr
-	}
-	var me *mysql.MySQLError
-	if errors.As(err, &me) && tidbLockWaitTimeout(me) {
-		return dialects.Held, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return 0, fmt.Errorf("rows affected: %w", err)
-	}
-	if n == 0 {
-		return dialects.Taken, nil
-	}
-	return dialects.Claimed, nil
-}
 
 // tidbClass sorts TiDB's own error numbers (docs.pingcap.com/tidb/stable/
 // error-codes); ok is false for numbers that are not TiDB's. MySQL's numbers
