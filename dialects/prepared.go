@@ -76,77 +76,49 @@ func (c *statements) get() map[string]*sqlx.Stmt {
 	return nil
 }
 
-// preparedTx runs the prepared statements in a transaction (database/sql
-// reuses the one prepared on its connection), and every other statement as
-// the transaction would.
-type preparedTx struct {
-	*sqlx.Tx
+// prepared runs the prepared statements in tx, or on the pool when tx is
+// nil, and every other statement as the Querier (tx or the pool) would.
+type prepared struct {
+	Querier
 	stmts map[string]*sqlx.Stmt
+	tx    *sqlx.Tx
 }
 
-func (p preparedTx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	if st := p.stmts[query]; st != nil {
-		return p.StmtxContext(ctx, st).ExecContext(ctx, args...)
+// bind returns st for tx (database/sql reuses the statement prepared on
+// tx's connection), or st itself outside a transaction.
+func (p prepared) bind(ctx context.Context, st *sqlx.Stmt) *sqlx.Stmt {
+	if p.tx != nil {
+		return p.tx.StmtxContext(ctx, st)
 	}
-	return p.Tx.ExecContext(ctx, query, args...)
+	return st
 }
 
-func (p preparedTx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+func (p prepared) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	if st := p.stmts[query]; st != nil {
-		return p.StmtxContext(ctx, st).QueryContext(ctx, args...)
+		return p.bind(ctx, st).ExecContext(ctx, args...)
 	}
-	return p.Tx.QueryContext(ctx, query, args...)
+	return p.Querier.ExecContext(ctx, query, args...)
 }
 
-func (p preparedTx) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
+func (p prepared) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
 	if st := p.stmts[query]; st != nil {
-		return p.StmtxContext(ctx, st).QueryxContext(ctx, args...)
+		return p.bind(ctx, st).QueryContext(ctx, args...)
 	}
-	return p.Tx.QueryxContext(ctx, query, args...)
+	return p.Querier.QueryContext(ctx, query, args...)
 }
 
-func (p preparedTx) QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row {
+func (p prepared) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
 	if st := p.stmts[query]; st != nil {
-		return p.StmtxContext(ctx, st).QueryRowxContext(ctx, args...)
+		return p.bind(ctx, st).QueryxContext(ctx, args...)
 	}
-	return p.Tx.QueryRowxContext(ctx, query, args...)
+	return p.Querier.QueryxContext(ctx, query, args...)
 }
 
-// preparedDB is preparedTx outside any transaction.
-type preparedDB struct {
-	*sqlx.DB
-	stmts map[string]*sqlx.Stmt
-}
-
-func (p preparedDB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+func (p prepared) QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row {
 	if st := p.stmts[query]; st != nil {
-		return st.ExecContext(ctx, args...)
+		return p.bind(ctx, st).QueryRowxContext(ctx, args...)
 	}
-	return p.DB.ExecContext(ctx, query, args...)
+	return p.Querier.QueryRowxContext(ctx, query, args...)
 }
 
-func (p preparedDB) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	if st := p.stmts[query]; st != nil {
-		return st.QueryContext(ctx, args...)
-	}
-	return p.DB.QueryContext(ctx, query, args...)
-}
-
-func (p preparedDB) QueryxContext(ctx context.Context, query string, args ...any) (*sqlx.Rows, error) {
-	if st := p.stmts[query]; st != nil {
-		return st.QueryxContext(ctx, args...)
-	}
-	return p.DB.QueryxContext(ctx, query, args...)
-}
-
-func (p preparedDB) QueryRowxContext(ctx context.Context, query string, args ...any) *sqlx.Row {
-	if st := p.stmts[query]; st != nil {
-		return st.QueryRowxContext(ctx, args...)
-	}
-	return p.DB.QueryRowxContext(ctx, query, args...)
-}
-
-var (
-	_ Querier = preparedTx{}
-	_ Querier = preparedDB{}
-)
+var _ Querier = prepared{}

@@ -32,7 +32,7 @@ type sqlDriver struct {
 // they are ready.
 func (s *sqlDriver) in(tx *sqlx.Tx) Querier {
 	if m := s.stmts.get(); m != nil {
-		return preparedTx{Tx: tx, stmts: m}
+		return prepared{Querier: tx, stmts: m, tx: tx}
 	}
 	return tx
 }
@@ -40,7 +40,7 @@ func (s *sqlDriver) in(tx *sqlx.Tx) Querier {
 // outside is in outside any transaction.
 func (s *sqlDriver) outside() Querier {
 	if m := s.stmts.get(); m != nil {
-		return preparedDB{DB: s.db, stmts: m}
+		return prepared{Querier: s.db, stmts: m}
 	}
 	return s.db
 }
