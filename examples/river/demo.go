@@ -119,6 +119,7 @@ func demo(ctx context.Context, w io.Writer, a app, driver string) error {
 		RescueAfter: time.Minute,
 		Logger:      slog.New(slog.DiscardHandler),
 		Middleware:  []rivertype.Middleware{&failFirstRun{}},
+		Events:      true,
 	})
 	if err != nil {
 		return err

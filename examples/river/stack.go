@@ -24,6 +24,7 @@ import (
 
 	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/examples/internal/exampledb"
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 	"github.com/exactlyonce/idempotency/migrations"
 	"github.com/exactlyonce/idempotency/pgxstore"
 )
@@ -199,12 +200,16 @@ type workerConfig struct {
 	// Middleware wraps every job's work: the demo and the fault test use it
 	// to fail or kill a run after its provider call.
 	Middleware []rivertype.Middleware
+	// Events subscribes to the jobs that end (worker.events), for a caller
+	// that reads them all: River keeps at most 1000 unread, and warns of
+	// every one after that.
+	Events bool
 }
 
 // worker is a started River client that works the collect jobs.
 type worker struct {
 	stop   func(ctx context.Context) error
-	events <-chan *river.Event // completed, failed and cancelled jobs
+	events <-chan *river.Event // completed, failed and cancelled jobs; nil unless workerConfig.Events
 }
 
 // startWorker starts a River client that works the collect jobs until ctx
@@ -229,7 +234,11 @@ func (s *stack[STx, RTx]) startWorker(ctx context.Context, cfg workerConfig) (*w
 	if err != nil {
 		return nil, err
 	}
-	events, cancel := client.Subscribe(river.EventKindJobCompleted, river.EventKindJobFailed, river.EventKindJobCancelled)
+	var events <-chan *river.Event
+	cancel := func() {}
+	if cfg.Events {
+		events, cancel = client.Subscribe(river.EventKindJobCompleted, river.EventKindJobFailed, river.EventKindJobCancelled)
+	}
 	if err := client.Start(ctx); err != nil {
 		cancel()
 		return nil, err
@@ -244,16 +253,14 @@ func (s *stack[STx, RTx]) startWorker(ctx context.Context, cfg workerConfig) (*w
 }
 
 // sqliteDSN turns a file name into a DSN with the settings that let the
-// API, the workers and River's maintenance share the file: wait for the
-// write lock rather than fail, WAL so readers do not block the writer, and
-// BEGIN IMMEDIATE so two writers queue rather than deadlock. A DSN with its
-// own settings is used as it is.
+// API, the workers and River's maintenance share the file (scratch.SQLiteDSN:
+// wait for the write lock, WAL, BEGIN IMMEDIATE). A DSN with its own
+// settings is used as it is.
 func sqliteDSN(dsn string) string {
 	if strings.Contains(dsn, "?") {
 		return dsn
 	}
-	return "file:" + strings.TrimPrefix(dsn, "file:") +
-		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+	return scratch.SQLiteDSN(strings.TrimPrefix(dsn, "file:"), "NORMAL")
 }
 
 // quietLogger drops River's log lines below Warn, as River does by default,
