@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"io"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -38,16 +39,10 @@ func newDSN(t *testing.T, driver string) string {
 // for the test's own reads.
 func inspect(t *testing.T, driver, dsn string) *sqlx.DB {
 	t.Helper()
-	name := "pgx"
 	if driver == "sqlite" {
-		name, dsn = "sqlite", sqliteDSN(dsn)
+		return testdb.Backend{Name: "sqlite", Driver: "sqlite"}.Connect(t, sqliteDSN(dsn))
 	}
-	db, err := sqlx.Open(name, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	return db
+	return testdb.Backend{Name: driver, Driver: "pgx"}.Connect(t, dsn)
 }
 
 func count(t *testing.T, db *sqlx.DB, query string, args ...any) int {
@@ -62,14 +57,9 @@ func count(t *testing.T, db *sqlx.DB, query string, args ...any) int {
 // runOK runs the example's command line and returns what it printed.
 func runOK(t *testing.T, args ...string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	var out bytes.Buffer
-	if err := run(ctx, args, &out, hooks{}); err != nil {
-		t.Fatalf("run %q: %v\noutput:\n%s", args, err, out.String())
-	}
-	t.Logf("output:\n%s", out.String())
-	return out.String()
+	return exampletest.Output(t, nil, func(ctx context.Context, w io.Writer, _ *sqlx.DB) error {
+		return run(ctx, args, w, hooks{})
+	})
 }
 
 // TestExample runs the demo on its default database (a new SQLite file)

@@ -52,7 +52,6 @@ type providerKey struct {
 	request  []byte // the first request's body
 	status   int
 	answer   []byte
-	charged  bool // the first request made a charge
 	requests int
 }
 
@@ -79,7 +78,7 @@ func (p *provider) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			k.status, k.answer = http.StatusPaymentRequired, []byte(`{"error":"card_declined"}`)
 		} else {
 			c := ProviderCharge{ID: exampledb.NewID("py_"), Reference: req.Reference, Amount: req.Amount} // the money moves here
-			k.status, k.charged = http.StatusCreated, true
+			k.status = http.StatusCreated
 			k.answer, _ = json.Marshal(c)
 		}
 		p.keys[key] = k
@@ -116,9 +115,8 @@ func (p *provider) logf(format string, args ...any) {
 
 // providerKeyStats is what the provider did for one key.
 type providerKeyStats struct {
-	Requests int  // requests with the key
-	Charged  bool // whether the key made a charge (one at most, by construction)
-	ChargeID string
+	Requests int    // requests with the key
+	ChargeID string // the charge the key made, if it made one (one at most, by construction)
 }
 
 // stats returns what the provider did, by Idempotency-Key, and how many
@@ -128,8 +126,8 @@ func (p *provider) stats() (byKey map[string]providerKeyStats, charges int) {
 	defer p.mu.Unlock()
 	byKey = make(map[string]providerKeyStats, len(p.keys))
 	for key, k := range p.keys {
-		s := providerKeyStats{Requests: k.requests, Charged: k.charged}
-		if k.charged {
+		s := providerKeyStats{Requests: k.requests}
+		if k.status == http.StatusCreated { // the first request made a charge
 			var c ProviderCharge
 			_ = json.Unmarshal(k.answer, &c)
 			s.ChargeID = c.ID

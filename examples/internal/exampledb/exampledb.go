@@ -20,6 +20,8 @@ import (
 	"github.com/jmoiron/sqlx"
 	_ "github.com/lib/pq"  // -driver postgres
 	_ "modernc.org/sqlite" // -driver sqlite, the default
+
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 )
 
 // Main parses -driver and -dsn, opens the database, calls run with stdout,
@@ -54,12 +56,10 @@ func Open(driver, dsn, name string) (db *sqlx.DB, closeDB func(), err error) {
 		if dir, err = os.MkdirTemp("", name+"-"); err != nil {
 			return nil, nil, err
 		}
-		// busy_timeout: wait for the write lock instead of failing at once.
-		// WAL: readers do not block the writer. _txlock=immediate: take the
-		// write lock at BEGIN, so two writers queue rather than deadlock when
-		// both try to upgrade a read lock.
-		dsn = "file:" + filepath.Join(dir, name+".db") +
-			"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_txlock=immediate"
+		// Wait for the write lock instead of failing at once, WAL (readers
+		// do not block the writer), and BEGIN IMMEDIATE (two writers queue
+		// rather than deadlock when both try to upgrade a read lock).
+		dsn = scratch.SQLiteDSN(filepath.Join(dir, name+".db"), "NORMAL")
 	}
 	db, err = sqlx.Open(driver, dsn)
 	if err != nil {
