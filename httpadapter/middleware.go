@@ -228,7 +228,6 @@ func (m *middleware[TTx]) serveWithoutKey(w http.ResponseWriter, r *http.Request
 	// InTx waits for a connection under the request's context; the
 	// transaction's fate is then decided by verdict, not by the context.
 	var c *capture
-	served := false // the handler's answer was accepted; what failed is the commit
 	err := idempotency.InTx(ctx, m.store, func(ctx context.Context, tx TTx) error {
 		var err error
 		c, err = m.serve(w, r.WithContext(context.WithValue(ctx, txKey{}, tx)))
@@ -241,15 +240,15 @@ func (m *middleware[TTx]) serveWithoutKey(w http.ResponseWriter, r *http.Request
 		if testHookBeforeCommit != nil {
 			testHookBeforeCommit(r)
 		}
-		served = true
 		return nil
 	})
 	switch {
 	case err == nil:
 		c.send(w)
-	case served && errors.Is(err, idempotency.ErrOutcomeUnknown):
-		// A COMMIT the database refused took no effect, and fail says so;
-		// this one may have.
+	case errors.Is(err, idempotency.ErrOutcomeUnknown):
+		// InTx says so of a COMMIT alone (after fn returned nil). One the
+		// database refused took no effect, and fail says so; this one may
+		// have, and without a key a retry is not safe.
 		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: commit failed", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeProblem(w, Problem{
 			Type: ProblemOutcomeUnknown, Title: "Commit failed", Status: http.StatusServiceUnavailable,

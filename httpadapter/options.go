@@ -240,7 +240,8 @@ func WithStoredStatus(stored func(code int) bool) Option {
 
 // WithRetryAfter sets the Retry-After of the answers a retry can resolve:
 // 409 in-progress (a request with the same key is still running) and the
-// 503s outcome-unknown, store-failed and deadline-exceeded. The default is
+// 503s outcome-unknown (of a request with a key: without one, a retry is not
+// safe, and none is suggested), store-failed and deadline-exceeded. The default is
 // 1 second; it is sent in whole seconds.
 func WithRetryAfter(d time.Duration) Option {
 	return func(c *config) error {
