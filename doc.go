@@ -52,8 +52,9 @@ fn may run more than once when an attempt is rolled back (a retry after a
 deadlock, a lost race), which is why all its effects must go through tx. A
 call to another system inside fn is not undone by a rollback: insert a job
 (River's InsertTx) or an outbox row through tx instead, and make the call
-after the commit, with the key DownstreamKey derives, which is the same on
-every run of the job.
+after the commit, with a key that is the same on every run of the job:
+DownstreamKey derives one from the call (examples/river), or the outbox
+row's id serves (examples/outbox).
 
 # Joining a transaction
 
