@@ -41,7 +41,8 @@ type backend struct {
 	countRows string // business rows of one ref
 
 	// serverCPU reads the server's CPU time, where the bench runs on its
-	// machine (MariaDB and MySQL, through /proc); nil elsewhere.
+	// machine (MariaDB and MySQL, through their pid file and /proc); nil
+	// elsewhere.
 	serverCPU func() time.Duration
 }
 
@@ -144,8 +145,12 @@ func (b *backend) setup(ctx context.Context, tmp string) error {
 			if cfg, err = mysql.ParseDSN(sc.DSN); err == nil {
 				cfg.InterpolateParams = strings.HasSuffix(b.name, "+interpolateParams")
 				if b.txnMode != "" {
-					// Set on every connection as it opens, as a session variable.
-					cfg.Params = map[string]string{"tidb_txn_mode": "'" + b.txnMode + "'"}
+					// Set on every connection as it opens, as a session
+					// variable, beside any the DSN sets.
+					if cfg.Params == nil {
+						cfg.Params = map[string]string{}
+					}
+					cfg.Params["tidb_txn_mode"] = "'" + b.txnMode + "'"
 				}
 				b.dsn = cfg.FormatDSN()
 			}
@@ -179,7 +184,9 @@ VALUES ($1, $2, $3, $4, false, now(), now() + interval '1 day')`
 		b.keyRow = "INSERT INTO idempotency_keys (scope, `key`, fingerprint, value, failed, created_at, expires_at)\n" +
 			`VALUES (?, ?, ?, ?, FALSE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 1 DAY)`
 		b.emptyTrip = `DO 1`
-		b.serverCPU = mysqlCPU(ctx, db)
+		if b.server == "" { // TiDB has no pid file to find it by
+			b.serverCPU = mysqlCPU(ctx, db)
+		}
 	case "sqlite":
 		table = `CREATE TABLE bench_orders (id INTEGER PRIMARY KEY, ref TEXT NOT NULL, amount INTEGER NOT NULL)`
 		b.business = `INSERT INTO bench_orders (ref, amount) VALUES (?, ?)`
