@@ -164,10 +164,6 @@ func (b Backend) DSN(t testing.TB) string {
 // SQLiteDSN is the DSN the project recommends for modernc.org/sqlite.
 func SQLiteDSN(path string) string { return scratch.SQLiteDSN(path, "NORMAL") }
 
-// ServerDSN returns the DSN of the Postgres, MySQL or TiDB server (server),
-// as the environment gives it or as a container started for this process.
-func ServerDSN(t testing.TB, server string) string { return serverDSN(t, server) }
-
 // container is the server started for one server, once per process. Each
 // has its own, so that starting them at once writes no shared state.
 type container struct {
