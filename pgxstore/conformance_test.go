@@ -13,11 +13,12 @@ import (
 	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 )
 
+// harness is the pgx store as the conformance suite and benchmark reach it.
+var harness = conformance.Harness[pgx.Tx]{Name: "pgx-native", Kind: "postgres", Open: openEnv}
+
 // TestConformance runs the behaviour suite every driver passes on the pgx
 // store.
-func TestConformance(t *testing.T) {
-	conformance.Run(t, conformance.Harness[pgx.Tx]{Name: "pgx-native", Kind: "postgres", Open: openEnv})
-}
+func TestConformance(t *testing.T) { conformance.Run(t, harness) }
 
 // env is a database reached through a pgxpool.Pool.
 type env struct {
@@ -29,7 +30,7 @@ var _ conformance.Env[pgx.Tx] = (*env)(nil)
 
 // openEnv returns a fresh schema, migrated through Up, with the suite's
 // charges table.
-func openEnv(t *testing.T) conformance.Env[pgx.Tx] {
+func openEnv(t testing.TB) conformance.Env[pgx.Tx] {
 	t.Helper()
 	dsn := backend.DSN(t)
 	e := &env{pool: openPool(t, dsn, nil), dsn: dsn}

@@ -41,10 +41,10 @@ type Harness[TTx any] struct {
 	// commit wins, and the others' COMMIT fails and they replay it. The
 	// tests of waiting are replaced by one of that meeting.
 	Optimistic bool
-	// Open returns a fresh database for this test alone: migrated, with
-	// the charges table (testdb.Charges) and nothing in either table,
-	// closed and dropped at t's cleanup.
-	Open func(t *testing.T) Env[TTx]
+	// Open returns a fresh database for this test (or benchmark) alone:
+	// migrated, with the charges table (testdb.Charges) and nothing in
+	// either table, closed and dropped at t's cleanup.
+	Open func(t testing.TB) Env[TTx]
 }
 
 // Env is an open database as the driver's client reaches it. The suite

@@ -18,7 +18,7 @@ import (
 // makes on b's database.
 func SQL(b testdb.Backend) Harness[*sqlx.Tx] {
 	return Harness[*sqlx.Tx]{Name: b.Name, Kind: b.Kind, Optimistic: b.Optimistic(),
-		Open: func(t *testing.T) Env[*sqlx.Tx] { return OpenSQL(t, b) }}
+		Open: func(t testing.TB) Env[*sqlx.Tx] { return OpenSQL(t, b) }}
 }
 
 // SQLEnv is a database of a database/sql driver, reached through sqlx. The
