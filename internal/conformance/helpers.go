@@ -86,13 +86,22 @@ func isolationLevels(kind string) []sql.IsolationLevel {
 // fn is running (the key is claimed) with a channel of the call's error.
 func holdKey[TTx any](t *testing.T, s *idempotency.TxStore[TTx], key string, hold time.Duration) <-chan error {
 	t.Helper()
+	return holdCall(t, s, key, func() { time.Sleep(hold) }, func(context.Context, TTx) (int, error) { return 1, nil })
+}
+
+// holdCall starts a call on key whose fn runs work, then wait, and returns
+// work's answer; holdCall returns once work is running (the key is claimed)
+// with a channel of the call's error.
+func holdCall[TTx, V any](t *testing.T, s *idempotency.TxStore[TTx], key string, wait func(), work func(context.Context, TTx) (V, error)) <-chan error {
+	t.Helper()
 	claimed := make(chan struct{})
 	done := make(chan error, 1)
 	go func() {
-		_, err := idempotency.Do(ctx, s, key, nil, func(ctx context.Context, tx TTx) (int, error) {
+		_, err := idempotency.Do(ctx, s, key, nil, func(ctx context.Context, tx TTx) (V, error) {
+			r, err := work(ctx, tx)
 			close(claimed)
-			time.Sleep(hold)
-			return 1, nil
+			wait()
+			return r, err
 		})
 		done <- err
 	}()

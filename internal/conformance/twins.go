@@ -52,18 +52,10 @@ func testWinnerRollsBack[TTx any](t *testing.T, e *suite[TTx]) {
 			key := "winner-" + strings.ReplaceAll(level.String(), " ", "")
 			var calls atomic.Int64
 			release := make(chan struct{})
-			claimed := make(chan struct{})
-			winner := make(chan error, 1)
-			go func() {
-				_, err := idempotency.Do(ctx, s, key, nil, func(ctx context.Context, tx TTx) (receipt, error) {
-					_, _ = e.charge(key, 1, &calls)(ctx, tx)
-					close(claimed)
-					<-release
-					return receipt{}, errDeclined
-				})
-				winner <- err
-			}()
-			waitClaimed(t, claimed, winner)
+			winner := holdCall(t, s, key, func() { <-release }, func(ctx context.Context, tx TTx) (receipt, error) {
+				_, _ = e.charge(key, 1, &calls)(ctx, tx)
+				return receipt{}, errDeclined
+			})
 			twins := startTwins(s, key, nil, 16, e.charge(key, 1, &calls))
 			time.Sleep(300 * time.Millisecond) // let the twins queue on the key
 			close(release)
@@ -121,18 +113,7 @@ func testWaitBound[TTx any](t *testing.T, e *suite[TTx]) {
 	s := e.store(t, idempotency.WithWait(100*time.Millisecond))
 	var calls atomic.Int64
 	release := make(chan struct{})
-	claimed := make(chan struct{})
-	winner := make(chan error, 1)
-	go func() {
-		_, err := idempotency.Do(ctx, s, "slow", nil, func(ctx context.Context, tx TTx) (receipt, error) {
-			r, err := e.charge("slow", 1, &calls)(ctx, tx)
-			close(claimed)
-			<-release
-			return r, err
-		})
-		winner <- err
-	}()
-	waitClaimed(t, claimed, winner)
+	winner := holdCall(t, s, "slow", func() { <-release }, e.charge("slow", 1, &calls))
 	_, err := idempotency.Do(ctx, s, "slow", nil, e.charge("slow", 1, &calls))
 	close(release)
 	if !errors.Is(err, idempotency.ErrInProgress) {
