@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -123,4 +124,31 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// postCharge is a client of the charges API at base: it posts req for
+// customer with key, and returns the answer (its body closed) and, when it
+// is a 201, the charge it holds.
+func postCharge(ctx context.Context, client *http.Client, base, customer, key string, req ChargeRequest) (*http.Response, Charge, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, Charge{}, err
+	}
+	r, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/charges", bytes.NewReader(body))
+	if err != nil {
+		return nil, Charge{}, err
+	}
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set("X-Customer", customer)
+	r.Header.Set(httpadapter.KeyHeader, key)
+	resp, err := client.Do(r)
+	if err != nil {
+		return nil, Charge{}, err
+	}
+	defer resp.Body.Close()
+	var c Charge
+	if resp.StatusCode == http.StatusCreated {
+		err = json.NewDecoder(resp.Body).Decode(&c)
+	}
+	return resp, c, err
 }

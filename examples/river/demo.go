@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -35,23 +34,11 @@ func demo(ctx context.Context, w io.Writer, a app, driver string) error {
 		"a worker asks a fake provider, which honours Idempotency-Key, to collect it.\n", cus, driver)
 
 	post := func(key string, req ChargeRequest) (status int, replayed bool, c Charge, err error) {
-		body, _ := json.Marshal(req)
-		r, err := http.NewRequestWithContext(ctx, http.MethodPost, api.URL+"/v1/charges", bytes.NewReader(body))
+		resp, c, err := postCharge(ctx, http.DefaultClient, api.URL, cus, key, req)
 		if err != nil {
 			return 0, false, Charge{}, err
 		}
-		r.Header.Set("Content-Type", "application/json")
-		r.Header.Set("X-Customer", cus)
-		r.Header.Set(httpadapter.KeyHeader, key)
-		resp, err := http.DefaultClient.Do(r)
-		if err != nil {
-			return 0, false, Charge{}, err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode == http.StatusCreated {
-			err = json.NewDecoder(resp.Body).Decode(&c)
-		}
-		return resp.StatusCode, resp.Header.Get(httpadapter.ReplayedHeader) == "true", c, err
+		return resp.StatusCode, resp.Header.Get(httpadapter.ReplayedHeader) == "true", c, nil
 	}
 	// jobs returns this customer's jobs, oldest first.
 	jobs := func() ([]*rivertype.JobRow, error) {

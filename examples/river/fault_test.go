@@ -273,19 +273,7 @@ func faults(t *testing.T, driver string) {
 	req := ChargeRequest{Amount: 17_00, Currency: "EUR"}
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	post := func(api *proc, key string) (*http.Response, Charge, error) {
-		body, _ := json.Marshal(req)
-		r, _ := http.NewRequestWithContext(ctx, http.MethodPost, api.addr+"/v1/charges", bytes.NewReader(body))
-		r.Header.Set("Content-Type", "application/json")
-		r.Header.Set("X-Customer", customer)
-		r.Header.Set(httpadapter.KeyHeader, key)
-		resp, err := client.Do(r)
-		if err != nil {
-			return nil, Charge{}, err
-		}
-		defer resp.Body.Close()
-		var c Charge
-		err = json.NewDecoder(resp.Body).Decode(&c)
-		return resp, c, err
+		return postCharge(ctx, client, api.addr, customer, key, req)
 	}
 	apiArgs := []string{"api", "-driver", driver, "-dsn", dsn, "-addr", "127.0.0.1:0"}
 
