@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,7 +46,18 @@ type env struct{ *conformance.SQLEnv }
 // each runs test against every backend, in parallel.
 func each(t *testing.T, test func(t *testing.T, e env)) {
 	t.Helper()
+	eachOn(t, nil, test)
+}
+
+// eachOn is each on the backends of kinds ("postgres", "mysql",
+// "sqlite") alone, or on all of them when kinds is nil: no database is made
+// for a test that does not apply to it.
+func eachOn(t *testing.T, kinds []string, test func(t *testing.T, e env)) {
+	t.Helper()
 	for _, b := range testdb.Backends() {
+		if kinds != nil && !slices.Contains(kinds, b.Kind) {
+			continue
+		}
 		t.Run(b.Name, func(t *testing.T) {
 			t.Parallel()
 			test(t, env{conformance.OpenSQL(t, b)})
