@@ -247,13 +247,14 @@ func (s *TxStore[TTx]) loop(ctx context.Context, u unit[TTx], k dialects.Key, fp
 	)
 	if !u.joined() && s.reads.first() {
 		rec, ok, err := s.driver.Lookup(ctx, k)
-		if err != nil {
-			if ctx.Err() != nil {
-				return dialects.Record{}, false, ctx.Err()
-			}
-			return dialects.Record{}, false, fmt.Errorf("idempotency: read the stored key: %w", err)
-		}
-		if ok {
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return dialects.Record{}, false, ctx.Err()
+		case err != nil:
+			// The read is a shortcut. The claim reads the key again, in the
+			// transaction, and knows which errors to wait out or retry (a
+			// busy SQLite, a lost connection); the others it returns.
+		case ok:
 			s.reads.saw(true)
 			return replayOf(rec, fp, k)
 		}
