@@ -326,7 +326,12 @@ func (d *Dialect) Classify(err error) dialects.Class {
 	switch {
 	case errors.As(err, &me):
 		switch me.Number {
-		case 1213: // ER_LOCK_DEADLOCK: the transaction was rolled back
+		case 1213, // ER_LOCK_DEADLOCK: the transaction was rolled back
+			// ER_CHECKREAD: MariaDB (11.6.2 on, REPEATABLE READ with
+			// innodb_snapshot_isolation, its default) found a row changed
+			// since the transaction's snapshot, and rolled it back as
+			// after a deadlock.
+			1020:
 			return dialects.Retry
 		case 1205: // ER_LOCK_WAIT_TIMEOUT
 			return dialects.LockTimeout

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	gomysql "github.com/go-sql-driver/mysql"
 	"github.com/jmoiron/sqlx"
 
 	"github.com/exactlyonce/idempotency/dialects"
@@ -172,5 +173,29 @@ func TestSaveInPlace(t *testing.T) {
 	rec, ok, err := d.Lookup(ctx, db, dialects.Key{Key: "old"})
 	if !ok || err != nil || string(rec.Value) != `{"a":1}` || !rec.Failed {
 		t.Errorf("a row saved by an earlier version: %q (failed %v), %v, %v", rec.Value, rec.Failed, ok, err)
+	}
+}
+
+// TestClassifyMySQL: the MySQL and MariaDB numbers that end a transaction
+// and may be retried, the lock wait, a lost connection, and the rest.
+func TestClassifyMySQL(t *testing.T) {
+	d := mysql.New(dialects.DefaultTable)
+	for _, c := range []struct {
+		number uint16
+		want   dialects.Class
+	}{
+		{1213, dialects.Retry}, // deadlock: InnoDB rolled the transaction back
+		// MariaDB 11.6.2 and later under REPEATABLE READ
+		// (innodb_snapshot_isolation, on by default): a row changed since
+		// the snapshot; the transaction was rolled back as after 1213.
+		{1020, dialects.Retry},
+		{1205, dialects.LockTimeout},
+		{1927, dialects.Lost}, // connection killed
+		{1062, dialects.Definite},
+		{1146, dialects.Definite}, // no such table
+	} {
+		if got := d.Classify(&gomysql.MySQLError{Number: c.number}); got != c.want {
+			t.Errorf("error %d: class %v, want %v", c.number, got, c.want)
+		}
 	}
 }
