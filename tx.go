@@ -78,7 +78,9 @@ func RunTx[T, TTx any](ctx context.Context, tx TTx, s *TxStore[TTx], key string,
 // transactions (the HTTP adapter runs requests without a key in it).
 // Waiting for a connection obeys ctx; once begun, the transaction ends as fn
 // says, whatever ctx does. A failed COMMIT is returned wrapped; its outcome
-// is unknown when the connection broke.
+// is unknown when the connection broke. A driver that can tell that fn
+// ended the transaction itself (the pgx store can) reports
+// ErrTransactionEnded instead of committing.
 func InTx[TTx any](ctx context.Context, s *TxStore[TTx], fn func(ctx context.Context, tx TTx) error) (err error) {
 	if s == nil {
 		return errors.New("idempotency: nil *Store: create one with idempotency.New")
@@ -104,6 +106,9 @@ func InTx[TTx any](ctx context.Context, s *TxStore[TTx], fn func(ctx context.Con
 	}
 	committed = true
 	if err := s.driver.CommitPlain(tx); err != nil {
+		if errors.Is(err, dialects.ErrTransactionEnded) {
+			return fmt.Errorf("%w: %w", ErrTransactionEnded, err)
+		}
 		switch s.driver.Classify(err) {
 		case dialects.Unknown, dialects.Lost:
 			return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)

@@ -96,7 +96,7 @@ func (d *driver) Begin(ctx context.Context, k dialects.Key, _ []byte, _ time.Dur
 	}
 	br := conn.Conn().SendBatch(ctx, b)
 	err = br.Close()
-	t := &callTx{tx: br.Tx(), conn: conn}
+	t := newCallTx(br.Tx(), conn)
 	if err == nil && d.twoStatements && !c.readCommitted && c.locked && c.rec.Fingerprint == nil && d.sql.ClaimProbes {
 		c = claimRow{}
 		err = c.scan(t.tx.QueryRow(ctx, d.sql.Claim, k.Lock, k.Scope, k.Key))
@@ -185,7 +185,7 @@ func (d *driver) Commit(ctx context.Context, tx pgx.Tx, k dialects.Key, rec dial
 		// error): the transaction went with it, and nothing is sent.
 		return fmt.Errorf("the connection broke while fn ran: %w", pgconn.ErrConnClosed)
 	case pc.IsBusy():
-		return errors.New("fn returned with a query on tx still open, so the key could not be saved and nothing was committed: close every pgx.Rows before fn returns")
+		return errOpenRows
 	case pc.TxStatus() == 'I':
 		// Not the database: fn sent COMMIT or ROLLBACK itself (through
 		// Exec or tx.Conn()), and whatever it wrote after that committed
@@ -269,7 +269,7 @@ func (d *driver) BeginPlain(ctx context.Context) (pgx.Tx, error) {
 		conn.Release() // pgx closed it if BEGIN broke it; Release then drops it
 		return nil, fmt.Errorf("begin a transaction: %w", err)
 	}
-	return &callTx{tx: tx, conn: conn}, nil
+	return newCallTx(tx, conn), nil
 }
 
 // CommitPlain commits a transaction of BeginPlain's.
@@ -282,11 +282,20 @@ func (d *driver) CommitPlain(tx pgx.Tx) error {
 		return fmt.Errorf("commit: %w", pgx.ErrTxClosed)
 	}
 	defer t.close()
-	if t.conn.Conn().PgConn().IsBusy() {
-		return errors.New("the transaction has a query still open, so it was not committed: close every pgx.Rows before returning")
+	switch pc := t.conn.Conn().PgConn(); {
+	case pc.IsBusy():
+		return errOpenRows
+	case pc.TxStatus() == 'I' && !pc.IsClosed():
+		// fn sent COMMIT or ROLLBACK itself: a COMMIT now would find no
+		// transaction, and Postgres would only warn.
+		return fmt.Errorf("fn ended the transaction itself (an Exec of COMMIT or ROLLBACK): %w", dialects.ErrTransactionEnded)
 	}
 	return t.tx.Commit(context.Background())
 }
+
+// errOpenRows is Commit's and CommitPlain's answer when fn returned with a
+// query on tx still open: no COMMIT is sent, so nothing committed.
+var errOpenRows = errors.New("fn returned with a query on tx still open, so nothing was committed: close every pgx.Rows before fn returns")
 
 // Savepoint and the two below run in a caller's transaction (DoTx). They
 // send no arguments, so pgx sends them as simple queries: no statement is
@@ -370,9 +379,10 @@ func (d *driver) Prune(ctx context.Context, limit int) (int64, error) {
 
 // Classify sorts pgx's errors as the Postgres dialect does. pgx's own
 // ErrTxClosed and ErrTxCommitRollback are definite: the first sent
-// nothing, the second is the server's answer that nothing committed.
+// nothing, the second is the server's answer that nothing committed; so is
+// errOpenRows, which sent no COMMIT.
 func (d *driver) Classify(err error) dialects.Class {
-	if errors.Is(err, pgx.ErrTxClosed) || errors.Is(err, pgx.ErrTxCommitRollback) {
+	if errors.Is(err, pgx.ErrTxClosed) || errors.Is(err, pgx.ErrTxCommitRollback) || errors.Is(err, errOpenRows) {
 		return dialects.Definite
 	}
 	return postgres.Classify(err)

@@ -690,3 +690,98 @@ func TestNew(t *testing.T) {
 		t.Fatalf("fn ran %d times; want once, with the key in billing_keys", calls.Load())
 	}
 }
+
+// TestStoreSavepointEndsWithCall: a savepoint fn begins on the call's
+// transaction works while fn runs, and fails with pgx.ErrTxClosed once the
+// call has ended, as the call's transaction does: kept past the call, it
+// would run in whatever transaction the next caller has on its connection.
+func TestStoreSavepointEndsWithCall(t *testing.T) {
+	t.Parallel()
+	pool := openPool(t, testDSN(t), func(c *pgxpool.Config) { c.MaxConns = 1 })
+	s := newStore(t, pool)
+	ctx := context.Background()
+	var calls atomic.Int64
+	var kept pgx.Tx
+	_, err := idempotency.Do(ctx, s, "a", params{1}, func(ctx context.Context, tx pgx.Tx) (receipt, error) {
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return receipt{}, err
+		}
+		r, err := charge("a", 1, &calls)(ctx, sp)
+		if err != nil {
+			return receipt{}, err
+		}
+		inner, err := sp.Begin(ctx) // a savepoint in the savepoint
+		if err != nil {
+			return receipt{}, err
+		}
+		if err := inner.Rollback(ctx); err != nil {
+			return receipt{}, err
+		}
+		if err := sp.Commit(ctx); err != nil { // RELEASE SAVEPOINT
+			return receipt{}, err
+		}
+		kept, err = tx.Begin(ctx) // left open when fn returns
+		return r, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, pool, "charges", "a"); n != 1 {
+		t.Fatalf("%d charges written through the savepoint, want 1", n)
+	}
+	if _, err := kept.Exec(ctx, `INSERT INTO charges (k, amount) VALUES ('late', 1)`); !errors.Is(err, pgx.ErrTxClosed) {
+		t.Fatalf("Exec on a savepoint kept past the call: %v, want pgx.ErrTxClosed", err)
+	}
+	if _, err := kept.Begin(ctx); !errors.Is(err, pgx.ErrTxClosed) {
+		t.Fatalf("Begin on a savepoint kept past the call: %v, want pgx.ErrTxClosed", err)
+	}
+	if err := kept.Rollback(ctx); !errors.Is(err, pgx.ErrTxClosed) {
+		t.Fatalf("Rollback of a savepoint kept past the call: %v, want pgx.ErrTxClosed", err)
+	}
+	if n := count(t, pool, "charges", "late"); n != 0 {
+		t.Fatalf("%d rows written through a savepoint after its call, want 0", n)
+	}
+}
+
+// TestInTxRefusals: a keyless transaction (InTx) that fn left with rows
+// open, or ended itself, commits nothing, and says so: not an unknown
+// outcome, since no COMMIT was sent.
+func TestInTxRefusals(t *testing.T) {
+	t.Parallel()
+	pool := testPool(t)
+	s := newStore(t, pool)
+	ctx := context.Background()
+	insert := func(ctx context.Context, tx pgx.Tx, k string) error {
+		_, err := tx.Exec(ctx, `INSERT INTO charges (k, amount) VALUES ($1, 1)`, k)
+		return err
+	}
+
+	err := idempotency.InTx(ctx, s, func(ctx context.Context, tx pgx.Tx) error {
+		if err := insert(ctx, tx, "open-rows"); err != nil {
+			return err
+		}
+		_, err := tx.Query(ctx, `SELECT generate_series(1, 3)`) // never closed
+		return err
+	})
+	if err == nil || errors.Is(err, idempotency.ErrOutcomeUnknown) {
+		t.Errorf("InTx with rows left open: %v; want an error that is not an unknown outcome", err)
+	}
+	if n := count(t, pool, "charges", "open-rows"); n != 0 {
+		t.Errorf("%d rows committed with rows left open, want 0", n)
+	}
+
+	err = idempotency.InTx(ctx, s, func(ctx context.Context, tx pgx.Tx) error {
+		if err := insert(ctx, tx, "ended"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `ROLLBACK`)
+		return err
+	})
+	if !errors.Is(err, idempotency.ErrTransactionEnded) {
+		t.Errorf("InTx after fn's own ROLLBACK: %v; want ErrTransactionEnded", err)
+	}
+	if n := count(t, pool, "charges", "ended"); n != 0 {
+		t.Errorf("%d rows committed after fn's own ROLLBACK, want 0", n)
+	}
+}
