@@ -461,6 +461,11 @@ func (s *TxStore[TTx]) afterTaken(ctx context.Context, u unit[TTx], k dialects.K
 	// that woke together all come here; a little jitter lets one of them win
 	// the next claim cleanly.
 	if err := s.driver.DeleteExpired(ctx, k); err != nil {
+		if ctx.Err() == nil && s.driver.Classify(err) == dialects.LockTimeout {
+			// A twin deleted the row first and holds the key again (MariaDB
+			// says so at once): wait for it, as for a held key.
+			return held, dialects.Record{}, nil
+		}
 		return s.classify(ctx, "delete the expired key", err)
 	}
 	if err := sleep(ctx, rand.N(time.Millisecond)); err != nil {

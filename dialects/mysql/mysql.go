@@ -79,6 +79,7 @@ import (
 type Dialect struct {
 	insert, claimMariaDB, save, lookup, deleteExpired, prune string
 	insertIgnore                                             string // TiDB's claim
+	deleteExpiredMariaDB                                     string // with no lock wait
 
 	// pad sizes the claimed row's placeholder from the values saved.
 	pad padding
@@ -116,6 +117,7 @@ const claimed = "2"
 func New(table string) *Dialect {
 	insert := `INSERT INTO ` + table + ` (scope, ` + "`key`" + `, fingerprint, value, failed, created_at, expires_at)
 VALUES (?, ?, ?, REPEAT(' ', ?), ` + claimed + `, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)`
+	deleteExpired := `DELETE FROM ` + table + ` WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at <= UTC_TIMESTAMP(6)`
 	return &Dialect{
 		insert:       insert,
 		insertIgnore: `INSERT IGNORE` + strings.TrimPrefix(insert, `INSERT`),
@@ -130,8 +132,9 @@ expires_at = GREATEST(expires_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
 WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND failed = ` + claimed,
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6) AND failed <> ` + claimed,
-		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at <= UTC_TIMESTAMP(6)`,
-		prune:         `DELETE FROM ` + table + ` WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?`,
+		deleteExpired:        deleteExpired,
+		deleteExpiredMariaDB: `SET STATEMENT innodb_lock_wait_timeout = 0 FOR ` + deleteExpired,
+		prune:                `DELETE FROM ` + table + ` WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?`,
 	}
 }
 
@@ -306,8 +309,18 @@ func (p *padding) saw(n int) {
 }
 
 // DeleteExpired removes the key's row if it has expired.
+//
+// A twin may hold the key with a row of its own by then (it deleted the
+// expired row first and claimed again), and the delete waits for that row's
+// lock. On MariaDB it does not wait: a lock-wait timeout (1205) comes at
+// once, and the engine waits for the twin within WithWait. MySQL 8 and TiDB
+// cannot bound one statement's lock wait, and wait the server's.
 func (d *Dialect) DeleteExpired(ctx context.Context, q dialects.Querier, k dialects.Key) error {
-	_, err := q.ExecContext(ctx, d.deleteExpired, k.Scope, k.Key)
+	query := d.deleteExpired
+	if d.flavor.Load() == flavorMariaDB { // known: a claim came first
+		query = d.deleteExpiredMariaDB
+	}
+	_, err := q.ExecContext(ctx, query, k.Scope, k.Key)
 	return err
 }
 

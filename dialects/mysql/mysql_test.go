@@ -199,3 +199,44 @@ func TestClassifyMySQL(t *testing.T) {
 		}
 	}
 }
+
+// TestDeleteExpiredWaitsForNoTwin: after a claim found the key taken by a
+// row that turned out expired, the call deletes that row and claims again.
+// A twin may have done so first and hold the key with its new row: on
+// MariaDB the delete then reports the lock at once (a lock-wait timeout, for
+// the engine to wait within WithWait as for a held key) rather than wait
+// out the twin's whole fn under the server's lock wait.
+func TestDeleteExpiredWaitsForNoTwin(t *testing.T) {
+	ctx := context.Background()
+	db := testdb.Backend{Name: "mysql", Driver: "mysql", Kind: "mysql"}.Open(t)
+	var version string
+	if err := db.Get(&version, `SELECT VERSION()`); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(version, "MariaDB") {
+		t.Skipf("%s: MySQL 8 cannot bound one statement's lock wait", version)
+	}
+	d := mysql.New(dialects.DefaultTable)
+	k := dialects.Key{Scope: "s", Key: "k"}
+	fp := make([]byte, 32)
+	twin, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = twin.Rollback() }()
+	if c, _, err := d.Claim(ctx, twin, k, fp, time.Hour); err != nil || c != dialects.Claimed {
+		t.Fatalf("the twin's claim: %v, %v", c, err)
+	}
+
+	done := make(chan error, 1)
+	go func() { done <- d.DeleteExpired(ctx, db, k) }()
+	select {
+	case err := <-done:
+		if d.Classify(err) != dialects.LockTimeout {
+			t.Fatalf("DeleteExpired beside a twin's claim: %v; want a lock-wait timeout", err)
+		}
+	case <-time.After(5 * time.Second):
+		_ = twin.Rollback() // let the delete finish
+		t.Fatal("DeleteExpired waited on the twin's row")
+	}
+}
