@@ -26,8 +26,9 @@ type Mode int32
 const (
 	// Pass forwards everything.
 	Pass Mode = iota
-	// CutAfterCommit forwards the COMMIT, then closes the connection
-	// before the server's answer reaches the client.
+	// CutAfterCommit forwards the COMMIT, and whatever the client sends
+	// after it, and closes the connection when the server answers, before
+	// the answer reaches the client: the server has run the COMMIT.
 	CutAfterCommit
 	// CutBeforeCommit closes the connection instead of forwarding COMMIT.
 	CutBeforeCommit
@@ -169,38 +170,49 @@ func (p *Proxy) serve() {
 			_ = server.Close()
 			continue
 		}
-		// turn is whose move it is: set when the client speaks, taken when
-		// the server answers. It is set before the client's bytes are
-		// forwarded, so the answer cannot overtake it.
-		turn := new(atomic.Bool)
-		go p.pipe(client, server, turn, true)
-		go p.pipe(server, client, turn, false)
+		l := new(link)
+		go p.pipe(client, server, l, true)
+		go p.pipe(server, client, l, false)
 	}
 }
 
 var commit = []byte("commit")
 
-func (p *Proxy) pipe(from, to net.Conn, turn *atomic.Bool, upstream bool) {
-	keepTarget := false
+// link is the state the two pipes of one connection share.
+type link struct {
+	// turn is whose move it is: set when the client speaks, taken when
+	// the server answers. It is set before the client's bytes are
+	// forwarded, so the answer cannot overtake it.
+	turn atomic.Bool
+	// severed is set when a COMMIT was forwarded to be cut after: the
+	// rest of what the client sends still reaches the server (a pipeline
+	// may go on past the chunk that names COMMIT, up to its Sync), and the
+	// server's answer, which comes once it has run them, closes both
+	// connections instead of reaching the client.
+	severed atomic.Bool
+}
+
+func (p *Proxy) pipe(from, to net.Conn, l *link, upstream bool) {
 	defer func() {
 		p.untrack(from)
-		if !keepTarget {
-			p.untrack(to)
-		}
+		p.untrack(to)
 	}()
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := from.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
+			if !upstream && l.severed.Load() {
+				return // the answer to a cut COMMIT: both connections close
+			}
 			if upstream {
-				turn.Store(true)
-			} else if turn.Swap(false) {
+				l.turn.Store(true)
+			} else if l.turn.Swap(false) {
 				p.trips.Add(1)
 			}
 			isCommit := upstream && bytes.Contains(bytes.ToLower(chunk), commit)
 			mode := Pass
-			if c := p.chaos.Load(); c != nil {
+			if c := p.chaos.Load(); c != nil && !l.severed.Load() {
 				switch f := p.roll(c, isCommit); f {
 				case faultDrop:
 					hold := c.Hold
@@ -226,22 +238,18 @@ func (p *Proxy) pipe(from, to net.Conn, turn *atomic.Bool, upstream bool) {
 					}
 				}
 			}
-			if mode != Pass {
-				if mode == CutAfterCommit || mode == CutAfterNext {
-					// Drop the client before the server can answer it,
-					// then hand the server the COMMIT.
-					_ = from.Close()
-					_, _ = to.Write(chunk)
-					p.stats.commitCutsAfter.Add(1)
-				} else {
-					p.stats.commitCutsBefore.Add(1)
-				}
+			switch mode {
+			case Pass:
+			case CutAfterCommit, CutAfterNext:
+				// Hand the server the COMMIT, and what follows it, but
+				// never its answer to the client: see link.severed.
+				l.severed.Store(true)
+				p.stats.commitCutsAfter.Add(1)
 				p.cuts.Add(1)
-				// Drop the client. After a forwarded COMMIT the server
-				// connection stays open until the server answers (the
-				// other pipe then fails to deliver it and closes it), so
-				// the server is not interrupted before it commits.
-				keepTarget = mode == CutAfterCommit || mode == CutAfterNext
+			default:
+				// Drop the client, and the COMMIT with it.
+				p.stats.commitCutsBefore.Add(1)
+				p.cuts.Add(1)
 				return
 			}
 			if _, werr := to.Write(chunk); werr != nil {
