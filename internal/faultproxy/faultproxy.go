@@ -1,9 +1,10 @@
 // Package faultproxy is a TCP proxy for tests and benchmarks that cuts
 // connections at the moment that matters: when the client sends COMMIT, or
-// its next message, whatever it holds. It forwards that message to the
-// server and then drops the connection before the answer comes back (the
-// server committed, the client cannot know), or drops it before forwarding
-// (nothing committed, the client cannot know either).
+// its next message, whatever it holds. It forwards that message, and what
+// follows it, to the server and drops the connection when the answer comes,
+// before the client gets it (the server committed, the client cannot
+// know), or drops it before forwarding (nothing committed, the client
+// cannot know either).
 //
 // It also counts round trips at the wire: each time the server answers
 // after the client sent something is one. It knows no protocol, so it counts
