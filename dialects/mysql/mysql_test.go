@@ -46,13 +46,7 @@ func TestMySQL8Claim(t *testing.T) {
 	fp := make([]byte, 32) // the column's size: a SHA-256
 
 	// A twin holds the key: its row is inserted and not committed.
-	twin, err := other.BeginTxx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c, _, err := d.Claim(ctx, twin, k, fp, time.Hour); err != nil || c != dialects.Claimed {
-		t.Fatalf("the twin's claim: %v, %v", c, err)
-	}
+	twin := claimIn(t, d, other, k, fp, time.Hour)
 
 	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
@@ -119,15 +113,8 @@ func TestSaveInPlace(t *testing.T) {
 	// commits; it returns the row as claimed and as saved.
 	call := func(key string, value []byte, ttl, wait time.Duration) (claimed, saved row) {
 		t.Helper()
-		tx, err := db.BeginTxx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = tx.Rollback() }()
 		k := dialects.Key{Key: key}
-		if c, _, err := d.Claim(ctx, tx, k, fp, ttl); err != nil || c != dialects.Claimed {
-			t.Fatalf("claim %s: %v, %v", key, c, err)
-		}
+		tx := claimIn(t, d, db, k, fp, ttl)
 		if _, ok, err := d.Lookup(ctx, tx, k); ok || err != nil {
 			t.Fatalf("the claiming transaction reads its claimed row as a record (%v, %v)", ok, err)
 		}
@@ -219,14 +206,7 @@ func TestDeleteExpiredWaitsForNoTwin(t *testing.T) {
 	d := mysql.New(dialects.DefaultTable)
 	k := dialects.Key{Scope: "s", Key: "k"}
 	fp := make([]byte, 32)
-	twin, err := db.BeginTxx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = twin.Rollback() }()
-	if c, _, err := d.Claim(ctx, twin, k, fp, time.Hour); err != nil || c != dialects.Claimed {
-		t.Fatalf("the twin's claim: %v, %v", c, err)
-	}
+	twin := claimIn(t, d, db, k, fp, time.Hour)
 
 	done := make(chan error, 1)
 	go func() { done <- d.DeleteExpired(ctx, db, k) }()
@@ -239,4 +219,20 @@ func TestDeleteExpiredWaitsForNoTwin(t *testing.T) {
 		_ = twin.Rollback() // let the delete finish
 		t.Fatal("DeleteExpired waited on the twin's row")
 	}
+}
+
+// claimIn begins a transaction on db and claims k in it, and fails t unless
+// the claim succeeds. A transaction still open at t's end is rolled back.
+func claimIn(t *testing.T, d *mysql.Dialect, db *sqlx.DB, k dialects.Key, fp []byte, ttl time.Duration) *sqlx.Tx {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback() })
+	if c, _, err := d.Claim(ctx, tx, k, fp, ttl); err != nil || c != dialects.Claimed {
+		t.Fatalf("the claim of %q: %v, %v", k.Key, c, err)
+	}
+	return tx
 }

@@ -49,19 +49,21 @@ func TestClassifyTiDB(t *testing.T) {
 	}
 }
 
-// tidbSessions returns two pools on one fresh, migrated TiDB database in
-// the transaction mode of b, and the dialect.
-func tidbSessions(t *testing.T, b testdb.Backend) (db, other *sqlx.DB, d *idmysql.Dialect) {
-	t.Helper()
-	dsn := b.DSN(t)
-	var dbs [2]*sqlx.DB
-	for i := range dbs {
-		dbs[i] = b.Connect(t, dsn)
+// eachTiDBMode runs test, in parallel, in each of TiDB's transaction modes,
+// with two pools on one fresh, migrated database and the dialect.
+func eachTiDBMode(t *testing.T, test func(t *testing.T, mode string, db, other *sqlx.DB, d *idmysql.Dialect)) {
+	for _, mode := range []string{"pessimistic", "optimistic"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			b := testdb.TiDB(mode)
+			dsn := b.DSN(t)
+			db, other := b.Connect(t, dsn), b.Connect(t, dsn)
+			if err := migrations.Up(context.Background(), db); err != nil {
+				t.Fatal(err)
+			}
+			test(t, mode, db, other, idmysql.New(dialects.DefaultTable))
+		})
 	}
-	if err := migrations.Up(context.Background(), dbs[0]); err != nil {
-		t.Fatal(err)
-	}
-	return dbs[0], dbs[1], idmysql.New(dialects.DefaultTable)
 }
 
 // TestTiDBClaimSeesCommittedKey: on TiDB in both transaction modes, the
@@ -69,38 +71,28 @@ func tidbSessions(t *testing.T, b testdb.Backend) (db, other *sqlx.DB, d *idmysq
 // plain INSERT would check the key only at COMMIT: the claim would succeed,
 // fn would run, and COMMIT would fail with a duplicate key.
 func TestTiDBClaimSeesCommittedKey(t *testing.T) {
-	for _, mode := range []string{"pessimistic", "optimistic"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			ctx := context.Background()
-			db, _, d := tidbSessions(t, testdb.TiDB(mode))
-			k := dialects.Key{Scope: "s", Key: "k"}
-			fp := make([]byte, 32)
-			tx, err := db.BeginTxx(ctx, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if c, _, err := d.Claim(ctx, tx, k, fp, time.Hour); err != nil || c != dialects.Claimed {
-				t.Fatalf("the first claim: %v, %v", c, err)
-			}
-			if ok, err := d.Save(ctx, tx, k, dialects.Record{Fingerprint: fp, Value: []byte("1")}, time.Hour); err != nil || !ok {
-				t.Fatalf("save: %v, %v", ok, err)
-			}
-			if err := tx.Commit(); err != nil {
-				t.Fatal(err)
-			}
+	eachTiDBMode(t, func(t *testing.T, _ string, db, _ *sqlx.DB, d *idmysql.Dialect) {
+		ctx := context.Background()
+		k := dialects.Key{Scope: "s", Key: "k"}
+		fp := make([]byte, 32)
+		tx := claimIn(t, d, db, k, fp, time.Hour)
+		if ok, err := d.Save(ctx, tx, k, dialects.Record{Fingerprint: fp, Value: []byte("1")}, time.Hour); err != nil || !ok {
+			t.Fatalf("save: %v, %v", ok, err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
 
-			tx, err = db.BeginTxx(ctx, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = tx.Rollback() }()
-			c, _, err := d.Claim(ctx, tx, k, fp, time.Hour)
-			if err != nil || c != dialects.Taken {
-				t.Fatalf("a claim of the committed key: %v, %v; want Taken", c, err)
-			}
-		})
-	}
+		tx, err := db.BeginTxx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback() }()
+		c, _, err := d.Claim(ctx, tx, k, fp, time.Hour)
+		if err != nil || c != dialects.Taken {
+			t.Fatalf("a claim of the committed key: %v, %v; want Taken", c, err)
+		}
+	})
 }
 
 // TestTiDBTwins: a twin that has claimed the key and not committed. In
@@ -109,65 +101,54 @@ func TestTiDBClaimSeesCommittedKey(t *testing.T) {
 // nothing is locked: the claim succeeds, and once the twin commits, this
 // transaction's COMMIT fails with a write conflict, which is retried.
 func TestTiDBTwins(t *testing.T) {
-	for _, mode := range []string{"pessimistic", "optimistic"} {
-		t.Run(mode, func(t *testing.T) {
-			t.Parallel()
-			ctx := context.Background()
-			db, other, d := tidbSessions(t, testdb.TiDB(mode))
-			db.SetMaxOpenConns(1) // every statement of db on one connection
-			if _, err := db.Exec(`SET SESSION innodb_lock_wait_timeout = 37`); err != nil {
-				t.Fatal(err)
-			}
-			k := dialects.Key{Scope: "s", Key: "k"}
-			fp := make([]byte, 32)
-			twin, err := other.BeginTxx(ctx, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = twin.Rollback() }()
-			if c, _, err := d.Claim(ctx, twin, k, fp, time.Hour); err != nil || c != dialects.Claimed {
-				t.Fatalf("the twin's claim: %v, %v", c, err)
-			}
+	eachTiDBMode(t, func(t *testing.T, mode string, db, other *sqlx.DB, d *idmysql.Dialect) {
+		ctx := context.Background()
+		db.SetMaxOpenConns(1) // every statement of db on one connection
+		if _, err := db.Exec(`SET SESSION innodb_lock_wait_timeout = 37`); err != nil {
+			t.Fatal(err)
+		}
+		k := dialects.Key{Scope: "s", Key: "k"}
+		fp := make([]byte, 32)
+		twin := claimIn(t, d, other, k, fp, time.Hour)
 
-			tx, err := db.BeginTxx(ctx, nil)
-			if err != nil {
+		tx, err := db.BeginTxx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = tx.Rollback() }()
+		began := time.Now()
+		c, _, err := d.Claim(ctx, tx, k, fp, time.Hour)
+		took := time.Since(began)
+		if mode == "pessimistic" {
+			_ = tx.Rollback()
+			if err != nil || c != dialects.Held || took > 3*time.Second {
+				t.Fatalf("a claim while the twin holds the key: %v, %v after %v; want Held within a second or so", c, err, took)
+			}
+			var wait int
+			if err := db.Get(&wait, `SELECT @@SESSION.innodb_lock_wait_timeout`); err != nil {
 				t.Fatal(err)
 			}
-			defer func() { _ = tx.Rollback() }()
-			began := time.Now()
-			c, _, err := d.Claim(ctx, tx, k, fp, time.Hour)
-			took := time.Since(began)
-			if mode == "pessimistic" {
-				_ = tx.Rollback()
-				if err != nil || c != dialects.Held || took > 3*time.Second {
-					t.Fatalf("a claim while the twin holds the key: %v, %v after %v; want Held within a second or so", c, err, took)
-				}
-				var wait int
-				if err := db.Get(&wait, `SELECT @@SESSION.innodb_lock_wait_timeout`); err != nil {
-					t.Fatal(err)
-				}
-				if wait != 37 {
-					t.Errorf("the session's innodb_lock_wait_timeout is %d after the claim, want its own 37", wait)
-				}
-				return
+			if wait != 37 {
+				t.Errorf("the session's innodb_lock_wait_timeout is %d after the claim, want its own 37", wait)
 			}
-			if err != nil || c != dialects.Claimed {
-				t.Fatalf("an optimistic claim beside a running twin: %v, %v; want Claimed (nothing is locked)", c, err)
-			}
-			if _, err := d.Save(ctx, twin, k, dialects.Record{Fingerprint: fp, Value: []byte("1")}, time.Hour); err != nil {
-				t.Fatal(err)
-			}
-			if err := twin.Commit(); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := d.Save(ctx, tx, k, dialects.Record{Fingerprint: fp, Value: []byte("2")}, time.Hour); err != nil {
-				t.Fatal(err)
-			}
-			err = tx.Commit()
-			var me *mysql.MySQLError
-			if !errors.As(err, &me) || d.Classify(err) != dialects.Retry {
-				t.Fatalf("COMMIT after the twin committed: %v; want a write conflict, classified Retry", err)
-			}
-		})
-	}
+			return
+		}
+		if err != nil || c != dialects.Claimed {
+			t.Fatalf("an optimistic claim beside a running twin: %v, %v; want Claimed (nothing is locked)", c, err)
+		}
+		if _, err := d.Save(ctx, twin, k, dialects.Record{Fingerprint: fp, Value: []byte("1")}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if err := twin.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.Save(ctx, tx, k, dialects.Record{Fingerprint: fp, Value: []byte("2")}, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		err = tx.Commit()
+		var me *mysql.MySQLError
+		if !errors.As(err, &me) || d.Classify(err) != dialects.Retry {
+			t.Fatalf("COMMIT after the twin committed: %v; want a write conflict, classified Retry", err)
+		}
+	})
 }
