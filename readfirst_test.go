@@ -10,7 +10,7 @@ import (
 	_ "modernc.org/sqlite"
 
 	"github.com/exactlyonce/idempotency"
-	"github.com/exactlyonce/idempotency/migrations"
+	"github.com/exactlyonce/idempotency/internal/testdb"
 )
 
 // TestReadFirstFallsBackToClaim: the read before the transaction is a
@@ -22,14 +22,8 @@ import (
 func TestReadFirstFallsBackToClaim(t *testing.T) {
 	ctx := context.Background()
 	dsn := "file:" + filepath.Join(t.TempDir(), "rf.db") + "?_pragma=journal_mode(DELETE)"
-	db, err := sqlx.Open("sqlite", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	if err := migrations.Up(ctx, db); err != nil {
-		t.Fatal(err)
-	}
+	b := testdb.Backend{Name: "sqlite", Driver: "sqlite", Kind: "sqlite"}
+	db := b.OpenDSN(t, dsn)
 	if _, err := db.Exec(`CREATE TABLE charges (ref TEXT NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
@@ -38,12 +32,7 @@ func TestReadFirstFallsBackToClaim(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	other, err := sqlx.Open("sqlite", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = other.Close() })
-	conn, err := other.Conn(ctx)
+	conn, err := b.Connect(t, dsn).Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -390,12 +390,7 @@ func TestStoreSharesDatabase(t *testing.T) {
 	t.Parallel()
 	dsn := testDSN(t)
 	pool := openPool(t, dsn, nil)
-	db, err := sqlx.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	sqlStore, err := idempotency.New(db)
+	sqlStore, err := idempotency.New(backend.Connect(t, dsn))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -752,15 +747,9 @@ func TestInTxRefusals(t *testing.T) {
 	pool := testPool(t)
 	s := newStore(t, pool)
 	ctx := context.Background()
-	insert := func(ctx context.Context, tx pgx.Tx, k string) error {
-		_, err := tx.Exec(ctx, `INSERT INTO charges (k, amount) VALUES ($1, 1)`, k)
-		return err
-	}
 
 	err := idempotency.InTx(ctx, s, func(ctx context.Context, tx pgx.Tx) error {
-		if err := insert(ctx, tx, "open-rows"); err != nil {
-			return err
-		}
+		insertCharge(t, tx, "open-rows")
 		_, err := tx.Query(ctx, `SELECT generate_series(1, 3)`) // never closed
 		return err
 	})
@@ -772,9 +761,7 @@ func TestInTxRefusals(t *testing.T) {
 	}
 
 	err = idempotency.InTx(ctx, s, func(ctx context.Context, tx pgx.Tx) error {
-		if err := insert(ctx, tx, "ended"); err != nil {
-			return err
-		}
+		insertCharge(t, tx, "ended")
 		_, err := tx.Exec(ctx, `ROLLBACK`)
 		return err
 	})
