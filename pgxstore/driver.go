@@ -170,27 +170,13 @@ func (c *claimRow) result() (dialects.Claim, dialects.Record) {
 // before it calls Commit, and a commit under way must not be cut short by
 // the caller, which would leave its outcome unknown for no reason.
 func (d *driver) Commit(ctx context.Context, tx pgx.Tx, k dialects.Key, rec dialects.Record, ttl time.Duration) error {
-	t, ok := tx.(*callTx)
-	if !ok {
-		return fmt.Errorf("pgxstore: Commit of a %T, not a transaction this store began", tx)
-	}
-	if !t.end() {
-		return fmt.Errorf("commit: %w", pgx.ErrTxClosed)
+	t, err := ending(tx, "Commit")
+	if err != nil {
+		return err
 	}
 	defer t.close()
-	pc := t.conn.Conn().PgConn()
-	switch {
-	case pc.IsClosed():
-		// The connection broke while fn ran (and fn did not return the
-		// error): the transaction went with it, and nothing is sent.
-		return fmt.Errorf("the connection broke while fn ran: %w", pgconn.ErrConnClosed)
-	case pc.IsBusy():
-		return errOpenRows
-	case pc.TxStatus() == 'I':
-		// Not the database: fn sent COMMIT or ROLLBACK itself (through
-		// Exec or tx.Conn()), and whatever it wrote after that committed
-		// on its own.
-		return fmt.Errorf("fn ended the transaction itself (an Exec of COMMIT or ROLLBACK): %w", dialects.ErrTransactionEnded)
+	if err := t.unfit(); err != nil {
+		return err
 	}
 
 	b := &pgx.Batch{}
@@ -201,10 +187,7 @@ func (d *driver) Commit(ctx context.Context, tx pgx.Tx, k dialects.Key, rec dial
 	b.Queue("commit")
 	br := t.conn.Conn().SendBatch(context.WithoutCancel(ctx), b)
 	committing := false
-	var (
-		tag pgconn.CommandTag
-		err error
-	)
+	var tag pgconn.CommandTag
 	if t.stale {
 		_, err = br.Exec() // DELETE
 	}
@@ -274,27 +257,52 @@ func (d *driver) BeginPlain(ctx context.Context) (pgx.Tx, error) {
 
 // CommitPlain commits a transaction of BeginPlain's.
 func (d *driver) CommitPlain(tx pgx.Tx) error {
-	t, ok := tx.(*callTx)
-	if !ok {
-		return fmt.Errorf("pgxstore: CommitPlain of a %T, not a transaction this store began", tx)
-	}
-	if !t.end() {
-		return fmt.Errorf("commit: %w", pgx.ErrTxClosed)
+	t, err := ending(tx, "CommitPlain")
+	if err != nil {
+		return err
 	}
 	defer t.close()
-	switch pc := t.conn.Conn().PgConn(); {
-	case pc.IsBusy():
-		return errOpenRows
-	case pc.TxStatus() == 'I' && !pc.IsClosed():
-		// fn sent COMMIT or ROLLBACK itself: a COMMIT now would find no
-		// transaction, and Postgres would only warn.
-		return fmt.Errorf("fn ended the transaction itself (an Exec of COMMIT or ROLLBACK): %w", dialects.ErrTransactionEnded)
+	if err := t.unfit(); err != nil {
+		return err
 	}
 	return t.tx.Commit(context.Background())
 }
 
-// errOpenRows is Commit's and CommitPlain's answer when fn returned with a
-// query on tx still open: no COMMIT is sent, so nothing committed.
+// ending marks tx, a transaction this store began, ended for op (Commit
+// or CommitPlain), so that nothing else ends it; the caller closes it.
+func ending(tx pgx.Tx, op string) (*callTx, error) {
+	t, ok := tx.(*callTx)
+	if !ok {
+		return nil, fmt.Errorf("pgxstore: %s of a %T, not a transaction this store began", op, tx)
+	}
+	if !t.end() {
+		return nil, fmt.Errorf("commit: %w", pgx.ErrTxClosed)
+	}
+	return t, nil
+}
+
+// unfit says why t cannot be committed as fn left it; nothing is sent then.
+func (t *callTx) unfit() error {
+	pc := t.conn.Conn().PgConn()
+	switch {
+	case pc.IsClosed():
+		// The connection broke while fn ran (and fn did not return the
+		// error): the transaction went with it.
+		return fmt.Errorf("the connection broke while fn ran: %w", pgconn.ErrConnClosed)
+	case pc.IsBusy():
+		return errOpenRows
+	case pc.TxStatus() == 'I':
+		// Not the database: fn sent COMMIT or ROLLBACK itself (through
+		// Exec or tx.Conn()), and whatever it wrote after that committed
+		// on its own. A COMMIT now would find no transaction, and Postgres
+		// would only warn.
+		return fmt.Errorf("fn ended the transaction itself (an Exec of COMMIT or ROLLBACK): %w", dialects.ErrTransactionEnded)
+	}
+	return nil
+}
+
+// errOpenRows is unfit's answer when fn returned with a query on tx still
+// open: no COMMIT is sent, so nothing committed.
 var errOpenRows = errors.New("fn returned with a query on tx still open, so nothing was committed: close every pgx.Rows before fn returns")
 
 // Savepoint and the two below run in a caller's transaction (DoTx). They
