@@ -112,6 +112,10 @@ const (
 // claimed is the failed column of a row claimed and not saved yet.
 const claimed = "2"
 
+// noLockWait makes a MariaDB statement fail at once with 1205 where it
+// would wait for another transaction's row lock.
+const noLockWait = `SET STATEMENT innodb_lock_wait_timeout = 0 FOR `
+
 // New returns the MySQL/MariaDB dialect for the key table named table (a
 // safe identifier, optionally schema-qualified).
 func New(table string) *Dialect {
@@ -121,7 +125,7 @@ VALUES (?, ?, ?, REPEAT(' ', ?), ` + claimed + `, UTC_TIMESTAMP(6), UTC_TIMESTAM
 	return &Dialect{
 		insert:       insert,
 		insertIgnore: `INSERT IGNORE` + strings.TrimPrefix(insert, `INSERT`),
-		claimMariaDB: `SET STATEMENT innodb_lock_wait_timeout = 0 FOR ` + insert,
+		claimMariaDB: noLockWait + insert,
 		// In place: the value padded to the placeholder's length (the
 		// value column on the right is the claimed row's), and the claim's
 		// expiry kept unless the TTL from now goes beyond it. The TTL
@@ -133,7 +137,7 @@ WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND failed = ` + cla
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6) AND failed <> ` + claimed,
 		deleteExpired:        deleteExpired,
-		deleteExpiredMariaDB: `SET STATEMENT innodb_lock_wait_timeout = 0 FOR ` + deleteExpired,
+		deleteExpiredMariaDB: noLockWait + deleteExpired,
 		prune:                `DELETE FROM ` + table + ` WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?`,
 	}
 }
@@ -172,7 +176,7 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 		switch {
 		case me.Number == 1062: // ER_DUP_ENTRY: a committed row holds the key
 			return dialects.Taken, none, nil
-		case me.Number == 1205, tidbLockWaitTimeout(me): // a twin's row holds it
+		case d.Classify(me) == dialects.LockTimeout: // a twin's row holds it
 			return dialects.Held, none, nil
 		}
 	}
