@@ -30,9 +30,9 @@ type backend struct {
 
 	// native: pgx's own API through the pgx store, not database/sql.
 	native bool
-	// server is the server when it is not kind's own ("tidb"), and
-	// txnMode TiDB's tidb_txn_mode for every connection.
-	server, txnMode string
+	// txnMode is TiDB's tidb_txn_mode for every connection; "" on every
+	// server but TiDB.
+	txnMode string
 
 	// The statements each workload sends besides the core's own.
 	business  string // the business row: (ref, amount)
@@ -75,25 +75,23 @@ func variants(name, settings string) ([]backend, error) {
 		if rec {
 			out = append(out, backend{name: "postgres+binary_parameters", driver: "postgres", kind: "postgres"})
 		}
-	case "mysql":
-		if plain {
-			out = append(out, backend{name: "mysql", driver: "mysql", kind: "mysql"})
-		}
-		if rec {
-			out = append(out, backend{name: "mysql+interpolateParams", driver: "mysql", kind: "mysql"})
-		}
-	case "tidb", "tidb-optimistic":
-		// The mysql dialect on TiDB, in its default pessimistic mode or
-		// with tidb_txn_mode='optimistic' on every connection.
-		mode := "pessimistic"
-		if name == "tidb-optimistic" {
-			mode = "optimistic"
+	case "mysql", "tidb", "tidb-optimistic":
+		// The mysql dialect on MySQL or MariaDB, or on TiDB in its default
+		// pessimistic mode or with tidb_txn_mode='optimistic' on every
+		// connection.
+		base := backend{name: name, driver: "mysql", kind: "mysql"}
+		switch name {
+		case "tidb":
+			base.txnMode = "pessimistic"
+		case "tidb-optimistic":
+			base.txnMode = "optimistic"
 		}
 		if plain {
-			out = append(out, backend{name: name, driver: "mysql", kind: "mysql", server: "tidb", txnMode: mode})
+			out = append(out, base)
 		}
 		if rec {
-			out = append(out, backend{name: name + "+interpolateParams", driver: "mysql", kind: "mysql", server: "tidb", txnMode: mode})
+			base.name += "+interpolateParams"
+			out = append(out, base)
 		}
 	default:
 		return nil, fmt.Errorf("unknown backend %q: use sqlite, pgx, pgxstore, postgres, mysql, tidb or tidb-optimistic", name)
@@ -101,13 +99,13 @@ func variants(name, settings string) ([]backend, error) {
 	return out, nil
 }
 
-// serverDSN is the DSN of the server, with the backend's setting applied.
+// serverDSN is the DSN of the backend's server, from the environment.
 func (b *backend) serverDSN() (string, error) {
-	server := b.server
-	if server == "" {
-		server = b.kind
+	server := b.kind
+	if b.txnMode != "" {
+		server = "tidb"
 	}
-	env := map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN", "tidb": "IDEMPOTENCY_TIDB_DSN"}[server]
+	env := scratch.EnvDSN[server]
 	dsn := os.Getenv(env)
 	if dsn == "" {
 		return "", fmt.Errorf("%s: set %s", b.name, env)
@@ -145,12 +143,7 @@ func (b *backend) setup(ctx context.Context, tmp string) error {
 			if cfg, err = mysql.ParseDSN(sc.DSN); err == nil {
 				cfg.InterpolateParams = strings.HasSuffix(b.name, "+interpolateParams")
 				if b.txnMode != "" {
-					// Set on every connection as it opens, as a session
-					// variable, beside any the DSN sets.
-					if cfg.Params == nil {
-						cfg.Params = map[string]string{}
-					}
-					cfg.Params["tidb_txn_mode"] = "'" + b.txnMode + "'"
+					scratch.TiDBTxnMode(cfg, b.txnMode)
 				}
 				b.dsn = cfg.FormatDSN()
 			}
@@ -184,7 +177,7 @@ VALUES ($1, $2, $3, $4, false, now(), now() + interval '1 day')`
 		b.keyRow = "INSERT INTO idempotency_keys (scope, `key`, fingerprint, value, failed, created_at, expires_at)\n" +
 			`VALUES (?, ?, ?, ?, FALSE, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL 1 DAY)`
 		b.emptyTrip = `DO 1`
-		if b.server == "" { // TiDB has no pid file to find it by
+		if b.txnMode == "" { // TiDB has no pid file to find it by
 			b.serverCPU = mysqlCPU(ctx, db)
 		}
 	case "sqlite":

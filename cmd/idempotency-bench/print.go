@@ -52,7 +52,7 @@ func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d)/1e6) 
 
 func us(d time.Duration) string { return fmt.Sprintf("%.0f µs", float64(d)/1e3) }
 
-// goal is a figure an open issue asks of one backend and concurrency,
+// goal is a figure an issue asks of one backend and concurrency,
 // held against this run's medians.
 type goal struct {
 	issue   int
@@ -82,31 +82,35 @@ func (q ratio) String() string {
 // when a workload it needs was not run.
 func (q ratio) of(get func(workload string) sample) float64 {
 	bare := get(wBare)
-	per := func(num, den sample) float64 {
-		if den.opsPerSec == 0 {
-			return 0
-		}
-		return num.opsPerSec / den.opsPerSec
-	}
-	lat := func(s sample) float64 {
-		if bare.p50 == 0 {
-			return 0
-		}
-		return float64(s.p50) / float64(bare.p50)
-	}
 	switch q {
 	case freshBare:
-		return per(get(wFresh), bare)
+		return throughput(get(wFresh), bare)
 	case freshBound:
-		return per(get(wFresh), get(wFloor))
+		return throughput(get(wFresh), get(wFloor))
 	case replayBare:
-		return lat(get(wReplay))
+		return latency(get(wReplay), bare)
 	default:
-		return lat(get(wReplayLook))
+		return latency(get(wReplayLook), bare)
 	}
 }
 
-// goals are the open issues' targets. Issue 12: the pgx store against a
+// throughput is num's ops/s over den's; 0 when den was not run.
+func throughput(num, den sample) float64 {
+	if den.opsPerSec == 0 {
+		return 0
+	}
+	return num.opsPerSec / den.opsPerSec
+}
+
+// latency is s's p50 over bare's; 0 when bare was not run.
+func latency(s, bare sample) float64 {
+	if bare.p50 == 0 {
+		return 0
+	}
+	return float64(s.p50) / float64(bare.p50)
+}
+
+// goals are the performance issues' targets. Issue 12: the pgx store against a
 // bare native-pgx transaction. Issue 13: MariaDB (16 callers) and SQLite
 // (1 caller), with the figures the issue was opened with (one run, 9
 // interleaved rounds, medians).
@@ -245,13 +249,8 @@ func (r *runner) printRatios(benches []*bench) {
 				}
 				return fmt.Sprintf("%.2f", v)
 			}
-			per := func(num, den sample) string {
-				if den.opsPerSec == 0 {
-					return "—"
-				}
-				return cell(num.opsPerSec / den.opsPerSec)
-			}
-			lat := func(name string) string { return cell(float64(get(name).p50) / float64(bare.p50)) }
+			per := func(num, den sample) string { return cell(throughput(num, den)) }
+			lat := func(name string) string { return cell(latency(get(name), bare)) }
 			server := "—"
 			if w.b.serverCPU != nil {
 				server = us(fresh.serverCPU) + ", " + us(bound.serverCPU)
@@ -289,7 +288,7 @@ func (r *runner) printGoals(benches []*bench) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintf(r.out, "\n### Goals of the open issues\n\n")
+	fmt.Fprintf(r.out, "\n### Goals of the performance issues (12 and 13)\n\n")
 	fmt.Fprintln(r.out, "| issue | backend | c | ratio | goal | when opened | now | |")
 	fmt.Fprintln(r.out, "|---:|---|---:|---|---:|---:|---:|---|")
 	for _, row := range rows {

@@ -81,7 +81,7 @@ func (b Backend) Optimistic() bool { return b.TxnMode == "optimistic" }
 
 // Env is the environment variable with the DSN of b's server; "" for
 // SQLite, which needs none.
-func (b Backend) Env() string { return envDSN[b.server()] }
+func (b Backend) Env() string { return scratch.EnvDSN[b.server()] }
 
 // server is the server b runs on: "postgres", "mysql" or "tidb".
 func (b Backend) server() string {
@@ -174,12 +174,9 @@ type container struct {
 
 var containers = map[string]*container{"postgres": {}, "mysql": {}, "tidb": {}}
 
-// envDSN names the environment variable of each server's DSN.
-var envDSN = map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN", "tidb": "IDEMPOTENCY_TIDB_DSN"}
-
 func serverDSN(t testing.TB, server string) string {
 	t.Helper()
-	env := envDSN[server]
+	env := scratch.EnvDSN[server]
 	if env == "" {
 		t.Fatalf("testdb: unknown server %q: want postgres, mysql or tidb", server)
 	}
@@ -278,13 +275,7 @@ func (b Backend) scratchDSN(t testing.TB, server string) string {
 	}
 	cfg.ParseTime = true
 	if b.TxnMode != "" {
-		// go-sql-driver/mysql sets unknown DSN parameters as session
-		// variables when it connects: every connection runs in b's mode,
-		// whatever the server's default.
-		if cfg.Params == nil {
-			cfg.Params = map[string]string{}
-		}
-		cfg.Params["tidb_txn_mode"] = "'" + b.TxnMode + "'"
+		scratch.TiDBTxnMode(cfg, b.TxnMode)
 	}
 	return cfg.FormatDSN()
 }

@@ -24,6 +24,21 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
+// EnvDSN names the environment variable with each server's DSN:
+// "postgres", "mysql" or "tidb".
+var EnvDSN = map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN", "tidb": "IDEMPOTENCY_TIDB_DSN"}
+
+// TiDBTxnMode makes every connection that cfg opens run in TiDB's
+// transaction mode ("pessimistic" or "optimistic"), whatever the server's
+// default: go-sql-driver/mysql sets unknown DSN parameters as session
+// variables when it connects. The DSN's other parameters stay.
+func TiDBTxnMode(cfg *mysql.Config, mode string) {
+	if cfg.Params == nil {
+		cfg.Params = map[string]string{}
+	}
+	cfg.Params["tidb_txn_mode"] = "'" + mode + "'"
+}
+
 // Database is a database made by New.
 type Database struct {
 	Name string // the database
