@@ -1,6 +1,7 @@
 package idempotency_test
 
 import (
+	"os"
 	"testing"
 
 	"github.com/exactlyonce/idempotency/internal/conformance"
@@ -17,6 +18,11 @@ import (
 //	go test -run '^$' -bench BenchmarkDo -benchmem
 func BenchmarkDo(b *testing.B) {
 	for _, be := range testdb.Backends() {
-		b.Run(be.Name, func(b *testing.B) { conformance.Benchmark(b, conformance.SQL(be)) })
+		b.Run(be.Name, func(b *testing.B) {
+			if env := be.Env(); env != "" && os.Getenv(env) == "" {
+				b.Skipf("set %s to benchmark %s", env, be.Name)
+			}
+			conformance.Benchmark(b, conformance.SQL(be))
+		})
 	}
 }

@@ -12,7 +12,6 @@ import (
 	"github.com/exactlyonce/idempotency/dialects"
 	"github.com/exactlyonce/idempotency/dialects/mysql"
 	"github.com/exactlyonce/idempotency/internal/testdb"
-	"github.com/exactlyonce/idempotency/migrations"
 )
 
 // TestMySQL8Claim runs the claim MySQL 8 gets (its session's lock wait set
@@ -22,20 +21,9 @@ import (
 // call's context ends while the claim waits.
 func TestMySQL8Claim(t *testing.T) {
 	ctx := context.Background()
-	dsn := testdb.Backend{Name: "mysql", Driver: "mysql", Kind: "mysql"}.DSN(t)
-	var dbs [2]*sqlx.DB
-	for i := range dbs {
-		db, err := sqlx.Open("mysql", dsn)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = db.Close() })
-		dbs[i] = db
-	}
-	db, other := dbs[0], dbs[1]
-	if err := migrations.Up(ctx, db); err != nil {
-		t.Fatal(err)
-	}
+	b := testdb.Backend{Name: "mysql", Driver: "mysql", Kind: "mysql"}
+	dsn := b.DSN(t)
+	db, other := b.OpenDSN(t, dsn), b.Connect(t, dsn)
 	db.SetMaxOpenConns(1) // every statement of db on one connection
 	if _, err := db.Exec(`SET SESSION innodb_lock_wait_timeout = 37`); err != nil {
 		t.Fatal(err)

@@ -12,7 +12,6 @@ import (
 	"github.com/exactlyonce/idempotency/dialects"
 	idmysql "github.com/exactlyonce/idempotency/dialects/mysql"
 	"github.com/exactlyonce/idempotency/internal/testdb"
-	"github.com/exactlyonce/idempotency/migrations"
 )
 
 // TestClassifyTiDB: TiDB's own error numbers, sorted as its documentation
@@ -57,10 +56,7 @@ func eachTiDBMode(t *testing.T, test func(t *testing.T, mode string, db, other *
 			t.Parallel()
 			b := testdb.TiDB(mode)
 			dsn := b.DSN(t)
-			db, other := b.Connect(t, dsn), b.Connect(t, dsn)
-			if err := migrations.Up(context.Background(), db); err != nil {
-				t.Fatal(err)
-			}
+			db, other := b.OpenDSN(t, dsn), b.Connect(t, dsn)
 			test(t, mode, db, other, idmysql.New(dialects.DefaultTable))
 		})
 	}

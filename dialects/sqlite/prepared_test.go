@@ -16,6 +16,7 @@ import (
 	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/dialects"
 	"github.com/exactlyonce/idempotency/dialects/sqlite"
+	"github.com/exactlyonce/idempotency/internal/testdb"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
@@ -36,11 +37,7 @@ func TestPreparedStatements(t *testing.T) {
 		dialects.Register("sqlite-counting", func(table string) dialects.Dialect { return sqlite.New(table) })
 	})
 	c := counting
-	db, err := sqlx.Open("sqlite-counting", "file:"+filepath.Join(t.TempDir(), "test.db")+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_txlock=immediate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
+	db := testdb.Backend{Name: "sqlite-counting", Driver: "sqlite-counting", Kind: "sqlite"}.Connect(t, testdb.SQLiteDSN(filepath.Join(t.TempDir(), "test.db")))
 	db.SetMaxOpenConns(1)
 	s, err := idempotency.New(db)
 	if err != nil {

@@ -92,7 +92,6 @@ var (
 
 type backend struct {
 	name       string
-	kind       string
 	shared     testdb.Backend // the shared server, for the phases without restarts
 	drivers    []string
 	isolations []string
@@ -103,22 +102,22 @@ type backend struct {
 }
 
 var backends = []backend{
-	{name: "postgres", kind: "postgres", shared: testdb.Backend{Name: "pgx", Driver: "pgx", Kind: "postgres"},
+	{name: "postgres", shared: testdb.Backend{Name: "pgx", Driver: "pgx", Kind: "postgres"},
 		drivers:    []string{"pgx", "postgres", chaos.PgxStore},
 		isolations: []string{"", "repeatable read", "serializable"}, wait: 300 * time.Millisecond,
 		phases: phasesServer, start: chaos.StartPostgres, proxyDSN: proxyDSN("postgres")},
-	{name: "mysql", kind: "mysql", shared: testdb.Backend{Name: "mysql", Driver: "mysql", Kind: "mysql"},
+	{name: "mysql", shared: testdb.Backend{Name: "mysql", Driver: "mysql", Kind: "mysql"},
 		drivers: []string{"mysql"}, isolations: []string{"", "read committed"}, wait: time.Second,
 		phases: phasesServer, start: chaos.StartMariaDB, proxyDSN: proxyDSN("mysql")},
 	// TiDB in both transaction modes: the mode is a session variable in
 	// the DSN, which the workers and the checker share.
-	{name: "tidb", kind: "mysql", shared: testdb.TiDB("pessimistic"),
+	{name: "tidb", shared: testdb.TiDB("pessimistic"),
 		drivers: []string{"mysql"}, isolations: []string{"", "read committed"}, wait: time.Second,
 		phases: phasesServer, start: noTiDBRestarts, proxyDSN: proxyDSN("mysql")},
-	{name: "tidb-optimistic", kind: "mysql", shared: testdb.TiDB("optimistic"),
+	{name: "tidb-optimistic", shared: testdb.TiDB("optimistic"),
 		drivers: []string{"mysql"}, isolations: []string{"", "read committed"}, wait: time.Second,
 		phases: phasesServer, start: noTiDBRestarts, proxyDSN: proxyDSN("mysql")},
-	{name: "sqlite", kind: "sqlite", shared: testdb.Backend{Name: "sqlite", Driver: "sqlite", Kind: "sqlite"},
+	{name: "sqlite", shared: testdb.Backend{Name: "sqlite", Driver: "sqlite", Kind: "sqlite"},
 		drivers:    []string{"sqlite"},
 		isolations: []string{""}, wait: 300 * time.Millisecond, phases: phasesSQLite},
 }

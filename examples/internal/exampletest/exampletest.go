@@ -41,7 +41,7 @@ func Each(t *testing.T, name string, check func(t *testing.T, b testdb.Backend, 
 // and returns what it printed.
 func Output(t *testing.T, db *sqlx.DB, run func(ctx context.Context, w io.Writer, db *sqlx.DB) error) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // the River demo waits for its worker
 	defer cancel()
 	var out bytes.Buffer
 	if err := run(ctx, &out, db); err != nil {
