@@ -30,7 +30,8 @@ var (
 	// ErrTransactionEnded: the database ended the call's transaction while
 	// fn ran (MySQL and MariaDB roll a transaction back on a deadlock, SQLite
 	// on a full disk), and fn went on without returning that error; or fn
-	// ended it itself, with an Exec of COMMIT or ROLLBACK. Nothing
+	// ended it itself, with an Exec of ROLLBACK (on every store) or of
+	// COMMIT (on the pgx store, which can tell). Nothing
 	// was stored under the key, but statements fn made after that point ran
 	// outside any transaction and may have committed on their own. This is
 	// a bug in fn (it must return every error of tx), and the call is NOT

@@ -31,8 +31,8 @@ type Option func(*config) error
 // WithTTL sets how long a key is kept after its call committed: within it,
 // retries replay; after it, the key is treated as absent (by the database's
 // clock) and Prune deletes it. The TTL counts from the statement that saves
-// the key, just before COMMIT, so a slow fn does not shorten it. On MySQL
-// and MariaDB a key may live up to an eighth of the TTL longer, a second at
+// the key, just before COMMIT, so a slow fn does not shorten it. On MySQL,
+// MariaDB and TiDB a key may live up to an eighth of the TTL longer, a second at
 // most: the save keeps the expiry the claim wrote when fn took less than
 // that, so that it changes the row in place. The default is 24 hours.
 func WithTTL(d time.Duration) Option {
