@@ -110,6 +110,8 @@ func InTx[TTx any](ctx context.Context, s *TxStore[TTx], fn func(ctx context.Con
 			return fmt.Errorf("%w: %w", ErrTransactionEnded, err)
 		}
 		switch s.driver.Classify(err) {
+		case dialects.Ended:
+			return fmt.Errorf("%w: fn committed or rolled back the transaction itself: %w", ErrTransactionEnded, err)
 		case dialects.Unknown, dialects.Lost:
 			return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 		}
@@ -433,11 +435,11 @@ func (s *TxStore[TTx]) attempt(ctx context.Context, u unit[TTx], k dialects.Key,
 	case errors.Is(err, dialects.ErrConflict):
 		return again, none, nil
 	case errors.Is(err, dialects.ErrTransactionEnded):
-		s.cfg.logger.ErrorContext(ctx, "idempotency: the database ended the transaction while fn ran and fn ignored the error; its later writes may have committed outside the transaction",
-			"scope", k.Scope, "key", k.Key, "err", err)
-		return done, none, fmt.Errorf("%w: key %q: %w", ErrTransactionEnded, k.Key, err)
+		return done, none, s.ended(ctx, k, err)
 	case errors.As(err, &ce):
 		switch s.driver.Classify(ce.Err) {
+		case dialects.Ended:
+			return done, none, s.ended(ctx, k, ce.Err)
 		case dialects.Retry:
 			return retry, none, ce.Err
 		case dialects.Unknown, dialects.Lost:
@@ -448,9 +450,24 @@ func (s *TxStore[TTx]) attempt(ctx context.Context, u unit[TTx], k dialects.Key,
 	return s.classify(ctx, "save the key", err)
 }
 
+// ended is the error of a call whose transaction ended before its save: fn
+// ended it itself, or the database did and fn ignored the error.
+func (s *TxStore[TTx]) ended(ctx context.Context, k dialects.Key, err error) error {
+	s.cfg.logger.ErrorContext(ctx, "idempotency: the call's transaction ended before its key was saved (fn committed or rolled it back itself, or ignored an error after which the database ended it); what fn wrote may have committed without the key",
+		"scope", k.Scope, "key", k.Key, "err", err)
+	return fmt.Errorf("%w: key %q: %w", ErrTransactionEnded, k.Key, err)
+}
+
 // afterTaken reads the row that made the claim fail, after the rollback.
 func (s *TxStore[TTx]) afterTaken(ctx context.Context, u unit[TTx], k dialects.Key) (outcome, dialects.Record, error) {
 	rec, ok, err := u.lookup(ctx, k)
+	if errors.Is(err, dialects.ErrTransactionEnded) {
+		// A claim committed without its record: an earlier call's fn
+		// committed its transaction itself and the call could not save
+		// the key. What it did is unknown; running fn again could repeat
+		// it.
+		return done, dialects.Record{}, fmt.Errorf("%w: key %q: %w", ErrTransactionEnded, k.Key, err)
+	}
 	if err != nil {
 		return s.classify(ctx, "read the stored key", err)
 	}
@@ -460,7 +477,7 @@ func (s *TxStore[TTx]) afterTaken(ctx context.Context, u unit[TTx], k dialects.K
 	// The row expired, or its holder rolled back: clear it and claim. Twins
 	// that woke together all come here; a little jitter lets one of them win
 	// the next claim cleanly.
-	if err := s.driver.DeleteExpired(ctx, k); err != nil {
+	if err := u.deleteExpired(ctx, k); err != nil {
 		if ctx.Err() == nil && s.driver.Classify(err) == dialects.LockTimeout {
 			// A twin deleted the row first and holds the key again (MariaDB
 			// says so at once): wait for it, as for a held key.
@@ -535,8 +552,10 @@ type unit[TTx any] interface {
 	commit(ctx context.Context, tx TTx, k dialects.Key, rec dialects.Record, ttl time.Duration) error
 	rollback(tx TTx)
 	joined() bool
-	// lookup reads a stored row after a failed claim.
+	// lookup reads a stored row after a failed claim; deleteExpired
+	// removes it if it has expired.
 	lookup(ctx context.Context, k dialects.Key) (dialects.Record, bool, error)
+	deleteExpired(ctx context.Context, k dialects.Key) error
 }
 
 type ownTx[TTx any] struct{ d dialects.Driver[TTx] }
@@ -555,6 +574,10 @@ func (o ownTx[TTx]) joined() bool { return false }
 
 func (o ownTx[TTx]) lookup(ctx context.Context, k dialects.Key) (dialects.Record, bool, error) {
 	return o.d.Lookup(ctx, k)
+}
+
+func (o ownTx[TTx]) deleteExpired(ctx context.Context, k dialects.Key) error {
+	return o.d.DeleteExpired(ctx, k)
 }
 
 var savepointSeq atomic.Uint64
@@ -608,11 +631,23 @@ func (p *savepoint[TTx]) rollback(tx TTx) {
 func (p *savepoint[TTx]) joined() bool { return true }
 
 // lookup reads in the caller's transaction first (it sees its own keys),
-// then outside it (where a twin's commit after its snapshot shows).
+// then outside it (where a twin's commit after its snapshot shows), unless
+// the caller's transaction already sees the latest state (OneWriter), and
+// another connection would wait for its write lock.
 func (p *savepoint[TTx]) lookup(ctx context.Context, k dialects.Key) (dialects.Record, bool, error) {
 	rec, ok, err := p.d.LookupTx(ctx, p.tx, k)
 	if err != nil || ok {
 		return rec, ok, err
 	}
+	if o, one := p.d.(dialects.OneWriter); one && o.OneWriter() {
+		return rec, false, nil
+	}
 	return p.d.Lookup(ctx, k)
+}
+
+// deleteExpired removes an expired row in the caller's transaction, which
+// may hold the database's only write lock (SQLite) or locks of its own on
+// the row, that a delete on another connection would wait for.
+func (p *savepoint[TTx]) deleteExpired(ctx context.Context, k dialects.Key) error {
+	return p.d.DeleteExpiredTx(ctx, p.tx, k)
 }

@@ -32,6 +32,7 @@ import (
 	"context"
 	"database/sql/driver"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"time"
@@ -113,6 +114,11 @@ const (
 	// Busy: the database is locked by another writer (SQLite); try again
 	// within the wait bound.
 	Busy
+	// Ended: the transaction had already ended when the statement came (fn
+	// committed or rolled back itself, through its client or an Exec of
+	// COMMIT or ROLLBACK); a COMMIT that says so committed nothing of its
+	// own, but fn's own commit may have.
+	Ended
 )
 
 // Dialect is one database's implementation of the key protocol. Every method
@@ -152,11 +158,42 @@ type Dialect interface {
 	Classify(err error) Class
 }
 
-// ErrTransactionEnded is what Save wraps when the row the claim wrote is no
-// longer there: the database ended the transaction while fn ran (MySQL on a
-// deadlock, SQLite on a full disk) and fn did not return the error, so fn's
-// later statements ran outside the transaction.
-var ErrTransactionEnded = errors.New("the key row claimed at the start of the transaction is gone: the database ended the transaction while fn ran")
+// ErrTransactionEnded is what a driver wraps when the transaction that
+// claimed the key ended before the save: fn committed or rolled it back
+// itself, or the database ended it (MySQL on a deadlock, SQLite on a full
+// disk) and fn did not return the error, so fn's later statements ran
+// outside the transaction. The error that wraps it says which, where the
+// driver can tell.
+var ErrTransactionEnded = errors.New("the transaction that claimed the key ended before the key was saved")
+
+// Settler is a dialect whose claim writes the key's row (MySQL, SQLite).
+// When fn ended the transaction itself, that row committed with fn's commit,
+// or went with its rollback. Settle, run outside any transaction, fills the
+// row with rec if it is there and still claimed, so that retries replay
+// what committed instead of finding a claim that nobody will finish; it
+// reports whether it did.
+type Settler interface {
+	Settle(ctx context.Context, q Querier, k Key, rec Record, ttl time.Duration) (bool, error)
+}
+
+// OneWriter is a dialect whose transactions, once they have written (or
+// tried to), read the latest committed state, because only one writes at a
+// time (SQLite). A call joined to a caller's transaction then reads and
+// clears its key in that transaction alone: another connection would wait
+// for the caller's write lock.
+type OneWriter interface {
+	OneWriter() bool
+}
+
+// EndedError returns the error, wrapping ErrTransactionEnded, for a call whose
+// transaction ended before its save. settled says that the claimed row
+// committed with fn's own commit and has since been filled (Settler).
+func EndedError(settled bool) error {
+	if settled {
+		return fmt.Errorf("%w: fn committed it itself; its writes up to then committed, and the key was saved after them, on its own, so a retry replays fn's value (the two were not atomic)", ErrTransactionEnded)
+	}
+	return fmt.Errorf("%w: fn rolled it back itself, or the database ended it under fn (a deadlock, a full disk, an error fn did not return); what fn wrote before that is gone, and what it wrote after ran outside any transaction and may have committed", ErrTransactionEnded)
+}
 
 // ConnectionLost reports whether err says the connection broke, in the ways
 // database/sql and the drivers say it: driver.ErrBadConn, an EOF in the

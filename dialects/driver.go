@@ -34,9 +34,11 @@ type Driver[TTx any] interface {
 	// client allows; a failed save must never be followed by a commit. It
 	// always ends tx. Its error wraps ErrConflict when a live record
 	// already held the key (nothing committed), ErrTransactionEnded when
-	// the claimed row was gone, and is a *CommitError when the save went
-	// through and the commit itself failed (or its outcome is unknown);
-	// any other error means the save failed and nothing committed.
+	// tx had ended before the save (fn committed or rolled back itself, or
+	// the database ended it: see EndedError), and is a *CommitError when
+	// the save went through and the commit itself failed (or its outcome
+	// is unknown); any other error means the save failed and nothing
+	// committed.
 	Commit(ctx context.Context, tx TTx, k Key, rec Record, ttl time.Duration) error
 
 	// Rollback ends tx without committing. It is safe on a transaction
@@ -45,7 +47,9 @@ type Driver[TTx any] interface {
 
 	// BeginPlain begins a transaction with no key, for work that needs the
 	// store's transactions without idempotency (the HTTP adapter's requests
-	// without a key); CommitPlain commits it.
+	// without a key); CommitPlain commits it. CommitPlain's error wraps
+	// ErrTransactionEnded when the driver can tell that fn ended tx
+	// itself.
 	BeginPlain(ctx context.Context) (TTx, error)
 	CommitPlain(tx TTx) error
 
@@ -67,8 +71,12 @@ type Driver[TTx any] interface {
 	Lookup(ctx context.Context, k Key) (Record, bool, error)
 	LookupTx(ctx context.Context, tx TTx, k Key) (Record, bool, error)
 
-	// DeleteExpired removes k's row if it has expired.
+	// DeleteExpired removes k's row if it has expired; DeleteExpiredTx
+	// does it inside tx, a transaction the caller holds (DoTx), whose
+	// failed claim may hold the row's lock (MySQL) or the database's only
+	// write lock (SQLite).
 	DeleteExpired(ctx context.Context, k Key) error
+	DeleteExpiredTx(ctx context.Context, tx TTx, k Key) error
 
 	// Prune deletes at most limit expired rows and reports how many.
 	Prune(ctx context.Context, limit int) (int64, error)

@@ -106,22 +106,54 @@ func (s *sqlDriver) Commit(ctx context.Context, tx *sqlx.Tx, k Key, rec Record, 
 	ok, err := s.d.Save(ctx, s.in(tx), k, rec, ttl)
 	if err != nil || !ok {
 		_ = tx.Rollback()
-		if err == nil {
+		switch {
+		case errors.Is(err, sql.ErrTxDone):
+			// fn called tx.Commit or tx.Rollback (an ORM's Commit on the
+			// key's transaction): database/sql sent nothing.
+			return s.settle(ctx, k, rec, ttl)
+		case err == nil:
 			return ErrConflict
 		}
 		return err
 	}
 	if err := tx.Commit(); err != nil {
+		if s.Classify(err) == Ended {
+			// fn sent its own COMMIT or ROLLBACK, and the save ran on its
+			// own after it (SQLite's COMMIT then finds no transaction):
+			// the key is saved only if fn committed.
+			return fmt.Errorf("%w: %w", EndedError(true), err)
+		}
 		return &CommitError{Err: err}
 	}
 	return nil
+}
+
+// settle is Commit's answer when fn ended tx through database/sql: a
+// claimed row that committed with fn's commit is filled with rec, so that
+// retries replay it rather than find a claim nobody will finish.
+func (s *sqlDriver) settle(ctx context.Context, k Key, rec Record, ttl time.Duration) error {
+	st, ok := s.d.(Settler)
+	if !ok {
+		return fmt.Errorf("%w: fn committed or rolled it back itself (tx.Commit or tx.Rollback); nothing marks the key, so a retry runs fn again, and whatever fn wrote before a commit stayed", ErrTransactionEnded)
+	}
+	settled, err := st.Settle(context.WithoutCancel(ctx), s.outside(), k, rec, ttl)
+	if err != nil {
+		return fmt.Errorf("%w: fn committed or rolled it back itself (tx.Commit or tx.Rollback), and the claimed key could not be settled: %w", ErrTransactionEnded, err)
+	}
+	return EndedError(settled)
 }
 
 func (s *sqlDriver) Rollback(tx *sqlx.Tx) { _ = tx.Rollback() }
 
 func (s *sqlDriver) BeginPlain(ctx context.Context) (*sqlx.Tx, error) { return s.begin(ctx) }
 
-func (s *sqlDriver) CommitPlain(tx *sqlx.Tx) error { return tx.Commit() }
+func (s *sqlDriver) CommitPlain(tx *sqlx.Tx) error {
+	err := tx.Commit()
+	if err != nil && s.Classify(err) == Ended {
+		return fmt.Errorf("%w: fn committed or rolled it back itself: %w", ErrTransactionEnded, err)
+	}
+	return err
+}
 
 // Savepoint names are the engine's own (idempotency_N), safe to splice in.
 func (s *sqlDriver) Savepoint(ctx context.Context, tx *sqlx.Tx, name string) error {
@@ -160,11 +192,28 @@ func (s *sqlDriver) Lookup(ctx context.Context, k Key) (Record, bool, error) {
 }
 
 func (s *sqlDriver) LookupTx(ctx context.Context, tx *sqlx.Tx, k Key) (Record, bool, error) {
-	return s.d.Lookup(ctx, s.in(tx), k)
+	rec, ok, err := s.d.Lookup(ctx, s.in(tx), k)
+	if errors.Is(err, ErrTransactionEnded) {
+		// A claimed row, unsaved: inside the caller's transaction it may
+		// be an outer call's own claim of the key, not yet saved. Only a
+		// read outside tells an abandoned claim.
+		return Record{}, false, nil
+	}
+	return rec, ok, err
 }
 
 func (s *sqlDriver) DeleteExpired(ctx context.Context, k Key) error {
 	return s.d.DeleteExpired(ctx, s.db, k)
+}
+
+func (s *sqlDriver) DeleteExpiredTx(ctx context.Context, tx *sqlx.Tx, k Key) error {
+	return s.d.DeleteExpired(ctx, tx, k)
+}
+
+// OneWriter returns the dialect's answer (see OneWriter).
+func (s *sqlDriver) OneWriter() bool {
+	o, ok := s.d.(OneWriter)
+	return ok && o.OneWriter()
 }
 
 func (s *sqlDriver) Prune(ctx context.Context, limit int) (int64, error) {
@@ -173,9 +222,9 @@ func (s *sqlDriver) Prune(ctx context.Context, limit int) (int64, error) {
 
 func (s *sqlDriver) Classify(err error) Class {
 	if errors.Is(err, sql.ErrTxDone) {
-		// database/sql's own: the transaction had already ended; nothing
-		// was sent.
-		return Definite
+		// database/sql's own: the transaction had already ended (fn
+		// committed or rolled it back); nothing was sent.
+		return Ended
 	}
 	return s.d.Classify(err)
 }

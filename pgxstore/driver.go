@@ -345,7 +345,19 @@ func (d *driver) Save(ctx context.Context, tx pgx.Tx, k dialects.Key, rec dialec
 	if err != nil {
 		return false, postgres.SaveError(err)
 	}
-	return tag.RowsAffected() == 1, nil
+	if tag.RowsAffected() == 1 {
+		return true, nil
+	}
+	// Nothing saved: a live record holds the key, or fn ended the
+	// caller's transaction (an Exec of COMMIT) and the save ran on its own.
+	var in bool
+	if err := tx.QueryRow(ctx, d.sql.Claimed).Scan(&in); err != nil {
+		return false, err
+	}
+	if !in {
+		return false, postgres.Ended()
+	}
+	return false, nil
 }
 
 // Lookup reads k's live record on the pool.
@@ -370,6 +382,12 @@ func lookup(row pgx.Row) (dialects.Record, bool, error) {
 // DeleteExpired removes k's row if it has expired.
 func (d *driver) DeleteExpired(ctx context.Context, k dialects.Key) error {
 	_, err := d.pool.Exec(ctx, d.sql.DeleteExpired, k.Scope, k.Key)
+	return err
+}
+
+// DeleteExpiredTx removes k's row in tx if it has expired.
+func (d *driver) DeleteExpiredTx(ctx context.Context, tx pgx.Tx, k dialects.Key) error {
+	_, err := tx.Exec(ctx, d.sql.DeleteExpired, k.Scope, k.Key)
 	return err
 }
 

@@ -80,6 +80,7 @@ type Dialect struct {
 	insert, claimMariaDB, save, lookup, deleteExpired, prune string
 	insertIgnore                                             string // TiDB's claim
 	deleteExpiredMariaDB                                     string // with no lock wait
+	saveMariaDB                                              string // only inside a transaction
 
 	// pad sizes the claimed row's placeholder from the values saved.
 	pad padding
@@ -122,20 +123,23 @@ func New(table string) *Dialect {
 	insert := `INSERT INTO ` + table + ` (scope, ` + "`key`" + `, fingerprint, value, failed, created_at, expires_at)
 VALUES (?, ?, ?, REPEAT(' ', ?), ` + claimed + `, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)`
 	deleteExpired := `DELETE FROM ` + table + ` WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at <= UTC_TIMESTAMP(6)`
+	// In place: the value padded to the placeholder's length (the value
+	// column on the right is the claimed row's), and the claim's expiry
+	// kept unless the TTL from now goes beyond it. The TTL counts from
+	// this statement, just before COMMIT, not from the claim.
+	save := `UPDATE ` + table + ` SET value = CONCAT(?, REPEAT(' ', GREATEST(LENGTH(value) - ?, 0))), failed = ?,
+expires_at = GREATEST(expires_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
+WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND failed = ` + claimed
 	return &Dialect{
 		insert:       insert,
 		insertIgnore: `INSERT IGNORE` + strings.TrimPrefix(insert, `INSERT`),
 		claimMariaDB: noLockWait + insert,
-		// In place: the value padded to the placeholder's length (the
-		// value column on the right is the claimed row's), and the claim's
-		// expiry kept unless the TTL from now goes beyond it. The TTL
-		// counts from this statement, just before COMMIT, not from the
-		// claim.
-		save: `UPDATE ` + table + ` SET value = CONCAT(?, REPEAT(' ', GREATEST(LENGTH(value) - ?, 0))), failed = ?,
-expires_at = GREATEST(expires_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
-WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND failed = ` + claimed,
+		save: save,
+		// MariaDB says whether a transaction is open: after fn's own
+		// COMMIT the save would run, and commit, on its own.
+		saveMariaDB: save + ` AND @@in_transaction = 1`,
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
-WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6) AND failed <> ` + claimed,
+WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6)`,
 		deleteExpired:        deleteExpired,
 		deleteExpiredMariaDB: noLockWait + deleteExpired,
 		prune:                `DELETE FROM ` + table + ` WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?`,
@@ -246,34 +250,80 @@ func (d *Dialect) detect(ctx context.Context, q dialects.Querier) (int32, error)
 func slack(ttl time.Duration) time.Duration { return min(ttl/8, time.Second) }
 
 // Save fills the claimed row with the value, in place when the value fits
-// the placeholder.
+// the placeholder. On MariaDB it saves only inside a transaction: when fn
+// sent COMMIT itself, the claimed row committed with fn's writes, and Save
+// then fills it on its own (Settle) and reports that the transaction ended.
 func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
 	d.pad.saw(len(rec.Value))
-	res, err := tx.ExecContext(ctx, d.save, rec.Value, len(rec.Value), rec.Failed, ttl.Microseconds(), k.Scope, k.Key, rec.Fingerprint)
-	if err != nil {
+	query := d.save
+	mariaDB := d.flavor.Load() == flavorMariaDB // known: a claim came first
+	if mariaDB {
+		query = d.saveMariaDB
+	}
+	n, err := d.fill(ctx, tx, query, k, rec, ttl)
+	switch {
+	case err != nil:
 		return false, err
+	case n == 1:
+		return true, nil
+	case mariaDB:
+		// The claimed row is gone (fn rolled back, or a deadlock did), or
+		// no transaction is open (fn committed).
+		settled, err := d.Settle(ctx, tx, k, rec, ttl)
+		if err != nil {
+			return false, fmt.Errorf("%w; settling the claimed key failed: %w", dialects.EndedError(false), err)
+		}
+		return false, dialects.EndedError(settled)
+	}
+	return false, dialects.EndedError(false)
+}
+
+// Settle fills the claimed row with rec, if it is there: outside any
+// transaction, only a claim that fn's own COMMIT committed is.
+func (d *Dialect) Settle(ctx context.Context, q dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
+	n, err := d.fill(ctx, q, d.save, k, rec, ttl)
+	return n == 1, err
+}
+
+func (d *Dialect) fill(ctx context.Context, q dialects.Querier, query string, k dialects.Key, rec dialects.Record, ttl time.Duration) (int64, error) {
+	res, err := q.ExecContext(ctx, query, rec.Value, len(rec.Value), rec.Failed, ttl.Microseconds(), k.Scope, k.Key, rec.Fingerprint)
+	if err != nil {
+		return 0, err
 	}
 	n, err := res.RowsAffected()
 	if err != nil {
-		return false, fmt.Errorf("rows affected: %w", err)
+		return 0, fmt.Errorf("rows affected: %w", err)
 	}
-	if n != 1 {
-		return false, fmt.Errorf("%w (an error inside fn, such as a deadlock, was not returned); writes fn made after it ran outside the transaction and may have committed", dialects.ErrTransactionEnded)
-	}
-	return true, nil
+	return n, nil
 }
 
-// Lookup reads the key's live record, without the padding of its value.
+// Lookup reads the key's live record, without the padding of its value. A
+// claimed row is never seen by another transaction unless it committed
+// unsaved (fn committed itself and the call could not settle it): Lookup
+// then returns an error that wraps dialects.ErrTransactionEnded.
 func (d *Dialect) Lookup(ctx context.Context, q dialects.Querier, k dialects.Key) (dialects.Record, bool, error) {
-	var rec dialects.Record
-	err := q.QueryRowxContext(ctx, d.lookup, k.Scope, k.Key).Scan(&rec.Fingerprint, &rec.Value, &rec.Failed)
-	if errors.Is(err, sql.ErrNoRows) {
+	var (
+		rec    dialects.Record
+		failed int
+	)
+	err := q.QueryRowxContext(ctx, d.lookup, k.Scope, k.Key).Scan(&rec.Fingerprint, &rec.Value, &failed)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
 		return rec, false, nil
+	case err != nil:
+		return rec, false, err
+	case failed == 2:
+		return rec, false, errUnsaved
 	}
+	rec.Failed = failed == 1
 	// JSON, which the engine stores, never ends with a space.
 	rec.Value = bytes.TrimRight(rec.Value, " ")
-	return rec, err == nil, err
+	return rec, true, nil
 }
+
+// errUnsaved is Lookup's error for a claim that committed without its
+// record.
+var errUnsaved = fmt.Errorf("%w: an earlier call with this key committed its claim without saving a value (its fn committed the transaction itself, and the call did not finish); what it did is unknown, so the key is refused until it expires", dialects.ErrTransactionEnded)
 
 // padding sizes the claimed row's placeholder: as long as the longest value
 // saved in the last window of saves, rounded up, so that most saves fit it.

@@ -34,7 +34,11 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/lib/pq"
 
 	"github.com/exactlyonce/idempotency/dialects"
 )
@@ -68,7 +72,9 @@ func New(table string) *Dialect {
 type Statements struct {
 	// Claim ($1 lock, $2 scope, $3 key) takes the key's advisory lock
 	// without waiting and reads its live record: locked, fingerprint,
-	// value, failed.
+	// value, failed. It also marks its transaction as one that claimed a
+	// key (a transaction-local setting, idempotency.claimed), which Save
+	// checks.
 	Claim string
 	// ClaimProbes reports whether Claim also catches, under REPEATABLE
 	// READ and SERIALIZABLE, a row committed after the transaction's
@@ -77,8 +83,14 @@ type Statements struct {
 	ClaimProbes bool
 	// Save ($1 scope, $2 key, $3 fingerprint, $4 value, $5 failed, $6 TTL
 	// in microseconds) inserts the record or replaces an expired one; it
-	// affects no row when a live record holds the key.
+	// affects no row when a live record holds the key, or when it does not
+	// run in the transaction whose Claim marked it: fn ended that
+	// transaction (an Exec of COMMIT or ROLLBACK), and the save would
+	// otherwise commit on its own. Claimed tells the two apart.
 	Save string
+	// Claimed reports whether the statement runs in a transaction that
+	// Claim marked.
+	Claimed string
 	// Insert (Save's parameters) inserts the record, failing with 23505
 	// when any row holds the key: for a pipeline, where an error, unlike
 	// a row count, keeps the COMMIT queued after it from running. Send
@@ -113,16 +125,18 @@ func SQL(table string) Statements {
 	// not from the transaction's start (now()).
 	const values = `VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp() + $6::float8 * interval '1 microsecond')`
 	return Statements{
-		Claim:       claimStatement(table),
+		Claim:       claimStatement(table) + "\nWHERE set_config('" + claimedSetting + "', 'on', true) = 'on'",
 		ClaimProbes: table == dialects.DefaultTable,
 		Save: `INSERT INTO ` + table + ` AS k (scope, key, fingerprint, value, failed, created_at, expires_at)
-` + values + `
+SELECT $1::text, $2::text, $3::bytea, $4::bytea, $5::boolean, now(), clock_timestamp() + $6::float8 * interval '1 microsecond'
+WHERE ` + claimed + `
 ON CONFLICT (scope, key) DO UPDATE SET
 	fingerprint = excluded.fingerprint, value = excluded.value, failed = excluded.failed,
 	created_at = excluded.created_at, expires_at = excluded.expires_at
 WHERE k.expires_at <= now()`,
 		Insert: `INSERT INTO ` + table + ` (scope, key, fingerprint, value, failed, created_at, expires_at)
 ` + values,
+		Claimed: `SELECT ` + claimed,
 		Lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = $1 AND key = $2 AND expires_at > now()`,
 		Lock: `SELECT pg_try_advisory_xact_lock($1), current_setting('transaction_isolation') = 'read committed'`,
@@ -138,6 +152,15 @@ WHERE scope = $1 AND key = $2`,
 	SELECT tableoid, ctid FROM ` + table + ` WHERE expires_at <= now() LIMIT %d FOR UPDATE SKIP LOCKED)`,
 	}
 }
+
+// claimedSetting is the transaction-local setting that Claim sets and Save
+// checks. A setting made with set_config(..., true) lasts until its
+// transaction ends (or a savepoint rolls back past it): a statement that
+// runs after fn's own COMMIT or ROLLBACK no longer sees it.
+const claimedSetting = "idempotency.claimed"
+
+// claimed is true in a transaction that Claim marked.
+const claimed = "coalesce(current_setting('" + claimedSetting + "', true), '') = 'on'"
 
 // claimStatement takes the lock and reads the live row. For the default table
 // it calls idempotency_claim (migration 00002), which reads after locking;
@@ -186,7 +209,9 @@ func ClaimOf(locked bool, rec dialects.Record) (dialects.Claim, dialects.Record)
 	return dialects.Held, dialects.Record{}
 }
 
-// Save inserts the record, or replaces an expired one.
+// Save inserts the record, or replaces an expired one. When it saved
+// nothing, it asks whether it ran in the claim's transaction: if not, fn
+// ended that transaction, and it says so.
 func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
 	res, err := tx.ExecContext(ctx, d.sql.Save, k.Scope, k.Key, rec.Fingerprint, rec.Value, rec.Failed, ttl.Microseconds())
 	if err != nil {
@@ -196,7 +221,24 @@ func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key,
 	if err != nil {
 		return false, fmt.Errorf("rows affected: %w", err)
 	}
-	return n == 1, nil
+	if n == 1 {
+		return true, nil
+	}
+	var in bool
+	if err := tx.QueryRowxContext(ctx, d.sql.Claimed).Scan(&in); err != nil {
+		return false, err
+	}
+	if !in {
+		return false, Ended()
+	}
+	return false, nil
+}
+
+// Ended is Save's error when it ran outside the claim's transaction: fn
+// sent COMMIT or ROLLBACK itself. Nothing marks the key on Postgres (its
+// claim is a lock, gone with the transaction), so a retry runs fn again.
+func Ended() error {
+	return fmt.Errorf("%w: fn sent COMMIT or ROLLBACK itself, and the key was not saved; whatever fn wrote before a COMMIT, and everything after it, committed on its own, and a retry runs fn again", dialects.ErrTransactionEnded)
 }
 
 // SaveError says what a failed save means when fn ignored an error: Postgres
@@ -247,7 +289,16 @@ func (d *Dialect) Classify(err error) dialects.Class { return Classify(err) }
 func Classify(err error) dialects.Class {
 	state := sqlState(err)
 	if state == "" {
-		if dialects.ConnectionLost(err) {
+		switch {
+		case errors.Is(err, pq.ErrInFailedTransaction), errors.Is(err, pgx.ErrTxCommitRollback):
+			// lib/pq's and pgx's word, at COMMIT, that an earlier error
+			// had aborted the transaction: the server rolled it back.
+			return dialects.Definite
+		case strings.HasPrefix(err.Error(), "pq: unexpected transaction status idle"):
+			// lib/pq at COMMIT, when the connection is in no
+			// transaction: fn sent its own COMMIT or ROLLBACK.
+			return dialects.Ended
+		case dialects.ConnectionLost(err):
 			return dialects.Lost
 		}
 		return dialects.Unknown

@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"time"
 
 	"github.com/exactlyonce/idempotency/dialects"
@@ -45,6 +46,8 @@ var (
 	_ dialects.Schema      = (*Dialect)(nil)
 	_ dialects.ReadFirster = (*Dialect)(nil)
 	_ dialects.Prepared    = (*Dialect)(nil)
+	_ dialects.Settler     = (*Dialect)(nil)
+	_ dialects.OneWriter   = (*Dialect)(nil)
 )
 
 // The database/sql driver names the dialect serves.
@@ -68,7 +71,7 @@ VALUES (?, ?, ?, NULL, 0, ` + NowMillis + `, ` + NowMillis + ` + ?)`,
 		save: `UPDATE ` + table + ` SET value = ?, failed = ?, expires_at = ` + NowMillis + ` + ?
 WHERE scope = ? AND "key" = ? AND fingerprint = ? AND value IS NULL`,
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
-WHERE scope = ? AND "key" = ? AND expires_at > ` + NowMillis + ` AND value IS NOT NULL`,
+WHERE scope = ? AND "key" = ? AND expires_at > ` + NowMillis,
 		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = ? AND "key" = ? AND expires_at <= ` + NowMillis,
 		prune: `DELETE FROM ` + table + ` WHERE rowid IN (
 	SELECT rowid FROM ` + table + ` WHERE expires_at <= ` + NowMillis + ` LIMIT ?)`,
@@ -121,15 +124,42 @@ func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key,
 	return true, nil
 }
 
-// Lookup reads the key's live record.
+// Settle fills the claimed row with rec if it is there: outside any
+// transaction, only a claim that fn's own commit committed is.
+func (d *Dialect) Settle(ctx context.Context, q dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
+	res, err := q.ExecContext(ctx, d.save, rec.Value, rec.Failed, ttl.Milliseconds(), k.Scope, k.Key, rec.Fingerprint)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// OneWriter returns true: a transaction that has claimed (or tried to)
+// holds SQLite's write lock and reads the latest state.
+func (d *Dialect) OneWriter() bool { return true }
+
+// Lookup reads the key's live record. Another transaction never sees a
+// claimed row unless it committed without its value (fn committed itself
+// and the call could not settle it): Lookup then returns an error that
+// wraps dialects.ErrTransactionEnded.
 func (d *Dialect) Lookup(ctx context.Context, q dialects.Querier, k dialects.Key) (dialects.Record, bool, error) {
 	var rec dialects.Record
 	err := q.QueryRowxContext(ctx, d.lookup, k.Scope, k.Key).Scan(&rec.Fingerprint, &rec.Value, &rec.Failed)
-	if errors.Is(err, sql.ErrNoRows) {
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
 		return rec, false, nil
+	case err != nil:
+		return rec, false, err
+	case rec.Value == nil:
+		return dialects.Record{}, false, errUnsaved
 	}
-	return rec, err == nil, err
+	return rec, true, nil
 }
+
+// errUnsaved is Lookup's error for a claim that committed without its
+// value.
+var errUnsaved = fmt.Errorf("%w: an earlier call with this key committed its claim without saving a value (its fn committed the transaction itself, and the call did not finish); what it did is unknown, so the key is refused until it expires", dialects.ErrTransactionEnded)
 
 // DeleteExpired removes the key's row if it has expired.
 func (d *Dialect) DeleteExpired(ctx context.Context, q dialects.Querier, k dialects.Key) error {
@@ -155,6 +185,10 @@ func (d *Dialect) Classify(err error) dialects.Class {
 	switch c & 0xff {
 	case 5, 6: // SQLITE_BUSY, SQLITE_LOCKED
 		return dialects.Busy
+	case 1: // SQLITE_ERROR, which says in its text alone that no transaction was open
+		if strings.Contains(err.Error(), "no transaction is active") {
+			return dialects.Ended
+		}
 	case 10, 11, 13: // SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL: durability in doubt
 		return dialects.Unknown
 	}

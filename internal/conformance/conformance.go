@@ -156,6 +156,10 @@ func tests[TTx any]() []test[TTx] {
 		// tx.go
 		{name: "DoTx", run: testDoTx[TTx]},
 		{name: "TransactionEndedUnderFn", run: testTransactionEndedUnderFn[TTx]},
+		{name: "FnEndsTransaction", run: testFnEndsTransaction[TTx]},
+		{name: "DoTxExpiredKey", serial: true, run: testDoTxExpiredKey[TTx]},
+		{name: "InTxAbortedTransaction", kinds: []string{"postgres"},
+			why: "only Postgres aborts a transaction on an error and keeps it open", run: testInTxAbortedTransaction[TTx]},
 		{name: "SwallowedDeadlockInFn", serial: true, locks: true, kinds: []string{"mysql"},
 			why: "InnoDB ends a transaction on a deadlock; Postgres aborts it, and SQLite has one writer",
 			run: testSwallowedDeadlockInFn[TTx]},
