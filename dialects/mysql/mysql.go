@@ -134,7 +134,7 @@ WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND failed = ` + cla
 		insert:       insert,
 		insertIgnore: `INSERT IGNORE` + strings.TrimPrefix(insert, `INSERT`),
 		claimMariaDB: noLockWait + insert,
-		save: save,
+		save:         save,
 		// MariaDB says whether a transaction is open: after fn's own
 		// COMMIT the save would run, and commit, on its own.
 		saveMariaDB: save + ` AND @@in_transaction = 1`,
