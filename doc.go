@@ -44,9 +44,11 @@ reports whether the value was replayed.
     ErrOutcomeUnknown; a retry with the same key resolves it.
   - Keys expire WithTTL after their save by the database's clock; Prune
     deletes them.
-  - fn must return every error of tx. Where the database ends a transaction
-    on an error (MySQL on a deadlock), an fn that goes on writes outside it:
-    Do then returns ErrTransactionEnded, which is not safe to retry blindly.
+  - fn must return every error of tx, and must not commit or roll back tx
+    itself. Where the database ends a transaction on an error (MySQL on a
+    deadlock), an fn that goes on writes outside it; so does one that ends
+    tx itself. Do then returns ErrTransactionEnded, which is not safe to
+    retry blindly (its doc says what each store detects).
 
 fn may run more than once when an attempt is rolled back (a retry after a
 deadlock, a lost race), which is why all its effects must go through tx. A

@@ -27,16 +27,38 @@ var (
 	// key: it replays if they committed and runs fn if they did not.
 	ErrOutcomeUnknown = errors.New("idempotency: commit outcome unknown; retry with the same key to resolve it")
 
-	// ErrTransactionEnded: the database ended the call's transaction while
-	// fn ran (MySQL and MariaDB roll a transaction back on a deadlock, SQLite
-	// on a full disk), and fn went on without returning that error; or fn
-	// ended it itself, with an Exec of ROLLBACK (on every store) or of
-	// COMMIT (on the pgx store, which can tell). Nothing
-	// was stored under the key, but statements fn made after that point ran
-	// outside any transaction and may have committed on their own. This is
-	// a bug in fn (it must return every error of tx), and the call is NOT
-	// safe to retry blindly: check what fn wrote first.
-	ErrTransactionEnded = errors.New("idempotency: the database ended the transaction while fn ran (fn ignored an error such as a deadlock); writes fn made after it may have committed outside the transaction, so do not retry blindly")
+	// ErrTransactionEnded: the call's transaction ended before its key was
+	// saved, so fn's writes and the key did not commit together. Either fn
+	// ended it itself (tx.Commit or tx.Rollback, an ORM's Commit on the
+	// key's transaction, an Exec of COMMIT or ROLLBACK), or the database
+	// ended it while fn ran (MySQL and MariaDB roll a transaction back on a
+	// deadlock, SQLite on a full disk) and fn went on without returning
+	// that error. Statements fn made after that point ran outside any
+	// transaction and may have committed. This is a bug in fn (it must
+	// return every error of tx and leave tx to the store), and the call is
+	// NOT safe to retry blindly: check what fn wrote first. The error it
+	// wraps says which case it was, where the store can tell.
+	//
+	// What each store detects, and what becomes of the key:
+	//   - every database/sql store: fn's tx.Commit or tx.Rollback (and an
+	//     ORM's, on the key's transaction);
+	//   - Postgres (lib/pq, pgx stdlib): also an Exec of COMMIT or ROLLBACK
+	//     (the save checks a mark the claim left in its transaction). No
+	//     key is stored, so a retry runs fn again;
+	//   - MariaDB and SQLite: also an Exec of COMMIT or ROLLBACK, and a
+	//     rollback by the database. When fn's commit committed the claimed
+	//     key row, the call fills it with fn's value: a retry replays it. A
+	//     claim that committed without a value (fn committed, then failed)
+	//     answers later calls with this error until it expires;
+	//   - MySQL 8 and TiDB: as MariaDB, but an Exec of COMMIT is not seen
+	//     (they cannot say whether a transaction is open): the key is
+	//     saved after it, on its own, and the call succeeds;
+	//   - the pgx store: fn's tx.Commit and tx.Rollback are refused with an
+	//     error; an Exec of COMMIT or ROLLBACK is seen (the connection's
+	//     transaction status). No key is stored.
+	// InTx reports it where the store can tell (fn's tx.Commit on every
+	// store; an Exec of COMMIT on SQLite, lib/pq and the pgx store).
+	ErrTransactionEnded = errors.New("idempotency: the transaction ended before the key was saved (fn committed or rolled it back itself, or ignored an error after which the database ended it); what fn wrote may have committed without the key, so do not retry blindly")
 
 	// ErrBadParams: params cannot be encoded as JSON, or hold a string
 	// that is not valid UTF-8 (which JSON would make equal to others), so
