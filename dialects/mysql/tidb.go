@@ -22,6 +22,30 @@ package mysql
 //     conflict (9007), which is retried, and their next claim replays the
 //     winner.
 //
+// # Optimistic mode and twins
+//
+// In optimistic mode a burst of calls with one key (a client's retry storm)
+// runs fn once per call: 64 at once ran it 64 times, one committed and 63
+// rolled back, replayed the winner, and did the work for nothing. The
+// effect is still exactly once. NewPessimistic is the dialect whose key
+// transactions are pessimistic whatever tidb_txn_mode says: the first
+// statement of each transaction a call begins is BEGIN PESSIMISTIC, which
+// TiDB takes over the transaction database/sql has just begun (empty, so it
+// is reused rather than committed, pkg/sessiontxn/isolation/base.go), and
+// which does not touch the session's tidb_txn_mode, so the caller's own
+// transactions on that pooled connection stay optimistic. A twin's claim
+// then waits for the key's lock, as in pessimistic mode, and replays.
+//
+// The trade-off: one more statement per call, fn's own statements in that
+// transaction lock as they write (and may wait, or deadlock, which is
+// retried) instead of meeting at COMMIT, and the transaction takes the
+// session's isolation level rather than WithIsolation's. A caller's
+// transaction joined with DoTx keeps its mode: a BEGIN there would commit
+// the caller's work, so it is never sent. The same effect without code: a
+// pool of the store's own opened with tidb_txn_mode='pessimistic' in its
+// DSN, which makes every transaction of that pool pessimistic, keyless ones
+// (InTx) included.
+//
 // References: TiDB's pessimistic and optimistic transaction models
 // (docs.pingcap.com/tidb/stable/pessimistic-transaction,
 // /optimistic-transaction), its constraints page on when uniqueness is
@@ -30,6 +54,7 @@ package mysql
 // pkg/sessionctx/variable/sysvar.go (innodb_lock_wait_timeout's range).
 
 import (
+	"context"
 	"strings"
 
 	"github.com/go-sql-driver/mysql"
@@ -94,4 +119,32 @@ func tidbClass(me *mysql.MySQLError) (c dialects.Class, ok bool) {
 // timeout" (pkg/sessiontxn/isolation, handleAfterPessimisticLockError).
 func tidbLockWaitTimeout(me *mysql.MySQLError) bool {
 	return me.Number == 1105 && me.Message == "lock wait timeout"
+}
+
+// Pessimistic is the dialect of NewPessimistic: the MySQL dialect, whose
+// key transactions on TiDB are pessimistic whatever tidb_txn_mode says.
+type Pessimistic struct{ *Dialect }
+
+var (
+	_ dialects.Dialect = (*Pessimistic)(nil)
+	_ dialects.Schema  = (*Pessimistic)(nil)
+)
+
+// NewPessimistic returns the dialect for the key table named table whose
+// key transactions (Do, Run) on a TiDB in optimistic mode wait for a twin
+// instead of running fn beside it (see tidb.go for the trade-off). On MySQL
+// and MariaDB, whose transactions always lock, it is New's. Pass it to
+// idempotency.New with WithDialect.
+func NewPessimistic(table string) *Pessimistic { return &Pessimistic{New(table)} }
+
+// StartTx makes the transaction just begun for a call pessimistic, on TiDB.
+// It must be the transaction's first statement: BEGIN after any other
+// commits what the transaction did.
+func (p *Pessimistic) StartTx(ctx context.Context, tx dialects.Querier) error {
+	flavor, err := p.detect(ctx, tx)
+	if err != nil || flavor != flavorTiDB {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, "BEGIN PESSIMISTIC")
+	return err
 }
