@@ -45,14 +45,14 @@ var (
 	//   - Postgres (lib/pq, pgx stdlib): also an Exec of COMMIT or ROLLBACK
 	//     (the save checks a mark the claim left in its transaction). No
 	//     key is stored, so a retry runs fn again;
-	//   - MariaDB and SQLite: also an Exec of COMMIT or ROLLBACK, and a
+	//   - MariaDB, TiDB and SQLite: also an Exec of COMMIT or ROLLBACK, and a
 	//     rollback by the database. When fn's commit committed the claimed
 	//     key row, the call fills it with fn's value: a retry replays it. A
 	//     claim that committed without a value (fn committed, then failed)
 	//     answers later calls with this error until it expires;
-	//   - MySQL 8 and TiDB: as MariaDB, but an Exec of COMMIT is not seen
-	//     (they cannot say whether a transaction is open): the key is
-	//     saved after it, on its own, and the call succeeds;
+	//   - MySQL 8: as MariaDB, but an Exec of COMMIT is not seen (it
+	//     cannot say whether a transaction is open): the key is saved
+	//     after it, on its own, and the call succeeds;
 	//   - the pgx store: fn's tx.Commit and tx.Rollback are refused with an
 	//     error; an Exec of COMMIT or ROLLBACK is seen (the connection's
 	//     transaction status). No key is stored.

@@ -80,7 +80,7 @@ type Dialect struct {
 	insert, claimMariaDB, save, lookup, deleteExpired, prune string
 	insertIgnore                                             string // TiDB's claim
 	deleteExpiredMariaDB                                     string // with no lock wait
-	saveMariaDB                                              string // only inside a transaction
+	saveMariaDB, saveTiDB                                    string // only inside a transaction
 
 	// pad sizes the claimed row's placeholder from the values saved.
 	pad padding
@@ -138,6 +138,9 @@ WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND failed = ` + cla
 		// MariaDB says whether a transaction is open: after fn's own
 		// COMMIT the save would run, and commit, on its own.
 		saveMariaDB: save + ` AND @@in_transaction = 1`,
+		// TiDB has no in_transaction; its tidb_current_ts is the open
+		// transaction's start, and 0 where a statement runs on its own.
+		saveTiDB: save + ` AND @@tidb_current_ts <> 0`,
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6)`,
 		deleteExpired:        deleteExpired,
@@ -250,15 +253,21 @@ func (d *Dialect) detect(ctx context.Context, q dialects.Querier) (int32, error)
 func slack(ttl time.Duration) time.Duration { return min(ttl/8, time.Second) }
 
 // Save fills the claimed row with the value, in place when the value fits
-// the placeholder. On MariaDB it saves only inside a transaction: when fn
-// sent COMMIT itself, the claimed row committed with fn's writes, and Save
-// then fills it on its own (Settle) and reports that the transaction ended.
+// the placeholder. On MariaDB and TiDB it saves only inside a transaction:
+// when fn sent COMMIT itself, the claimed row committed with fn's writes,
+// and Save then fills it on its own (Settle) and reports that the
+// transaction ended. MySQL 8 cannot tell: there the save after fn's COMMIT
+// commits on its own, and the call succeeds.
 func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
 	d.pad.saw(len(rec.Value))
-	query := d.save
-	mariaDB := d.flavor.Load() == flavorMariaDB // known: a claim came first
-	if mariaDB {
+	query, checked := d.save, true
+	switch d.flavor.Load() { // known: a claim came first
+	case flavorMariaDB:
 		query = d.saveMariaDB
+	case flavorTiDB:
+		query = d.saveTiDB
+	default:
+		checked = false
 	}
 	n, err := d.fill(ctx, tx, query, k, rec, ttl)
 	switch {
@@ -266,7 +275,7 @@ func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key,
 		return false, err
 	case n == 1:
 		return true, nil
-	case mariaDB:
+	case checked:
 		// The claimed row is gone (fn rolled back, or a deadlock did), or
 		// no transaction is open (fn committed).
 		settled, err := d.Settle(ctx, tx, k, rec, ttl)
