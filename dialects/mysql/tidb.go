@@ -36,7 +36,9 @@ package mysql
 // transactions on that pooled connection stay optimistic. A twin's claim
 // then waits for the key's lock, as in pessimistic mode, and replays.
 //
-// The trade-off: one more statement per call, fn's own statements in that
+// The trade-off: one more statement per call (on a one-node TiDB a fresh
+// call took 1.11 to 1.17 times as long as with New's dialect, while a storm
+// of 64 was answered as soon or sooner), fn's own statements in that
 // transaction lock as they write (and may wait, or deadlock, which is
 // retried) instead of meeting at COMMIT, and the transaction takes the
 // session's isolation level rather than WithIsolation's. A caller's
@@ -137,9 +139,11 @@ var (
 // idempotency.New with WithDialect.
 func NewPessimistic(table string) *Pessimistic { return &Pessimistic{New(table)} }
 
-// StartTx makes the transaction just begun for a call pessimistic, on TiDB.
-// It must be the transaction's first statement: BEGIN after any other
-// commits what the transaction did.
+// StartTx makes the transaction just begun for a call pessimistic, on TiDB;
+// the database/sql driver sends it before the claim (dialects.TxStarter).
+// It must come before anything that writes: BEGIN commits what the
+// transaction did. The first call of a dialect reads the server's version
+// before it, which commits nothing.
 func (p *Pessimistic) StartTx(ctx context.Context, tx dialects.Querier) error {
 	flavor, err := p.detect(ctx, tx)
 	if err != nil || flavor != flavorTiDB {
