@@ -45,6 +45,11 @@
 // Content-Encoding. No other header is in it: when one changes what a
 // request means, an API-version header say, add it with WithFingerprint.
 //
+// The path, the query and those headers count by their bytes too: a path
+// with %FF in it, or a Content-Type or an uploaded file's name that is not
+// valid UTF-8, is fingerprinted like any other request (text that is valid
+// UTF-8 keeps the fingerprint earlier versions stored).
+//
 // Byte-for-byte means that one extra space in a JSON body makes another
 // request. WithFingerprint(JSONFingerprint) compares a JSON body by its
 // meaning instead: key order, spacing and escapes do not count, values and
@@ -80,11 +85,22 @@
 //	handler or store outcome             answer                          stored
 //	2xx or 3xx from the handler          the handler's response          yes, replayed to retries
 //	402, 403, 404, 422 and other 4xx     the handler's response          yes, replayed to retries
-//	400, 408, 409, 423, 425 or 429       the handler's response          no: rolled back, a retry runs again
+//	400, 401, 408, 409, 421, 423, 425    the handler's response          no: rolled back, a retry runs again
+//	  or 429
 //	5xx from the handler                 the handler's response          no: rolled back, a retry runs again
 //	5xx with WithStoreServerErrors       the handler's response          yes (Stripe's choice)
 //	the handler panicked                 500 problem handler-panic       no: rolled back
+//	the handler handed back a            the handler runs again, in a    as that run's answer
+//	  serialization failure or a         new transaction (see Fail)
+//	  deadlock with Fail
+//	the handler handed back another      ProblemFor's problem: 503       no: rolled back
+//	  error with Fail, or retries ran      store-failed for most
+//	  out
+//	the handler handed back an error     422 problem final-failure,      yes, replayed to retries
+//	  made final (idempotency.Final)       with its code
 //	scope empty or over 255 bytes        500 problem scope-invalid       no: the handler does not run
+//	the WithFingerprint function's       500 problem fingerprint-failed  no: the handler does not run
+//	  value cannot be encoded
 //	key missing (WithKeyRequired)        400 problem key-missing         no
 //	key invalid, or several keys         400 problem key-invalid         no
 //	request body over the limit (ours,   413 problem request-too-large   no
@@ -95,10 +111,15 @@
 //	response over the limit, or streamed 500 problem response-too-large or streaming; no: rolled back
 //	the database ended the transaction   500 problem transaction-ended   no, but writes after the end
 //	  while the handler ran, and the                                     may have committed on their
-//	  handler ignored it (a deadlock)                                    own: not safe to retry
+//	  handler ignored it (a deadlock),                                   own: not safe to retry
+//	  or the handler committed or rolled
+//	  it back itself
 //	an outer deadline ran out while the  503 problem deadline-exceeded,  no: rolled back
 //	  handler ran or a twin was awaited    Retry-After
-//	the client hung up first             nothing: nobody is listening    no: rolled back
+//	the request's context was canceled   503 problem request-canceled,   no: rolled back
+//	  first (the client hung up, or the    Retry-After
+//	  server or an outer middleware
+//	  canceled it)
 //	commit outcome unknown               503 problem outcome-unknown, Retry-After: retry resolves it
 //	other store failures                 503 problem store-failed, Retry-After; no: rolled back
 //
@@ -106,15 +127,22 @@
 // DefaultStoredStatus, stores a 4xx that is the endpoint's final word (a
 // declined card's 402, a 403, 404 or 422) and not one that says the
 // endpoint never began or may answer otherwise later: a validation 400 (so
-// a corrected retry may reuse the key), 408, a 409 of the handler's own,
-// 423, 425 and 429. An answer that is not stored rolls back the handler's
-// writes, with or without a key.
+// a corrected retry may reuse the key), a 401 (so a client that refreshes
+// its token may retry with the same key), 408, a 409 of the handler's own,
+// a misdirected 421, 423, 425 and 429. An answer that is not stored rolls
+// back the handler's writes, with or without a key.
 //
 // Every answer of the middleware's own is application/problem+json
 // (RFC 9457) with type, title, status and detail; the detail says what the
 // client should do. The types are the Problem* constants. Those that mean
-// the service is at fault (scope-invalid, transaction-ended, handler-panic,
-// store-failed) are logged (WithLogger).
+// the service is at fault (scope-invalid, fingerprint-failed,
+// transaction-ended, handler-panic, store-failed) are logged as errors
+// (WithLogger).
+//
+// The answers to errors come from one table, ProblemFor, which a service
+// that calls idempotency.Run from its own handler (in Gin, Echo, or behind
+// a gRPC gateway) can use too, with WriteProblem to send them; see
+// ProblemFor.
 //
 // # Large and streamed responses
 //
@@ -136,20 +164,76 @@
 // # Hang-ups, deadlines and commits
 //
 // The request's context decides the transaction's fate only while the
-// handler runs: if the client hangs up before the handler returns, the
-// transaction rolls back and nothing is stored (the client never saw an
-// answer; its retry runs the handler again). Once the handler has returned,
-// the commit goes ahead even if the client has gone, so its retry finds the
-// stored response. The handler's context is cancelled when the request's
-// context ends, but carries no deadline of the request's own.
+// handler runs: if it ends before the handler returns (the client hung
+// up, an outer middleware's deadline passed or it called cancel, the
+// server canceled its BaseContext on shutdown), the transaction rolls back
+// and nothing is stored; a retry runs the handler again. Once the handler
+// has returned, the commit goes ahead even if the context has ended, so a
+// retry finds the stored response. The handler's context is canceled when
+// the request's context ends, but carries no deadline of the request's
+// own. The same holds while a request waits for a twin or for a database
+// connection.
 //
-// A deadline that a middleware in front of this one puts on the request's
-// context rolls back the same way when it runs out before the handler
-// returns (or while the request waits for a twin, or for a database
-// connection), but the client is still waiting: it gets a 503 problem
-// deadline-exceeded with Retry-After. Only a context ended by net/http
-// because the connection closed (a plain context.Canceled) is taken to
-// mean that nobody is listening.
+// A request rolled back that way is always answered, with a 503 and
+// Retry-After: problem deadline-exceeded when a deadline ran out,
+// request-canceled when the context was canceled. A context canceled by
+// net/http because the client hung up looks exactly like one canceled by
+// the server while its client still waits (both end with a plain
+// context.Canceled), and silence would let net/http send that client an
+// empty 200 for work that rolled back; to a client that is gone, the answer
+// costs nothing.
+//
+// # Handlers run more than once
+//
+// The handler of a request with a key can run more than once for it, each
+// time in a new transaction, all but the last rolled back (a request
+// without a key runs in idempotency.InTx, once): after a
+// serialization failure or a deadlock (one the handler handed back with
+// Fail, or one at COMMIT, TiDB's write conflicts included), and after a
+// database connection lost before the commit. A run can also be rolled
+// back for a twin with the same key that committed first (the request then
+// replays the twin's answer), and a twin that waited runs the handler in
+// turn when the one it waited for rolled back. So:
+//
+//   - Each run must write its whole answer: the status, the headers and the
+//     body. The middleware sends the last run's (a fresh capture each
+//     time), and an attempt that writes nothing commits an empty 200.
+//   - The handler must be safe to run again in its effects outside the
+//     database (calls to other services, messages, files, metrics): they
+//     are not rolled back. Write an outbox row through Tx instead, and send
+//     it after the commit.
+//   - The handler must be one that can be called again. Code that runs the
+//     rest of a chain from inside the middleware cannot: Gin's c.Next(),
+//     for one, runs the rest of the chain only the first time it is called
+//     and does nothing the next, so a second run would commit an empty 200.
+//     Put the middleware around a plain http.Handler that does the work,
+//     or call idempotency.Run from your own handler (see ProblemFor).
+//
+// The request's body and its parsed form are fresh for each run.
+//
+// # Handing errors back: Fail
+//
+// A handler whose statement fails with a serialization failure or a
+// deadlock (SQLSTATE 40001 or 40P01 on Postgres, 1213 on MySQL, MariaDB
+// and TiDB, TiDB's write conflicts) should not answer it with a 500 that
+// leaves the retry to the client: it hands the error back with Fail and returns, and the
+// middleware has the store run it again as idempotency.Do does, in a new
+// transaction, up to WithMaxRetries:
+//
+//	if _, err := tx.ExecContext(ctx, `UPDATE accounts ...`); err != nil {
+//		httpadapter.Fail(r.Context(), err)
+//		return
+//	}
+//
+// An error the store does not retry, or one still failing when retries
+// run out, rolls back and is answered with ProblemFor's problem (503
+// store-failed, safe to retry, for most); one made final with
+// idempotency.Final or FinalCode is stored under the key and answered, then
+// replayed, as a 422 problem final-failure with its code. Whatever the
+// handler wrote before it returned is discarded. A request without a key
+// runs in idempotency.InTx, which runs its handler once: Fail's error is
+// answered the same way, without a retry. On SQLite, which runs one writer
+// at a time, no statement fails that way.
 //
 // # Client
 //
@@ -164,8 +248,10 @@
 // or an HTTP-date). It never retries a 422 or another 4xx, nor a replay
 // (Idempotent-Replayed: true: every retry would get the same stored
 // answer), nor the 500 problems transaction-ended (not safe),
-// response-too-large, streaming and scope-invalid (a retry fails the same
-// way), and stops when the request's context ends. OnRetry reports every
+// response-too-large, streaming, scope-invalid and fingerprint-failed (a
+// retry fails the same way), and stops when the request's context ends.
+// It retries the 503s (store-failed, outcome-unknown, deadline-exceeded,
+// request-canceled) after their Retry-After. OnRetry reports every
 // retry, those that net/http's own transport makes by itself when a reused
 // connection fails included (see Transport). Against the middleware, a
 // request sent through it takes effect exactly once however often its

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/exactlyonce/idempotency"
 )
@@ -84,5 +85,36 @@ func FuzzBackoff(f *testing.F) {
 			attempt = 1 // the transport counts from 1
 		}
 		checkBackoff(t, time.Duration(minB), time.Duration(maxB), attempt)
+	})
+}
+
+// FuzzBytesText: a part of the request encodes as the JSON string it
+// always did when it is valid UTF-8 (stored fingerprints stay valid), two
+// different parts never encode alike, and idempotency.Fingerprint takes
+// every one.
+func FuzzBytesText(f *testing.F) {
+	for _, s := range []string{"", "a", "é", "\xff", "\xfe", "<&>\u2028", `{"bytes":"/w=="}`, "a\xffb", "\ufffd"} {
+		f.Add(s, "\xff")
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		ea, err := json.Marshal(bytesText(a))
+		if err != nil {
+			t.Fatalf("%q: %v", a, err)
+		}
+		if utf8.ValidString(a) {
+			if want, _ := json.Marshal(a); !bytes.Equal(ea, want) {
+				t.Fatalf("%q encodes as %s, want %s as before", a, ea, want)
+			}
+		}
+		eb, err := json.Marshal(bytesText(b))
+		if err != nil {
+			t.Fatalf("%q: %v", b, err)
+		}
+		if (a == b) != bytes.Equal(ea, eb) {
+			t.Fatalf("%q and %q encode as %s and %s", a, b, ea, eb)
+		}
+		if _, err := idempotency.Fingerprint(fingerprint{Method: "POST", Path: bytesText(a), ContentType: bytesText(b)}); err != nil {
+			t.Fatalf("Fingerprint refused %q, %q: %v", a, b, err)
+		}
 	})
 }

@@ -18,6 +18,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/jmoiron/sqlx"
@@ -82,6 +83,18 @@ func (e *rollbackError) Error() string {
 	return fmt.Sprintf("httpadapter: the handler panicked: %v", e.value)
 }
 
+// Unwrap gives ProblemFor the capture's error of a response that is too
+// large or streamed.
+func (e *rollbackError) Unwrap() error {
+	switch e.reason {
+	case tooLarge:
+		return ErrResponseTooLarge
+	case streamed:
+		return ErrStreaming
+	}
+	return nil
+}
+
 // testHookBeforeCommit, when set by a test, runs after the handler has
 // returned and its response was accepted, before the commit.
 var testHookBeforeCommit func(r *http.Request)
@@ -140,14 +153,10 @@ func (m *middleware[TTx]) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	key, err := requestKey(r.Header)
 	switch {
-	case errors.Is(err, errNoKey):
-		if m.cfg.requireKey {
-			writeProblem(w, problemKeyMissing, 0)
-			return
-		}
+	case errors.Is(err, errNoKey) && !m.cfg.requireKey:
 		m.serveWithoutKey(w, r)
 	case err != nil:
-		writeProblem(w, problemKeyInvalid(err), 0)
+		m.fail(w, r, err) // 400 key-missing or key-invalid
 	default:
 		m.serveWithKey(w, r, key)
 	}
@@ -164,27 +173,18 @@ func (m *middleware[TTx]) serveWithKey(w http.ResponseWriter, r *http.Request, k
 			// account's key replay another's answer.
 			m.cfg.logger.ErrorContext(r.Context(), "httpadapter: the WithScope function returned an empty scope; request refused",
 				"method", r.Method, "path", r.URL.Path)
-			writeProblem(w, problemScopeInvalid, 0)
+			m.write(w, problemScopeInvalid)
 			return
 		}
 		s = s.Scope(scope)
 	}
 	body, err := readBody(r, m.cfg.maxRequestBytes)
 	if err != nil {
-		var tooLarge *http.MaxBytesError // an outer http.MaxBytesHandler's limit
-		switch {
-		case errors.Is(err, errRequestTooLarge), errors.As(err, &tooLarge):
-			writeProblem(w, problemRequestTooLarge, 0)
-		case clientGone(r):
-			// Nobody is listening. (A client that stops sending mid-body
-			// may not have ended the context yet: it gets the 400 below,
-			// which costs nothing on a dead connection.)
-		default:
-			// Silence would let net/http send an empty 200 for a request
-			// that never ran.
-			m.cfg.logger.WarnContext(r.Context(), "httpadapter: request body unreadable", "method", r.Method, "path", r.URL.Path, "err", err)
-			writeProblem(w, problemRequestUnreadable, 0)
-		}
+		// 413 for a limit (ours, or an outer http.MaxBytesHandler's), 400
+		// for a body that broke off. Even for a client that hung up
+		// mid-body: silence would let net/http send an empty 200 to one
+		// that did not, and an answer costs nothing on a dead connection.
+		m.fail(w, r, err)
 		return
 	}
 	params := m.cfg.fingerprint(r, body)
@@ -192,14 +192,15 @@ func (m *middleware[TTx]) serveWithKey(w http.ResponseWriter, r *http.Request, k
 	defer cancel()
 	var last *capture
 	res, err := idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx TTx) (storedResponse, error) {
-		rr := r.WithContext(context.WithValue(ctx, txKey{}, tx))
+		failed := new(failure)
+		rr := r.WithContext(attemptContext(ctx, tx, failed))
 		// A fresh copy of the body for every attempt: the store runs fn
 		// again after a serialization failure.
 		rr.Body = io.NopCloser(bytes.NewReader(body))
 		rr.ContentLength = int64(len(body))
 		rr.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		rr.Form, rr.PostForm = cloneValues(r.Form), cloneValues(r.PostForm)
-		c, err := m.serve(w, rr)
+		c, err := m.serve(w, rr, failed)
 		last = c
 		if err == nil {
 			err = m.verdict(c, detach)
@@ -214,6 +215,10 @@ func (m *middleware[TTx]) serveWithKey(w http.ResponseWriter, r *http.Request, k
 	})
 	switch {
 	case err != nil:
+		if res.Replayed {
+			// A stored failure (idempotency.Final), answered as it was.
+			w.Header().Set(ReplayedHeader, "true")
+		}
 		m.fail(w, r, err)
 	case res.Replayed:
 		replay(w, res.Value)
@@ -229,8 +234,9 @@ func (m *middleware[TTx]) serveWithoutKey(w http.ResponseWriter, r *http.Request
 	// transaction's fate is then decided by verdict, not by the context.
 	var c *capture
 	err := idempotency.InTx(ctx, m.store, func(ctx context.Context, tx TTx) error {
+		failed := new(failure)
 		var err error
-		c, err = m.serve(w, r.WithContext(context.WithValue(ctx, txKey{}, tx)))
+		c, err = m.serve(w, r.WithContext(attemptContext(ctx, tx, failed)), failed)
 		if err == nil {
 			err = m.verdict(c, detach)
 		}
@@ -250,10 +256,10 @@ func (m *middleware[TTx]) serveWithoutKey(w http.ResponseWriter, r *http.Request
 		// database refused took no effect, and fail says so; this one may
 		// have, and without a key a retry is not safe.
 		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: commit failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeProblem(w, Problem{
-			Type: ProblemOutcomeUnknown, Title: "Commit failed", Status: http.StatusServiceUnavailable,
-			Detail: "The request's transaction failed to commit; it may or may not have taken effect. Send an Idempotency-Key header to make retries safe.",
-		}, 0)
+		p := ProblemFor(err)
+		p.Title, p.RetryAfter = "Commit failed", 0
+		p.Detail = "The request's transaction failed to commit; it may or may not have taken effect. Send an Idempotency-Key header to make retries safe."
+		WriteProblem(w, p)
 	default:
 		m.fail(w, r, err)
 	}
@@ -277,8 +283,15 @@ func detachable(parent context.Context) (ctx context.Context, detach func() bool
 	return ctx, detach, func() { stop(); cancelCause(nil) }
 }
 
-// serve runs the handler into a capture, turning a panic into an error.
-func (m *middleware[TTx]) serve(w http.ResponseWriter, r *http.Request) (c *capture, err error) {
+// attemptContext is the context of one attempt's handler: it carries the
+// attempt's transaction (Tx) and where Fail puts the handler's error.
+func attemptContext[TTx any](ctx context.Context, tx TTx, failed *failure) context.Context {
+	return context.WithValue(context.WithValue(ctx, txKey{}, tx), failKey{}, failed)
+}
+
+// serve runs the handler into a capture, turning a panic, or an error the
+// handler handed back with Fail, into an error.
+func (m *middleware[TTx]) serve(w http.ResponseWriter, r *http.Request, failed *failure) (c *capture, err error) {
 	c = newCapture(w, m.cfg.maxResponseBytes)
 	defer func() {
 		if v := recover(); v != nil {
@@ -286,7 +299,54 @@ func (m *middleware[TTx]) serve(w http.ResponseWriter, r *http.Request) (c *capt
 		}
 	}()
 	m.next.ServeHTTP(c, r)
+	if f := failed.err.Load(); f != nil {
+		return c, f
+	}
 	return c, nil
+}
+
+type failKey struct{}
+
+// failure holds what the handler of one attempt handed back with Fail.
+type failure struct{ err atomic.Pointer[handlerError] }
+
+// handlerError is an error a handler handed back with Fail. It unwraps to
+// the handler's error, so that the store sees a serialization failure or a
+// deadlock as one (and retries it) and ProblemFor maps it as any other.
+type handlerError struct{ err error }
+
+func (e *handlerError) Error() string { return "httpadapter: the handler failed: " + e.err.Error() }
+func (e *handlerError) Unwrap() error { return e.err }
+
+// Fail hands err, an error of the request's transaction, back to the
+// middleware instead of answering it: call it from a handler behind
+// Middleware, with the request's context, and return. The middleware then
+// rolls the transaction back and does with err what idempotency.Do does
+// with an error of fn. A serialization failure or a deadlock (SQLSTATE
+// 40001 or 40P01 on Postgres, 1213 on MySQL and MariaDB, a write conflict
+// on TiDB) runs the handler again, in a new transaction, up to the store's
+// WithMaxRetries; an error made final with idempotency.Final or FinalCode
+// is stored under the key and replayed. Any other error, or retries run
+// out, is answered with ProblemFor's problem (503 store-failed for most:
+// rolled back, safe to retry). Whatever the handler wrote is discarded.
+//
+//	if _, err := tx.ExecContext(ctx, `UPDATE accounts ...`); err != nil {
+//		httpadapter.Fail(r.Context(), err)
+//		return
+//	}
+//
+// A request without an Idempotency-Key runs in idempotency.InTx, which
+// does not run its handler again: the error is answered as above. Fail(ctx,
+// nil) does nothing; so does Fail outside a handler behind the middleware
+// (a method it passes through), where the handler must answer itself. The
+// first call of an attempt counts.
+func Fail(ctx context.Context, err error) {
+	if err == nil {
+		return
+	}
+	if f, ok := ctx.Value(failKey{}).(*failure); ok {
+		f.err.CompareAndSwap(nil, &handlerError{err: err})
+	}
 }
 
 // verdict decides whether the handler's response may commit.
@@ -346,78 +406,90 @@ func replay(w http.ResponseWriter, s storedResponse) {
 	_, _ = w.Write(s.Body)
 }
 
-// fail answers a request whose transaction rolled back.
+// fail answers a request that failed with err: with the handler's own
+// answer when it is one the middleware does not store, and otherwise with
+// ProblemFor's problem, always: even when the request's context was
+// canceled, for that may be the server's doing (a BaseContext canceled at
+// shutdown, an outer middleware's cancel) while the client still waits,
+// and silence would let net/http send it an empty 200. An answer to a
+// client that hung up costs nothing.
 func (m *middleware[TTx]) fail(w http.ResponseWriter, r *http.Request, err error) {
 	var rb *rollbackError
-	switch {
-	case errors.As(err, &rb):
-		switch rb.reason {
-		case notStored:
+	if errors.As(err, &rb) {
+		switch {
+		case rb.reason == notStored:
 			rb.c.send(w) // the handler's own answer
-		case tooLarge:
-			writeProblem(w, problemResponseTooLarge, 0)
-		case streamed:
-			writeProblem(w, problemStreaming, 0)
-		case panicked:
-			if rb.value == http.ErrAbortHandler {
-				panic(http.ErrAbortHandler) // the handler meant to drop the connection
-			}
-			m.cfg.logger.ErrorContext(r.Context(), "httpadapter: handler panicked; rolled back",
-				"method", r.Method, "path", r.URL.Path, "panic", rb.value, "stack", string(rb.stack))
-			writeProblem(w, problemHandlerPanic, 0)
+			return
+		case rb.reason == panicked && rb.value == http.ErrAbortHandler:
+			panic(http.ErrAbortHandler) // the handler meant to drop the connection
 		}
-	case errors.Is(err, idempotency.ErrTransactionEnded):
+	}
+	p := ProblemFor(err)
+	switch p.Type {
+	case ProblemStoreFailed, ProblemRequestCanceled, ProblemDeadlineExceeded:
+		if ctxErr := r.Context().Err(); ctxErr != nil {
+			// The request's context ended while the handler ran, while a
+			// twin was awaited or while the store worked: err may be what
+			// that did to a statement, or the end of the transaction's
+			// context, which is canceled (with the request's error as its
+			// cause) however the request's ended.
+			p = ProblemFor(ctxErr)
+		}
+	}
+	m.log(r, p, err, rb)
+	m.write(w, p)
+}
+
+// write sends p with the middleware's Retry-After (WithRetryAfter).
+func (m *middleware[TTx]) write(w http.ResponseWriter, p Problem) {
+	if p.RetryAfter > 0 {
+		p.RetryAfter = m.cfg.retryAfter
+	}
+	WriteProblem(w, p)
+}
+
+// log logs the problems that mean the service is at fault as errors, and
+// those a retry resolves as warnings (a canceled request as information:
+// most are clients that hung up).
+func (m *middleware[TTx]) log(r *http.Request, p Problem, err error, rb *rollbackError) {
+	l, ctx := m.cfg.logger, r.Context()
+	where := []any{"method", r.Method, "path", r.URL.Path}
+	switch p.Type {
+	case ProblemHandlerPanic:
+		l.ErrorContext(ctx, "httpadapter: handler panicked; rolled back",
+			append(where, "panic", rb.value, "stack", string(rb.stack))...)
+	case ProblemTransactionEnded:
 		// Not a rollback like the others: the handler's writes after the
 		// end may have committed on their own, so a retry could repeat
 		// them. Say so, and make it loud.
-		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: the database ended the transaction while the handler ran and the handler went on; its later writes may have committed outside the transaction",
-			"method", r.Method, "path", r.URL.Path, "err", err)
-		writeProblem(w, problemTransactionEnded, 0)
-	case errors.Is(err, idempotency.ErrParamsMismatch):
-		writeProblem(w, problemKeyReused, 0)
-	case errors.Is(err, idempotency.ErrInProgress):
-		writeProblem(w, problemInProgress, m.cfg.retryAfter)
-	case errors.Is(err, idempotency.ErrInvalidScope):
-		// Before ErrInvalidKey, which it also matches: the scope is the
-		// service's doing, not the client's key.
-		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: invalid scope; request refused", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeProblem(w, problemScopeInvalid, 0)
-	case errors.Is(err, idempotency.ErrInvalidKey):
-		writeProblem(w, problemKeyInvalid(err), 0)
-	case errors.Is(err, idempotency.ErrOutcomeUnknown):
-		m.cfg.logger.WarnContext(r.Context(), "httpadapter: commit outcome unknown", "path", r.URL.Path, "err", err)
-		writeProblem(w, problemOutcomeUnknown, m.cfg.retryAfter)
-	case clientGone(r):
-		// The client hung up before the handler finished; nothing was
-		// stored and nobody is listening.
-	case r.Context().Err() != nil:
-		// A deadline of an outer middleware ran out while the handler ran
-		// or while a twin was awaited. The client is still there, and an
-		// empty answer would be a 200 for a request that did nothing.
-		m.cfg.logger.WarnContext(r.Context(), "httpadapter: request context ended; rolled back",
-			"method", r.Method, "path", r.URL.Path, "cause", context.Cause(r.Context()), "err", err)
-		writeProblem(w, problemDeadlineExceeded, m.cfg.retryAfter)
-	default:
-		m.cfg.logger.ErrorContext(r.Context(), "httpadapter: request rolled back", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeProblem(w, problemStoreFailed, m.cfg.retryAfter)
+		l.ErrorContext(ctx, "httpadapter: the database ended the transaction while the handler ran and the handler went on; its later writes may have committed outside the transaction",
+			append(where, "err", err)...)
+	case ProblemScopeInvalid:
+		l.ErrorContext(ctx, "httpadapter: invalid scope; request refused", append(where, "err", err)...)
+	case ProblemFingerprintFailed:
+		l.ErrorContext(ctx, "httpadapter: the request's fingerprint cannot be encoded; request refused", append(where, "err", err)...)
+	case ProblemStoreFailed:
+		l.ErrorContext(ctx, "httpadapter: request rolled back", append(where, "err", err)...)
+	case ProblemOutcomeUnknown:
+		l.WarnContext(ctx, "httpadapter: commit outcome unknown", append(where, "err", err)...)
+	case ProblemRequestUnreadable:
+		l.WarnContext(ctx, "httpadapter: request body unreadable", append(where, "err", err)...)
+	case ProblemDeadlineExceeded:
+		l.WarnContext(ctx, "httpadapter: request context ended; rolled back",
+			append(where, "cause", context.Cause(ctx), "err", err)...)
+	case ProblemRequestCanceled:
+		l.InfoContext(ctx, "httpadapter: request canceled; rolled back",
+			append(where, "cause", context.Cause(ctx), "err", err)...)
 	}
 }
 
 // errRequestEnded: the request's context ended before the handler returned.
 var errRequestEnded = errors.New("httpadapter: the request's context ended while the handler ran; rolled back")
 
-// clientGone reports whether the request's context ended because the
-// client went away: net/http cancels it with a plain context.Canceled when
-// the connection closes. Any other end (a deadline of an outer middleware,
-// http.TimeoutHandler's included) leaves a client waiting for an answer,
-// and an answer it must get: if the middleware wrote nothing, net/http
-// would send an empty 200.
-func clientGone(r *http.Request) bool {
-	ctx := r.Context()
-	return ctx.Err() != nil && errors.Is(context.Cause(ctx), context.Canceled)
-}
-
-var errRequestTooLarge = errors.New("httpadapter: request body over the limit")
+var (
+	errRequestTooLarge   = errors.New("httpadapter: request body over the limit")
+	errRequestUnreadable = errors.New("httpadapter: request body unreadable")
+)
 
 func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if r.Body == nil || r.Body == http.NoBody {
@@ -431,7 +503,10 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	// a negative limit that reads nothing).
 	b, err := io.ReadAll(io.LimitReader(r.Body, min(limit, math.MaxInt64-1)+1))
 	if err != nil {
-		return nil, err
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return nil, err // an outer http.MaxBytesHandler's limit
+		}
+		return nil, fmt.Errorf("%w: %w", errRequestUnreadable, err)
 	}
 	if int64(len(b)) > limit {
 		return nil, errRequestTooLarge
@@ -443,7 +518,8 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 // the path, the raw query, the SHA-256 of the body byte-for-byte, and the
 // request headers that say how to read the body: Content-Type and
 // Content-Encoding. Other headers, an API-version header among them, are
-// not in it; WithFingerprint shows how to add them.
+// not in it; WithFingerprint shows how to add them. Text that is not valid
+// UTF-8 (a path with %FF, a Latin-1 header) counts by its bytes.
 //
 // A middleware in front of this one that parsed the form (r.ParseForm,
 // r.FormValue, r.ParseMultipartForm) has consumed the body, which then
@@ -459,38 +535,58 @@ func DefaultFingerprint(r *http.Request, body []byte) any {
 // when empty, so that requests that do not have them keep the fingerprint
 // that earlier versions stored.
 type fingerprint struct {
-	Method          string            `json:"method"`
-	Path            string            `json:"path"`
-	Query           string            `json:"query"`
+	Method          bytesText         `json:"method"`
+	Path            bytesText         `json:"path"`
+	Query           bytesText         `json:"query"`
 	Body            string            `json:"body"`
-	ContentType     string            `json:"content_type,omitempty"`
-	ContentEncoding string            `json:"content_encoding,omitempty"`
+	ContentType     bytesText         `json:"content_type,omitempty"`
+	ContentEncoding bytesText         `json:"content_encoding,omitempty"`
 	Form            string            `json:"form,omitempty"`
 	Files           []fileFingerprint `json:"files,omitempty"`
 }
 
 type fileFingerprint struct {
-	Field  string `json:"field"`
-	Name   string `json:"name"`
-	Type   string `json:"type"`
-	Size   int64  `json:"size"`
-	SHA256 string `json:"sha256"`
+	Field  bytesText `json:"field"`
+	Name   bytesText `json:"name"`
+	Type   bytesText `json:"type"`
+	Size   int64     `json:"size"`
+	SHA256 string    `json:"sha256"`
+}
+
+// bytesText is a part of the request as the client sent it: text, but not
+// always valid UTF-8 (a path with %FF, a header or an upload's name with a
+// Latin-1 byte). Valid UTF-8 encodes as the JSON string it always did, so
+// the fingerprints of such requests, stored by earlier versions, stay as
+// they were; anything else encodes its bytes, as {"bytes": base64}, which
+// no string encodes to. (As a plain string, JSON would turn each invalid
+// byte into U+FFFD and make different requests look the same, which
+// idempotency.Fingerprint refuses.)
+type bytesText string
+
+func (t bytesText) MarshalJSON() ([]byte, error) {
+	if utf8.ValidString(string(t)) {
+		return json.Marshal(string(t))
+	}
+	return json.Marshal(struct {
+		Bytes []byte `json:"bytes"`
+	}{[]byte(t)})
 }
 
 func newFingerprint(r *http.Request, body string) fingerprint {
 	f := fingerprint{
-		Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Body: body,
-		ContentType:     mediaType(r.Header.Values("Content-Type")),
-		ContentEncoding: strings.Join(r.Header.Values("Content-Encoding"), ", "),
+		Method: bytesText(r.Method), Path: bytesText(r.URL.Path), Query: bytesText(r.URL.RawQuery), Body: body,
+		ContentType:     bytesText(mediaType(r.Header.Values("Content-Type"))),
+		ContentEncoding: bytesText(strings.Join(r.Header.Values("Content-Encoding"), ", ")),
 	}
 	if r.PostForm != nil {
-		f.Form = r.PostForm.Encode()
+		f.Form = r.PostForm.Encode() // percent-encoded: ASCII
 	}
 	if r.MultipartForm != nil {
 		for _, field := range slices.Sorted(maps.Keys(r.MultipartForm.File)) {
 			for _, fh := range r.MultipartForm.File[field] {
 				f.Files = append(f.Files, fileFingerprint{
-					Field: field, Name: fh.Filename, Type: fh.Header.Get("Content-Type"), Size: fh.Size, SHA256: fileSum(fh),
+					Field: bytesText(field), Name: bytesText(fh.Filename), Type: bytesText(fh.Header.Get("Content-Type")),
+					Size: fh.Size, SHA256: fileSum(fh),
 				})
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -63,15 +64,16 @@ func TestReplayByteForByte(t *testing.T) {
 // TestWhichStatusesAreStored: an answer that says the work was done, or
 // was refused for good (a declined card, a forbidden or missing resource),
 // is stored with its writes; one that says the endpoint never began or
-// should be tried again later (a validation 400, 408, 409, 423, 425, 429)
-// rolls back and stores nothing, like a 5xx.
+// should be tried again later (a validation 400, an expired token's 401, 408,
+// 409, a misdirected 421, 423, 425, 429) rolls back and stores nothing, like
+// a 5xx: a client that refreshes its token retries with the same key.
 func TestWhichStatusesAreStored(t *testing.T) {
 	each(t, func(t *testing.T, e env) {
 		srv := e.server(t, e.store(t), nil, nil)
 		stored := map[int]bool{
 			200: true, 201: true, 202: true, 204: true,
-			400: false, 402: true, 403: true, 404: true, 408: false, 409: false, 410: true,
-			422: true, 423: false, 425: false, 429: false, 500: false, 503: false,
+			400: false, 401: false, 402: true, 403: true, 404: true, 408: false, 409: false, 410: true,
+			421: false, 422: true, 423: false, 425: false, 429: false, 500: false, 503: false,
 		}
 		want := 0
 		for code, keep := range stored {
@@ -788,33 +790,131 @@ func TestOuterDeadline(t *testing.T) {
 	})
 }
 
-// TestFailSilentOnlyForAGoneClient: fail writes nothing only when the
-// request's context ended the way net/http ends it for a closed connection.
-func TestFailSilentOnlyForAGoneClient(t *testing.T) {
+// TestFailNeverSilent: fail answers however the request's context ended:
+// net/http cancels it with a plain context.Canceled when the client hangs
+// up, but so does a server whose BaseContext is canceled, or an outer
+// middleware's cancel, while the client still waits.
+func TestFailNeverSilent(t *testing.T) {
 	m := Middleware(sqliteEnv(t).store(t))(api()).(*middleware[*sqlx.Tx])
-	gone, cancel := context.WithCancel(context.Background())
+	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
 	late, cancel := context.WithTimeout(context.Background(), -time.Second)
 	defer cancel()
 	for _, tc := range []struct {
-		name   string
-		ctx    context.Context
-		status int
+		name string
+		ctx  context.Context
+		typ  string
 	}{
-		{"client gone", gone, 0},
-		{"outer deadline", late, 503},
+		{"canceled", canceled, ProblemRequestCanceled},
+		{"outer deadline", late, ProblemDeadlineExceeded},
 	} {
 		w := httptest.NewRecorder()
 		r := httptest.NewRequestWithContext(tc.ctx, http.MethodPost, "/x", nil)
 		m.fail(w, r, tc.ctx.Err())
-		got := 0
-		if w.Body.Len() > 0 || w.Code != 200 {
-			got = w.Code
-		}
-		if got != tc.status {
-			t.Errorf("%s: answered %d %s, want %d", tc.name, w.Code, w.Body, tc.status)
-		}
+		wantProblem(t, response{status: w.Code, header: w.Header(), body: w.Body.Bytes()}, 503, tc.typ)
+		// A driver's error that the context's end caused is answered the
+		// same way.
+		w = httptest.NewRecorder()
+		m.fail(w, r, errors.New("pq: canceling statement due to user request"))
+		wantProblem(t, response{status: w.Code, header: w.Header(), body: w.Body.Bytes()}, 503, tc.typ)
 	}
+}
+
+// TestCanceledBaseContext: a server that cancels its BaseContext (as one
+// does on shutdown) ends the request's context with a plain
+// context.Canceled while the client still waits. The client must get an
+// answer that says the request rolled back, never net/http's empty 200,
+// with or without a key; and Transport must retry it, not take it for a
+// success.
+func TestCanceledBaseContext(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		s := e.store(t)
+		for _, key := range []string{"k", ""} {
+			base, cancel := context.WithCancel(context.Background())
+			srv := httptest.NewUnstartedServer(Middleware(s)(api()))
+			srv.Config.BaseContext = func(net.Listener) context.Context { return base }
+			srv.Start()
+			name, g := newGate(t, true) // the handler returns once its context ends
+			go func() { <-g.entered; cancel() }()
+			r := post(t, nil, srv.URL+"/gate", key, `{"ref":"c"}`, "X-Gate", name)
+			wantProblem(t, r, http.StatusServiceUnavailable, ProblemRequestCanceled)
+			if r.header.Get("Retry-After") != "1" {
+				t.Errorf("key %q: Retry-After %q, want 1", key, r.header.Get("Retry-After"))
+			}
+
+			// Every request is canceled now: Transport retries each answer,
+			// and what it returns in the end is the problem, not a 200.
+			var retries atomic.Int64
+			c := &http.Client{Transport: &Transport{MaxAttempts: 3, MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Second,
+				OnRetry: func(*http.Request, int, *http.Response, error, time.Duration) { retries.Add(1) }}}
+			wantProblem(t, post(t, c, srv.URL+"/accounts/a1/charges", key, `{"ref":"c","amount":1}`), http.StatusServiceUnavailable, ProblemRequestCanceled)
+			if n := retries.Load(); n != 2 {
+				t.Errorf("key %q: Transport retried %d times, want 2", key, n)
+			}
+			srv.Close()
+		}
+		if n, k := e.charges(t, "c"), e.keys(t); n != 0 || k != 0 {
+			t.Errorf("canceled requests left %d charges and %d keys", n, k)
+		}
+	})
+}
+
+type cancelKey struct{}
+
+// TestOuterCancel: an outer middleware that cancels the request's context
+// while the handler runs (here: when the handler calls the cancel it was
+// given) rolls the request back; the client, still there, gets the problem
+// with or without a key, and Transport's retry runs the handler again.
+func TestOuterCancel(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		var runs atomic.Int64
+		h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			runs.Add(1)
+			if err := insert(r, chargeIn{Ref: r.URL.Path, Amount: 1}); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			if cancel, ok := r.Context().Value(cancelKey{}).(context.CancelFunc); ok {
+				cancel()
+			}
+			w.WriteHeader(http.StatusCreated)
+			fmt.Fprint(w, randomID())
+		})
+		// Cancels the first request it sees, while the handler runs.
+		cancelFirst := func(next http.Handler) http.Handler {
+			var seen atomic.Bool
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if seen.CompareAndSwap(false, true) {
+					ctx, cancel := context.WithCancel(r.Context())
+					defer cancel()
+					r = r.WithContext(context.WithValue(ctx, cancelKey{}, context.CancelFunc(cancel)))
+				}
+				next.ServeHTTP(w, r)
+			})
+		}
+		s := e.store(t)
+		for _, key := range []string{"k", ""} {
+			srv := httptest.NewServer(cancelFirst(Middleware(s)(h)))
+			wantProblem(t, post(t, nil, srv.URL+"/direct", key, ""), http.StatusServiceUnavailable, ProblemRequestCanceled)
+			srv.Close()
+		}
+		if n, k := e.charges(t, "/direct"), e.keys(t); n != 0 || k != 0 {
+			t.Errorf("canceled requests left %d charges and %d keys", n, k)
+		}
+
+		// Through Transport (which gives the request a key).
+		runs.Store(0)
+		srv := httptest.NewServer(cancelFirst(Middleware(s)(h)))
+		defer srv.Close()
+		c := &http.Client{Transport: &Transport{MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Second}}
+		r := post(t, c, srv.URL+"/transport", "", "")
+		if r.status != http.StatusCreated || r.replayed() {
+			t.Fatalf("through Transport: %d replayed=%v %q", r.status, r.replayed(), r.body)
+		}
+		if n, ran := e.charges(t, "/transport"), runs.Load(); n != 1 || ran != 2 {
+			t.Errorf("%d charges after the handler ran %d times; want 1 after 2", n, ran)
+		}
+	})
 }
 
 // TestKeylessWaitForAConnection: a request without a key that waits for a

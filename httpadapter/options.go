@@ -41,7 +41,7 @@ func defaultConfig() *config {
 		replayHeaders:    defaultReplayHeaders(),
 		maxResponseBytes: DefaultMaxBytes,
 		maxRequestBytes:  DefaultMaxBytes,
-		retryAfter:       time.Second,
+		retryAfter:       DefaultRetryAfter,
 		logger:           slog.New(slog.DiscardHandler),
 	}
 }
@@ -112,6 +112,10 @@ func WithScope(scope func(r *http.Request) string) Option {
 //	httpadapter.WithFingerprint(func(r *http.Request, body []byte) any {
 //		return []any{httpadapter.DefaultFingerprint(r, body), r.Header.Get("Api-Version")}
 //	})
+//
+// Strings in the value must be valid UTF-8 (pass the request's bytes, a
+// header a client may send in Latin-1 say, as []byte); a value that
+// cannot be encoded is refused with a 500 problem fingerprint-failed.
 //
 // Changing the fingerprint changes it for keys already stored: until they
 // expire, a retry of a request made before the change answers 422.
@@ -204,12 +208,15 @@ func WithStoreServerErrors() Option {
 // that is the endpoint's final word on the request (402 a declined card,
 // 403, 404, 422 and the rest), and not one that says the endpoint never
 // began or may answer otherwise later: 400 (the request failed validation;
-// a corrected retry may reuse the key), 408, 409 (the handler's own
-// conflict), 423, 425 and 429. It stores no 5xx.
+// a corrected retry may reuse the key), 401 (the credentials were missing
+// or expired; a retry with a fresh token may reuse the key), 408, 409 (the
+// handler's own conflict), 421 (sent to the wrong server), 423, 425 and
+// 429. It stores no 5xx.
 func DefaultStoredStatus(code int) bool {
 	switch code {
-	case http.StatusBadRequest, http.StatusRequestTimeout, http.StatusConflict,
-		http.StatusLocked, http.StatusTooEarly, http.StatusTooManyRequests:
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusRequestTimeout,
+		http.StatusConflict, http.StatusMisdirectedRequest, http.StatusLocked,
+		http.StatusTooEarly, http.StatusTooManyRequests:
 		return false
 	}
 	return code < 500
@@ -241,8 +248,9 @@ func WithStoredStatus(stored func(code int) bool) Option {
 // WithRetryAfter sets the Retry-After of the answers a retry can resolve:
 // 409 in-progress (a request with the same key is still running) and the
 // 503s outcome-unknown (of a request with a key: without one, a retry is not
-// safe, and none is suggested), store-failed and deadline-exceeded. The default is
-// 1 second; it is sent in whole seconds.
+// safe, and none is suggested), store-failed, deadline-exceeded and
+// request-canceled. The default is DefaultRetryAfter, 1 second; it is sent
+// in whole seconds, and 0 sends none.
 func WithRetryAfter(d time.Duration) Option {
 	return func(c *config) error {
 		if d < 0 {
@@ -254,9 +262,10 @@ func WithRetryAfter(d time.Duration) Option {
 }
 
 // WithLogger makes the middleware log what it answers with a problem of
-// its own making: panics, store failures, refused scopes, ended
-// transactions, unreadable bodies and deadline rollbacks. The default is
-// silent.
+// its own making: panics, store failures, refused scopes and fingerprints,
+// ended transactions (as errors); unknown outcomes, unreadable bodies and
+// deadline rollbacks (as warnings); canceled requests (as information:
+// most are clients that hung up). The default is silent.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) error {
 		if l == nil {

@@ -25,7 +25,8 @@ import (
 // a replay (Idempotent-Replayed: true), whatever its status: the server
 // stored it, and every retry with the key would get it again. So are the
 // middleware's 500 problems that say a retry would fail the same way
-// (response-too-large, streaming, scope-invalid) or is not safe
+// (response-too-large, streaming, scope-invalid, fingerprint-failed) or is
+// not safe
 // (transaction-ended); it reads the start of a problem body to tell, and
 // leaves the whole body to the caller. It stops when the request's context
 // ends.
@@ -249,8 +250,8 @@ const problemPeek = 4 << 10
 // finalProblem reports whether resp is one of the middleware's 5xx
 // problems that a retry must not follow: transaction-ended (the handler's
 // writes may have committed outside its transaction, so a retry could
-// repeat them), and response-too-large, streaming and scope-invalid (a
-// retry fails the same way). It reads the start of a problem body and puts
+// repeat them), and response-too-large, streaming, scope-invalid and
+// fingerprint-failed (a retry fails the same way). It reads the start of a problem body and puts
 // it back, so the caller reads the whole body.
 func finalProblem(resp *http.Response) bool {
 	mt, _, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
@@ -269,7 +270,7 @@ func finalProblem(resp *http.Response) bool {
 		return false
 	}
 	switch p.Type {
-	case ProblemTransactionEnded, ProblemResponseTooLarge, ProblemStreaming, ProblemScopeInvalid:
+	case ProblemTransactionEnded, ProblemResponseTooLarge, ProblemStreaming, ProblemScopeInvalid, ProblemFingerprintFailed:
 		return true
 	}
 	return false

@@ -284,6 +284,7 @@ func TestTransportDoesNotRetryFinalProblems(t *testing.T) {
 		{ProblemResponseTooLarge, false},
 		{ProblemStreaming, false},
 		{ProblemScopeInvalid, false},
+		{ProblemFingerprintFailed, false},
 		{ProblemHandlerPanic, true},
 		{"https://example.com/problems/other", true},
 	} {
