@@ -158,6 +158,13 @@ type Dialect interface {
 	Classify(err error) Class
 }
 
+// TxStarter is a dialect that sends a statement of its own first in every
+// transaction the driver begins for a key (Do, Run), before the claim:
+// never in a caller's transaction (DoTx), nor in one without a key.
+type TxStarter interface {
+	StartTx(ctx context.Context, tx Querier) error
+}
+
 // ErrTransactionEnded is what a driver wraps when the transaction that
 // claimed the key ended before the save: fn committed or rolled it back
 // itself, or the database ended it (MySQL on a deadlock, SQLite on a full

@@ -90,6 +90,12 @@ func (s *sqlDriver) Begin(ctx context.Context, k Key, fingerprint []byte, ttl ti
 	if err != nil {
 		return nil, 0, none, err
 	}
+	if st, ok := s.d.(TxStarter); ok {
+		if err := st.StartTx(ctx, s.in(tx)); err != nil {
+			_ = tx.Rollback()
+			return nil, 0, none, fmt.Errorf("start the transaction: %w", err)
+		}
+	}
 	c, rec, err := s.d.Claim(ctx, s.in(tx), k, fingerprint, ttl)
 	if err != nil || c != Claimed {
 		// Nothing but ROLLBACK after a failed claim: see the mysql dialect.

@@ -84,6 +84,8 @@ type Dialect struct {
 
 	// pad sizes the claimed row's placeholder from the values saved.
 	pad padding
+	// packet refuses a value over the server's max_allowed_packet.
+	packet packetLimit
 
 	// flavor is 0 until the first claim asks the server, then 1 for MariaDB
 	// (which can bound one statement's lock wait with SET STATEMENT), 2
@@ -259,6 +261,9 @@ func slack(ttl time.Duration) time.Duration { return min(ttl/8, time.Second) }
 // transaction ended. MySQL 8 cannot tell: there the save after fn's COMMIT
 // commits on its own, and the call succeeds.
 func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
+	if err := d.packet.fits(ctx, tx, len(rec.Value)); err != nil {
+		return false, err
+	}
 	d.pad.saw(len(rec.Value))
 	query, checked := d.save, true
 	switch d.flavor.Load() { // known: a claim came first
