@@ -218,7 +218,7 @@ var (
 	}
 	problemTransactionEnded = Problem{
 		Type: ProblemTransactionEnded, Title: "Transaction ended while the request ran", Status: http.StatusInternalServerError,
-		Detail: "The database ended the request's transaction while the handler ran (a deadlock, say), and the handler went on without noticing, so writes it made after that may have taken effect outside the transaction. Nothing was stored under the Idempotency-Key. Retrying is not safe: do not retry automatically; check what the request did first.",
+		Detail: "The request's transaction ended before its Idempotency-Key was saved: the handler committed or rolled it back itself, or the database ended it (a deadlock, say) and the handler went on without noticing. Writes the handler made may have taken effect without the key. Retrying is not safe: do not retry automatically; check what the request did first.",
 	}
 	problemHandlerPanic = Problem{
 		Type: ProblemHandlerPanic, Title: "Internal server error", Status: http.StatusInternalServerError,
