@@ -80,6 +80,7 @@ type Dialect struct {
 	insert, claimMariaDB, save, lookup, deleteExpired, prune string
 	insertIgnore                                             string // TiDB's claim
 	deleteExpiredMariaDB                                     string // with no lock wait
+	flows                                                    dialects.FlowStatements
 
 	// pad sizes the claimed row's placeholder from the values saved.
 	pad padding
@@ -139,6 +140,7 @@ WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6) AND fa
 		deleteExpired:        deleteExpired,
 		deleteExpiredMariaDB: noLockWait + deleteExpired,
 		prune:                `DELETE FROM ` + table + ` WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?`,
+		flows:                flowSQL(table),
 	}
 }
 

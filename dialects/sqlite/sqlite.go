@@ -38,6 +38,7 @@ import (
 // Dialect implements dialects.Dialect for SQLite.
 type Dialect struct {
 	claim, save, lookup, deleteExpired, prune string
+	flows                                     dialects.FlowStatements
 }
 
 var (
@@ -72,6 +73,7 @@ WHERE scope = ? AND "key" = ? AND expires_at > ` + NowMillis + ` AND value IS NO
 		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = ? AND "key" = ? AND expires_at <= ` + NowMillis,
 		prune: `DELETE FROM ` + table + ` WHERE rowid IN (
 	SELECT rowid FROM ` + table + ` WHERE expires_at <= ` + NowMillis + ` LIMIT ?)`,
+		flows: flowSQL(table),
 	}
 }
 

@@ -168,6 +168,15 @@ func tests[TTx any]() []test[TTx] {
 		{name: "RunPrunerStopsWhileWaiting", run: testRunPrunerStopsWhileWaiting[TTx]},
 		{name: "Hooks", serial: true, run: testHooks[TTx]},
 		{name: "CallEndSeesPanic", run: testCallEndSeesPanic[TTx]},
+
+		// flows.go
+		{name: "FlowFreshThenReplay", run: testFlowFreshThenReplay[TTx]},
+		{name: "FlowResumesAfterError", run: testFlowResumesAfterError[TTx]},
+		{name: "FlowFinalIsStored", run: testFlowFinalIsStored[TTx]},
+		{name: "FlowParamsMismatch", run: testFlowParamsMismatch[TTx]},
+		{name: "FlowStepOrder", run: testFlowStepOrder[TTx]},
+		{name: "FlowTwinWaitsThenReplays", serial: true, run: testFlowTwinWaitsThenReplays[TTx]},
+		{name: "FlowTakeoverFencesStaleOwner", serial: true, run: testFlowTakeoverFencesStaleOwner[TTx]},
 	}
 }
 
