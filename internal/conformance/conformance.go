@@ -177,6 +177,9 @@ func tests[TTx any]() []test[TTx] {
 		{name: "FlowStepOrder", run: testFlowStepOrder[TTx]},
 		{name: "FlowTwinWaitsThenReplays", serial: true, run: testFlowTwinWaitsThenReplays[TTx]},
 		{name: "FlowTakeoverFencesStaleOwner", serial: true, run: testFlowTakeoverFencesStaleOwner[TTx]},
+		{name: "FlowCompleterFinishesAbandoned", serial: true, run: testFlowCompleterFinishesAbandoned[TTx]},
+		{name: "FlowCompletersResumeEachOnce", serial: true, run: testFlowCompletersResumeEachOnce[TTx]},
+		{name: "FlowCompleterGivesUp", serial: true, run: testFlowCompleterGivesUp[TTx]},
 	}
 }
 
