@@ -151,7 +151,19 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		return fmt.Errorf("create orders: %w", err)
 	}
-	store, err := idempotency.New(db, idempotency.WithLease(2*time.Second), idempotency.WithCompleterInterval(50*time.Millisecond))
+	// The Flow hook sees each flow's events; here it tells step 6 when the
+	// completer has stored pay-4's answer.
+	finished := make(chan string, 16)
+	hooks := idempotency.Hooks{Flow: func(_ context.Context, e idempotency.FlowEvent) {
+		if e.Kind == idempotency.FlowFinished {
+			select {
+			case finished <- e.Key:
+			default: // hooks must not block
+			}
+		}
+	}}
+	store, err := idempotency.New(db, idempotency.WithLease(2*time.Second),
+		idempotency.WithCompleterInterval(50*time.Millisecond), idempotency.WithHooks(hooks))
 	if err != nil {
 		return err
 	}
@@ -243,11 +255,7 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 	cctx, stop := context.WithCancel(ctx)
 	completer := make(chan error, 1)
 	go func() { completer <- idempotency.RunCompleter(cctx, store, checkout) }()
-	err = waitFor(ctx, func() (bool, error) {
-		var n int
-		err := db.GetContext(ctx, &n, db.Rebind(`SELECT COUNT(*) FROM orders WHERE customer = ? AND amount = 1500 AND status = 'authorized'`), customer)
-		return n == 1, err
-	})
+	err = waitFor(ctx, finished, "pay-4")
 	stop()
 	if cerr := <-completer; err == nil {
 		err = cerr
@@ -271,21 +279,19 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 	return nil
 }
 
-// waitFor polls done every 20ms until it reports true, for up to 30s.
-func waitFor(ctx context.Context, done func() (bool, error)) error {
-	deadline := time.Now().Add(30 * time.Second)
+// waitFor waits until the flow of key has finished, for up to 30s.
+func waitFor(ctx context.Context, finished <-chan string, key string) error {
+	timeout := time.After(30 * time.Second)
 	for {
-		ok, err := done()
-		if ok || err != nil {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return errors.New("gave up waiting")
-		}
 		select {
+		case k := <-finished:
+			if k == key {
+				return nil
+			}
+		case <-timeout:
+			return fmt.Errorf("the flow of %s did not finish in 30s", key)
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
