@@ -123,6 +123,9 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 		}
 		rec, ok, err := s.driver.Lookup(ctx, k)
 		if err != nil {
+			if s.transient(ctx, err, restarts) {
+				continue
+			}
 			return res, s.flowError(ctx, "read the key", err)
 		}
 		if ok {
@@ -130,6 +133,9 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 		}
 		started, err := fd.InsertFlow(ctx, k, dialects.FlowRow{Flow: f.name, Fingerprint: fp, Params: pj}, lease)
 		if err != nil {
+			if s.transient(ctx, err, restarts) {
+				continue
+			}
 			return res, s.flowError(ctx, "start the flow", err)
 		}
 		if started {
@@ -150,6 +156,8 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 		}
 		row, ok, err := fd.ReadFlow(ctx, k)
 		switch {
+		case err != nil && s.transient(ctx, err, restarts):
+			continue
 		case err != nil:
 			return res, s.flowError(ctx, "read the flow", err)
 		case !ok:
@@ -158,7 +166,7 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 			return res, fmt.Errorf("%w: key %q", ErrParamsMismatch, k.Key)
 		case row.Expired:
 			took, err := fd.TakeOverFlow(ctx, k, row.Token, lease)
-			if err != nil && s.driver.Classify(err) != dialects.Retry {
+			if err != nil && !s.transient(ctx, err, restarts) {
 				return res, s.flowError(ctx, "take the flow over", err)
 			}
 			if !took {
@@ -418,6 +426,20 @@ func (r *flowRun[TTx]) work(ctx context.Context, tx TTx, w func(ctx context.Cont
 	}
 	ok = true
 	return nil
+}
+
+// transient reports whether err, from a statement of a flow's start
+// (each its own transaction), passes on another try: a serialization
+// failure, a deadlock, a busy SQLite, a lost connection. It pauses first.
+func (s *TxStore[TTx]) transient(ctx context.Context, err error, restarts int) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	switch s.driver.Classify(err) {
+	case dialects.Retry, dialects.Busy, dialects.Lost:
+		return sleep(ctx, backoff(min(restarts+1, 7))) == nil
+	}
+	return false
 }
 
 // flowError says what failed while a flow started.

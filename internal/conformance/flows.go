@@ -442,3 +442,101 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// testFlowTwinsStorm: many calls of one flow with one key at once run each
+// step once; one answer is fresh and every other replays it.
+func testFlowTwinsStorm[TTx any](t *testing.T, e *suite[TTx]) {
+	const twins = 16
+	s := e.store(t, idempotency.WithWait(60*time.Second))
+	c := newCheckout(e, "checkout")
+	c.beforeReceipt = func(context.Context) { time.Sleep(50 * time.Millisecond) }
+	o := order{Ref: "w1", Amount: 12}
+	var (
+		wg      sync.WaitGroup
+		results [twins]idempotency.Result[receipt]
+		errs    [twins]error
+	)
+	for i := range twins {
+		wg.Go(func() { results[i], errs[i] = c.flow.Run(ctx, s, "w1", o) })
+	}
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
+		t.Fatal(err)
+	}
+	fresh := 0
+	for _, r := range results {
+		if !r.Replayed {
+			fresh++
+		}
+		if r.Value != results[0].Value {
+			t.Errorf("answers differ: %+v and %+v", r.Value, results[0].Value)
+		}
+	}
+	_, _, charged := c.p.counts()
+	if fresh != 1 || c.orders.Load() != 1 || c.receipts.Load() != 1 || charged != 1 {
+		t.Errorf("%d fresh answers; order ran %d, receipt %d, provider charged %d; want 1 each", fresh, c.orders.Load(), c.receipts.Load(), charged)
+	}
+	if e.charges(t, "w1/order") != 1 || e.charges(t, "w1/receipt") != 1 {
+		t.Error("each step's business row should exist once")
+	}
+}
+
+// testFlowAtEveryIsolation: a flow runs, stops, is taken over and
+// finishes at every isolation level a user may choose.
+func testFlowAtEveryIsolation[TTx any](t *testing.T, e *suite[TTx]) {
+	for _, level := range isolationLevels(e.kind) {
+		t.Run(level.String(), func(t *testing.T) {
+			s := e.store(t, idempotency.WithIsolation(level))
+			c := newCheckout(e, "checkout")
+			var failed atomic.Bool
+			c.p.fail = func(string) error {
+				if failed.CompareAndSwap(false, true) {
+					return errDeclined
+				}
+				return nil
+			}
+			key := "i-" + strings.ReplaceAll(level.String(), " ", "")
+			o := order{Ref: key, Amount: 8}
+			if _, err := c.flow.Do(ctx, s, key, o); !errors.Is(err, errDeclined) {
+				t.Fatalf("got %v; want the call's error", err)
+			}
+			r, err := c.flow.Run(ctx, s, key, o)
+			if err != nil || r.Replayed || r.Value.Amount != 8 {
+				t.Fatalf("resumed: %+v, %v", r, err)
+			}
+			if again, err := c.flow.Run(ctx, s, key, o); err != nil || !again.Replayed || again.Value != r.Value {
+				t.Errorf("replay: %+v, %v", again, err)
+			}
+			if c.orders.Load() != 1 || c.receipts.Load() != 1 || e.charges(t, key+"/receipt") != 1 {
+				t.Errorf("order ran %d, receipt %d; want 1 each", c.orders.Load(), c.receipts.Load())
+			}
+		})
+	}
+}
+
+// testFlowStepRetriesConflicts: a step whose transaction meets a
+// serialization failure is rolled back and run again, as Do's attempts
+// are; its write commits once.
+func testFlowStepRetriesConflicts[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var runs atomic.Int64
+	f := idempotency.NewFlow("conflicted", func(ctx context.Context, st *idempotency.Steps[TTx], ref string) (int64, error) {
+		return idempotency.Step(st, "write", func(ctx context.Context, tx TTx) (int64, error) {
+			n := runs.Add(1)
+			if err := e.env.Charge(ctx, tx, ref, 1); err != nil {
+				return 0, err
+			}
+			if n == 1 {
+				return 0, e.env.ExecTx(ctx, tx, `DO $$ BEGIN RAISE EXCEPTION 'a test conflict' USING ERRCODE = 'serialization_failure'; END $$`)
+			}
+			return n, nil
+		})
+	})
+	v, err := f.Do(ctx, s, "x1", "x1")
+	if err != nil || v != 2 || runs.Load() != 2 {
+		t.Fatalf("got %v, %v after %d runs of the step; want 2 after 2", v, err, runs.Load())
+	}
+	if e.charges(t, "x1") != 1 {
+		t.Errorf("%d rows; want the retried step's one", e.charges(t, "x1"))
+	}
+}
