@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	"github.com/exactlyonce/idempotency/dialects"
@@ -295,8 +296,8 @@ func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects
 		}
 		res.Value = fresh
 	}
-	err = r.transact(ctx, "store the flow's value", nil, func(ctx context.Context, tx TTx) error {
-		return fd.FinishFlow(ctx, tx, k, token, rec, s.cfg.ttl)
+	err = r.transact(ctx, "store the flow's value", nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
+		return fd.FinishFlow(ctx, tx, k, f, rec, s.cfg.ttl)
 	})
 	if err != nil {
 		return Result[T]{}, err
@@ -343,7 +344,7 @@ type flowRun[TTx any] struct {
 // and commits. Serialization failures and deadlocks roll it back and run
 // it again, as Do does (WithMaxRetries). work's own errors are returned
 // unchanged.
-func (r *flowRun[TTx]) transact(ctx context.Context, what string, work, end func(ctx context.Context, tx TTx) error) error {
+func (r *flowRun[TTx]) transact(ctx context.Context, what string, work func(ctx context.Context, tx TTx) error, end func(ctx context.Context, tx TTx, f dialects.Fence) error) error {
 	for retries := 0; ; retries++ {
 		err := r.once(ctx, what, work, end)
 		var again retryable
@@ -366,9 +367,10 @@ type retryable struct{ err error }
 func (r retryable) Error() string { return r.err.Error() }
 
 // once is one try of transact.
-func (r *flowRun[TTx]) once(ctx context.Context, what string, work, end func(ctx context.Context, tx TTx) error) error {
+func (r *flowRun[TTx]) once(ctx context.Context, what string, work func(ctx context.Context, tx TTx) error, end func(ctx context.Context, tx TTx, f dialects.Fence) error) error {
 	d := r.s.driver
-	tx, ok, err := r.fd.BeginStep(ctx, r.k, r.token, r.lease)
+	fence := dialects.Fence{Token: r.token, Mark: rand.Int64()}
+	tx, ok, err := r.fd.BeginStep(ctx, r.k, fence, r.lease)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -391,11 +393,13 @@ func (r *flowRun[TTx]) once(ctx context.Context, what string, work, end func(ctx
 			return err
 		}
 	}
-	err = end(ctx, tx)
+	err = end(ctx, tx, fence)
 	var ce *dialects.CommitError
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, dialects.ErrTransactionEnded):
+		return fmt.Errorf("%w: flow %q, key %q, %s: %w", ErrTransactionEnded, r.flow, r.k.Key, what, err)
 	case errors.As(err, &ce):
 		switch d.Classify(ce.Err) {
 		case dialects.Retry:

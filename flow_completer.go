@@ -150,8 +150,8 @@ func (s *TxStore[TTx]) giveUp(ctx context.Context, fd dialects.FlowDriver[TTx], 
 	if err == nil {
 		r := &flowRun[TTx]{s: s, fd: fd, k: k, flow: row.Flow, token: row.Token, lease: s.cfg.flow.leaseOrDefault()}
 		rec := dialects.Record{Fingerprint: row.Fingerprint, Value: value, Failed: true}
-		err = r.transact(ctx, "give up", nil, func(ctx context.Context, tx TTx) error {
-			return fd.FinishFlow(ctx, tx, k, row.Token, rec, s.cfg.ttl)
+		err = r.transact(ctx, "give up", nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
+			return fd.FinishFlow(ctx, tx, k, f, rec, s.cfg.ttl)
 		})
 	}
 	if err != nil {

@@ -62,8 +62,8 @@ func Step[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, t
 			return fmt.Errorf("idempotency: flow %q, step %q: %w", r.flow, name, err)
 		}
 		return nil
-	}, func(ctx context.Context, tx TTx) error {
-		return r.fd.RecordStep(ctx, tx, r.k, r.token, dialects.StepRow{Seq: s.n, Name: name, Value: value}, r.lease)
+	}, func(ctx context.Context, tx TTx, f dialects.Fence) error {
+		return r.fd.RecordStep(ctx, tx, r.k, f, dialects.StepRow{Seq: s.n, Name: name, Value: value}, r.lease)
 	})
 	if err != nil {
 		return zero, err
@@ -104,8 +104,8 @@ func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, k
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: flow %q, call %q: %w", r.flow, name, err)
 	}
-	err = r.transact(s.ctx, "call "+quoteName(name), nil, func(ctx context.Context, tx TTx) error {
-		return r.fd.RecordStep(ctx, tx, r.k, r.token, dialects.StepRow{Seq: s.n, Name: name, Value: value}, r.lease)
+	err = r.transact(s.ctx, "call "+quoteName(name), nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
+		return r.fd.RecordStep(ctx, tx, r.k, f, dialects.StepRow{Seq: s.n, Name: name, Value: value}, r.lease)
 	})
 	if err != nil {
 		return zero, err

@@ -36,20 +36,24 @@ type FlowDriver[TTx any] interface {
 	FlowSteps(ctx context.Context, k Key) ([]StepRow, error)
 
 	// BeginStep begins a transaction and fences it: it extends the lease
-	// of the row that carries token, and locks it. When no row carries
-	// token (another owner took the flow over, or it finished), it rolls
-	// back and reports false.
-	BeginStep(ctx context.Context, k Key, token int64, lease time.Duration) (TTx, bool, error)
+	// of the row that carries f.Token, marks the row with f.Mark, and
+	// locks it. When no row carries the token (another owner took the
+	// flow over, or it finished), it rolls back and reports false.
+	BeginStep(ctx context.Context, k Key, f Fence, lease time.Duration) (TTx, bool, error)
 
-	// RecordStep records step in tx (a transaction of BeginStep's),
-	// extends the lease again, and commits. It always ends tx. A failed
-	// COMMIT is a *CommitError.
-	RecordStep(ctx context.Context, tx TTx, k Key, token int64, step StepRow, lease time.Duration) error
+	// RecordStep extends the lease again where the row still carries f's
+	// mark, records step in tx (a transaction of BeginStep's), and
+	// commits. It always ends tx. A row without the mark means that tx is
+	// no longer the transaction BeginStep fenced (the database, or fn,
+	// ended it): nothing is recorded, and the error wraps
+	// ErrTransactionEnded. A failed COMMIT is a *CommitError.
+	RecordStep(ctx context.Context, tx TTx, k Key, f Fence, step StepRow, lease time.Duration) error
 
-	// FinishFlow writes rec as the key's record (expiring ttl from now),
-	// deletes the flow's steps and row, and commits tx (a transaction of
-	// BeginStep's). It always ends tx. A failed COMMIT is a *CommitError.
-	FinishFlow(ctx context.Context, tx TTx, k Key, token int64, rec Record, ttl time.Duration) error
+	// FinishFlow checks f's mark as RecordStep does, writes rec as the
+	// key's record (expiring ttl from now), deletes the flow's steps and
+	// row, and commits tx (a transaction of BeginStep's). It always ends
+	// tx. A failed COMMIT is a *CommitError.
+	FinishFlow(ctx context.Context, tx TTx, k Key, f Fence, rec Record, ttl time.Duration) error
 
 	// ReleaseFlow ends the lease of the row that carries token now, and
 	// notes why the run stopped, so that a retry or a completer may take
@@ -62,6 +66,16 @@ type FlowDriver[TTx any] interface {
 	// ExpiredFlows lists up to limit rows of the flow named flow whose
 	// lease has expired, longest expired first.
 	ExpiredFlows(ctx context.Context, flow string, limit int) ([]FlowRow, error)
+}
+
+// Fence is what a step's transaction writes on its flow's row: the
+// owner's fencing token, and a mark the engine draws for the transaction.
+// The mark tells the transaction's later statements whether they still run
+// in it: where the database ended it under fn (MySQL on a deadlock fn
+// ignored), the mark is gone with it, and nothing more is recorded.
+type Fence struct {
+	Token int64
+	Mark  int64
 }
 
 // FlowRow is a flow's row.
@@ -114,9 +128,18 @@ type FlowStatements struct {
 	// TakeOver (lease, scope, key, token) moves the token on by one,
 	// counts a resume and sets a new lease, where the lease has expired.
 	TakeOver string
-	// Fence (lease, scope, key, token) extends the lease of the row that
-	// carries token: one row affected, or none when another owner has it.
+	// Fence (lease, mark, scope, key, token) extends the lease of the row
+	// that carries token and marks it: one row affected, or none when
+	// another owner has it.
 	Fence string
+	// Touch (lease, scope, key, token, mark) extends the lease of the row
+	// that carries token and mark: one row affected, or none.
+	Touch string
+	// TouchOrFail is Touch as a statement that fails where Touch would
+	// affect no row, for clients that pipeline the statements after it
+	// (an error, unlike a row count, stops them); "" if the dialect has
+	// none.
+	TouchOrFail string
 	// Steps (scope, key): seq, name, value, by seq.
 	Steps string
 	// Record (scope, key, seq, name, value) inserts a step.

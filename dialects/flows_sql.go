@@ -119,7 +119,7 @@ func (s *sqlDriver) FlowSteps(ctx context.Context, k Key) ([]StepRow, error) {
 	return steps, rows.Err()
 }
 
-func (s *sqlDriver) BeginStep(ctx context.Context, k Key, token int64, lease time.Duration) (*sqlx.Tx, bool, error) {
+func (s *sqlDriver) BeginStep(ctx context.Context, k Key, fence Fence, lease time.Duration) (*sqlx.Tx, bool, error) {
 	f, err := s.flows()
 	if err != nil {
 		return nil, false, err
@@ -128,7 +128,7 @@ func (s *sqlDriver) BeginStep(ctx context.Context, k Key, token int64, lease tim
 	if err != nil {
 		return nil, false, err
 	}
-	res, err := tx.ExecContext(ctx, f.Fence, f.units(lease), k.Scope, k.Key, token)
+	res, err := tx.ExecContext(ctx, f.Fence, f.units(lease), fence.Mark, k.Scope, k.Key, fence.Token)
 	if err == nil {
 		var ok bool
 		if ok, err = affected(res, 1); ok {
@@ -142,24 +142,14 @@ func (s *sqlDriver) BeginStep(ctx context.Context, k Key, token int64, lease tim
 	return nil, false, nil
 }
 
-func (s *sqlDriver) RecordStep(ctx context.Context, tx *sqlx.Tx, k Key, token int64, step StepRow, lease time.Duration) error {
+func (s *sqlDriver) RecordStep(ctx context.Context, tx *sqlx.Tx, k Key, fence Fence, step StepRow, lease time.Duration) error {
 	f := s.flow // BeginStep checked it
+	if err := s.touch(ctx, tx, k, fence, lease); err != nil {
+		return err
+	}
 	if _, err := tx.ExecContext(ctx, f.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value); err != nil {
 		_ = tx.Rollback()
 		return fmt.Errorf("record the step: %w", err)
-	}
-	// The lease counts from the step's end, not from its start: a long
-	// step leaves its owner as long a lease as a short one.
-	res, err := tx.ExecContext(ctx, f.Fence, f.units(lease), k.Scope, k.Key, token)
-	if err == nil {
-		var ok bool
-		if ok, err = affected(res, 1); !ok && err == nil {
-			err = errors.New("the flow's row changed while its lock was held")
-		}
-	}
-	if err != nil {
-		_ = tx.Rollback()
-		return fmt.Errorf("extend the lease: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return &CommitError{Err: err}
@@ -167,8 +157,31 @@ func (s *sqlDriver) RecordStep(ctx context.Context, tx *sqlx.Tx, k Key, token in
 	return nil
 }
 
-func (s *sqlDriver) FinishFlow(ctx context.Context, tx *sqlx.Tx, k Key, token int64, rec Record, ttl time.Duration) error {
+// touch extends the lease, counted from the step's end rather than its
+// start, so that a long step leaves its owner as long a lease as a short
+// one; and it checks that tx is still the fenced transaction, before
+// anything is recorded in it. It rolls tx back when it fails.
+func (s *sqlDriver) touch(ctx context.Context, tx *sqlx.Tx, k Key, fence Fence, lease time.Duration) error {
+	f := s.flow
+	res, err := tx.ExecContext(ctx, f.Touch, f.units(lease), k.Scope, k.Key, fence.Token, fence.Mark)
+	if err == nil {
+		var ok bool
+		if ok, err = affected(res, 1); !ok && err == nil {
+			err = fmt.Errorf("%w (an error inside fn, such as a deadlock, was not returned, or fn ended tx itself); nothing was recorded, but writes fn made after it ran outside the transaction and may have committed", ErrTransactionEnded)
+		}
+	}
+	if err != nil {
+		_ = tx.Rollback()
+		return fmt.Errorf("extend the lease: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlDriver) FinishFlow(ctx context.Context, tx *sqlx.Tx, k Key, fence Fence, rec Record, ttl time.Duration) error {
 	f := s.flow // BeginStep checked it
+	if err := s.touch(ctx, tx, k, fence, time.Duration(0)); err != nil {
+		return err
+	}
 	fail := func(what string, err error) error {
 		_ = tx.Rollback()
 		return fmt.Errorf("%s: %w", what, err)
@@ -182,7 +195,7 @@ func (s *sqlDriver) FinishFlow(ctx context.Context, tx *sqlx.Tx, k Key, token in
 	if _, err := tx.ExecContext(ctx, f.DeleteSteps, k.Scope, k.Key); err != nil {
 		return fail("delete the flow's steps", err)
 	}
-	res, err := tx.ExecContext(ctx, f.DeleteFlow, k.Scope, k.Key, token)
+	res, err := tx.ExecContext(ctx, f.DeleteFlow, k.Scope, k.Key, fence.Token)
 	if err == nil {
 		var ok bool
 		if ok, err = affected(res, 1); !ok && err == nil {

@@ -77,7 +77,7 @@ func (d *driver) FlowSteps(ctx context.Context, k dialects.Key) ([]dialects.Step
 }
 
 // BeginStep sends BEGIN and the fence as one pipeline.
-func (d *driver) BeginStep(ctx context.Context, k dialects.Key, token int64, lease time.Duration) (pgx.Tx, bool, error) {
+func (d *driver) BeginStep(ctx context.Context, k dialects.Key, f dialects.Fence, lease time.Duration) (pgx.Tx, bool, error) {
 	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return nil, false, fmt.Errorf("acquire a connection: %w", err)
@@ -85,7 +85,7 @@ func (d *driver) BeginStep(ctx context.Context, k dialects.Key, token int64, lea
 	var fenced int64
 	b := &pgx.Batch{}
 	b.BeginTx(d.opts)
-	b.Queue(d.flows.Fence, d.units(lease), k.Scope, k.Key, token).Exec(func(tag pgconn.CommandTag) error {
+	b.Queue(d.flows.Fence, d.units(lease), f.Mark, k.Scope, k.Key, f.Token).Exec(func(tag pgconn.CommandTag) error {
 		fenced = tag.RowsAffected()
 		return nil
 	})
@@ -103,32 +103,35 @@ func (d *driver) BeginStep(ctx context.Context, k dialects.Key, token int64, lea
 	return t, true, nil
 }
 
-// RecordStep sends the step's record, the lease's extension and COMMIT as
-// one pipeline. The row is locked by the fence, so the extension always
-// finds it; an error (the step's row already there) aborts the
-// transaction, and the COMMIT queued after it then rolls back.
-func (d *driver) RecordStep(ctx context.Context, tx pgx.Tx, k dialects.Key, token int64, step dialects.StepRow, lease time.Duration) error {
+// RecordStep sends the lease's extension, the step's record and COMMIT as
+// one pipeline. The extension (TouchOrFail) fails where the row lacks the
+// transaction's mark, and an error stops what follows it, the COMMIT
+// included.
+func (d *driver) RecordStep(ctx context.Context, tx pgx.Tx, k dialects.Key, f dialects.Fence, step dialects.StepRow, lease time.Duration) error {
 	return d.commitWith(ctx, tx, "RecordStep", func(b *pgx.Batch) {
+		b.Queue(d.flows.TouchOrFail, d.units(lease), k.Scope, k.Key, f.Token, f.Mark)
 		b.Queue(d.flows.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value)
-		b.Queue(d.flows.Fence, d.units(lease), k.Scope, k.Key, token)
 	})
 }
 
-// FinishFlow sends the key's record, the deletion of the flow's rows and
-// COMMIT as one pipeline.
-func (d *driver) FinishFlow(ctx context.Context, tx pgx.Tx, k dialects.Key, token int64, rec dialects.Record, ttl time.Duration) error {
+// FinishFlow sends the mark's check, the key's record, the deletion of the
+// flow's rows and COMMIT as one pipeline.
+func (d *driver) FinishFlow(ctx context.Context, tx pgx.Tx, k dialects.Key, f dialects.Fence, rec dialects.Record, ttl time.Duration) error {
 	return d.commitWith(ctx, tx, "FinishFlow", func(b *pgx.Batch) {
+		b.Queue(d.flows.TouchOrFail, 0, k.Scope, k.Key, f.Token, f.Mark)
 		b.Queue(d.flows.DeleteExpiredKey, k.Scope, k.Key)
 		b.Queue(d.flows.InsertKey, k.Scope, k.Key, rec.Fingerprint, rec.Value, rec.Failed, d.units(ttl))
 		b.Queue(d.flows.DeleteSteps, k.Scope, k.Key)
-		b.Queue(d.flows.DeleteFlow, k.Scope, k.Key, token)
+		b.Queue(d.flows.DeleteFlow, k.Scope, k.Key, f.Token)
 	})
 }
 
 // commitWith sends the statements queue adds, then COMMIT, in one
 // pipeline, and sorts the outcome as Commit does: a statement's error
 // means nothing committed; an error at COMMIT, or a broken connection
-// once the pipeline was under way, is a *dialects.CommitError.
+// once the pipeline was under way, is a *dialects.CommitError. The first
+// statement is TouchOrFail, whose division by zero says that the
+// transaction is not the one BeginStep fenced.
 func (d *driver) commitWith(ctx context.Context, tx pgx.Tx, op string, queue func(b *pgx.Batch)) error {
 	t, err := ending(tx, op)
 	if err != nil {
@@ -143,20 +146,26 @@ func (d *driver) commitWith(ctx context.Context, tx pgx.Tx, op string, queue fun
 	n := b.Len()
 	b.Queue("commit")
 	br := t.conn.Conn().SendBatch(context.WithoutCancel(ctx), b)
-	var tag pgconn.CommandTag
-	committing := false
-	for i := 0; i <= n && err == nil; i++ {
-		committing = i == n
-		tag, err = br.Exec()
+	var (
+		tag pgconn.CommandTag
+		i   int
+	)
+	for ; i <= n; i++ {
+		if tag, err = br.Exec(); err != nil {
+			break
+		}
 	}
 	_ = br.Close()
+	var pgErr *pgconn.PgError
 	switch {
 	case err == nil && tag.String() != "COMMIT":
 		return &dialects.CommitError{Err: fmt.Errorf("commit answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)}
 	case err == nil:
 		return nil
-	case committing, !answered(err):
+	case i == n, !answered(err):
 		return &dialects.CommitError{Err: err}
+	case i == 0 && errors.As(err, &pgErr) && pgErr.Code == "22012":
+		return fmt.Errorf("%w (fn ended it, or an error inside fn was not returned); nothing was recorded", dialects.ErrTransactionEnded)
 	}
 	return err
 }

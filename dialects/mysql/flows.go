@@ -40,8 +40,10 @@ WHERE scope = ? AND ` + key + ` = ? AND token = ? AND ` + due + ` FOR UPDATE SKI
 WHERE scope = ? AND ` + key + ` = ? AND token = ? AND ` + due,
 		// GREATEST makes every fence change the row, so that it counts as
 		// affected even within one microsecond of the last.
-		Fence: `UPDATE ` + flows + ` SET lease_until = GREATEST(` + until + `, lease_until + INTERVAL 1 MICROSECOND)
+		Fence: `UPDATE ` + flows + ` SET lease_until = GREATEST(` + until + `, lease_until + INTERVAL 1 MICROSECOND), fence = ?
 WHERE scope = ? AND ` + key + ` = ? AND token = ?`,
+		Touch: `UPDATE ` + flows + ` SET lease_until = GREATEST(` + until + `, lease_until + INTERVAL 1 MICROSECOND)
+WHERE scope = ? AND ` + key + ` = ? AND token = ? AND fence = ?`,
 		Steps:  `SELECT seq, name, value FROM ` + steps + ` WHERE scope = ? AND ` + key + ` = ? ORDER BY seq`,
 		Record: `INSERT INTO ` + steps + ` (scope, ` + key + `, seq, name, value, created_at) VALUES (?, ?, ?, ?, ?, ` + now + `)`,
 		Release: `UPDATE ` + flows + ` SET lease_until = LEAST(lease_until, ` + now + `), last_error = ?

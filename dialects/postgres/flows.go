@@ -19,6 +19,8 @@ func (d *Dialect) FlowStatements() dialects.FlowStatements { return d.flows }
 // transaction's start (now()).
 func FlowSQL(table string) dialects.FlowStatements {
 	flows, steps := dialects.FlowTables(table)
+	touch := `UPDATE ` + flows + ` SET lease_until = clock_timestamp() + $1::float8 * interval '1 microsecond'
+WHERE scope = $2 AND key = $3 AND token = $4 AND fence = $5`
 	const (
 		until = `clock_timestamp() + $1::float8 * interval '1 microsecond'`
 		due   = `lease_until <= clock_timestamp()`
@@ -34,8 +36,12 @@ FROM ` + flows + ` WHERE scope = $1 AND key = $2`,
 WHERE scope = $1 AND key = $2 AND token = $3 AND ` + due + ` FOR UPDATE SKIP LOCKED`,
 		TakeOver: `UPDATE ` + flows + ` SET token = token + 1, resumes = resumes + 1, lease_until = ` + until + `
 WHERE scope = $2 AND key = $3 AND token = $4 AND ` + due,
-		Fence: `UPDATE ` + flows + ` SET lease_until = ` + until + `
-WHERE scope = $2 AND key = $3 AND token = $4`,
+		Fence: `UPDATE ` + flows + ` SET lease_until = ` + until + `, fence = $2
+WHERE scope = $3 AND key = $4 AND token = $5`,
+		Touch: touch,
+		// A division by zero where Touch would find no row.
+		TouchOrFail: `WITH touched AS (` + touch + ` RETURNING 1)
+SELECT 1 / (SELECT count(*) FROM touched)`,
 		Steps:  `SELECT seq, name, value FROM ` + steps + ` WHERE scope = $1 AND key = $2 ORDER BY seq`,
 		Record: `INSERT INTO ` + steps + ` (scope, key, seq, name, value, created_at) VALUES ($1, $2, $3, $4, $5, now())`,
 		Release: `UPDATE ` + flows + ` SET lease_until = LEAST(lease_until, clock_timestamp()), last_error = $1

@@ -32,8 +32,10 @@ ON CONFLICT (scope, ` + key + `) DO NOTHING`,
 FROM ` + flows + ` WHERE scope = ? AND ` + key + ` = ?`,
 		TakeOver: `UPDATE ` + flows + ` SET token = token + 1, resumes = resumes + 1, lease_until = ` + until + `
 WHERE scope = ? AND ` + key + ` = ? AND token = ? AND ` + due,
-		Fence: `UPDATE ` + flows + ` SET lease_until = ` + until + `
+		Fence: `UPDATE ` + flows + ` SET lease_until = ` + until + `, fence = ?
 WHERE scope = ? AND ` + key + ` = ? AND token = ?`,
+		Touch: `UPDATE ` + flows + ` SET lease_until = ` + until + `
+WHERE scope = ? AND ` + key + ` = ? AND token = ? AND fence = ?`,
 		Steps:  `SELECT seq, name, value FROM ` + steps + ` WHERE scope = ? AND ` + key + ` = ? ORDER BY seq`,
 		Record: `INSERT INTO ` + steps + ` (scope, ` + key + `, seq, name, value, created_at) VALUES (?, ?, ?, ?, ?, ` + NowMillis + `)`,
 		Release: `UPDATE ` + flows + ` SET lease_until = MIN(lease_until, ` + NowMillis + `), last_error = ?

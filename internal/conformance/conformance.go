@@ -178,6 +178,7 @@ func tests[TTx any]() []test[TTx] {
 		{name: "FlowTwinWaitsThenReplays", serial: true, run: testFlowTwinWaitsThenReplays[TTx]},
 		{name: "FlowTwinsStorm", serial: true, run: testFlowTwinsStorm[TTx]},
 		{name: "FlowAtEveryIsolation", run: testFlowAtEveryIsolation[TTx]},
+		{name: "FlowStepEndedUnderFn", run: testFlowStepEndedUnderFn[TTx]},
 		{name: "FlowStepRetriesConflicts", kinds: []string{"postgres"},
 			why: "Postgres raises a serialization failure on demand (RAISE ... USING ERRCODE)", run: testFlowStepRetriesConflicts[TTx]},
 		{name: "FlowTakeoverFencesStaleOwner", serial: true, run: testFlowTakeoverFencesStaleOwner[TTx]},

@@ -540,3 +540,32 @@ func testFlowStepRetriesConflicts[TTx any](t *testing.T, e *suite[TTx]) {
 		t.Errorf("%d rows; want the retried step's one", e.charges(t, "x1"))
 	}
 }
+
+// testFlowStepEndedUnderFn: a step whose fn ends its transaction (here
+// with a ROLLBACK; MySQL does so on a deadlock that fn ignores) records
+// nothing, and says so with ErrTransactionEnded; the flow stays
+// resumable.
+func testFlowStepEndedUnderFn[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	var runs atomic.Int64
+	f := idempotency.NewFlow("ended", func(ctx context.Context, st *idempotency.Steps[TTx], ref string) (int64, error) {
+		return idempotency.Step(st, "write", func(ctx context.Context, tx TTx) (int64, error) {
+			if runs.Add(1) == 1 {
+				if err := e.env.ExecTx(ctx, tx, "ROLLBACK"); err != nil {
+					return 0, err
+				}
+			}
+			return 7, nil
+		})
+	})
+	_, err := f.Do(ctx, s, "e1", "e1")
+	if !errors.Is(err, idempotency.ErrTransactionEnded) {
+		t.Fatalf("got %v; want ErrTransactionEnded", err)
+	}
+	if _, steps := flowRows(t, e); steps != 0 {
+		t.Errorf("%d steps recorded; want none", steps)
+	}
+	if v, err := f.Do(ctx, s, "e1", "e1"); err != nil || v != 7 || runs.Load() != 2 {
+		t.Errorf("the retry: %v, %v after %d runs; want 7 after 2", v, err, runs.Load())
+	}
+}

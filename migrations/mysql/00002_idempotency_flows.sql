@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS idempotency_flows (
     fingerprint BINARY(32)     NOT NULL,
     params      LONGBLOB       NOT NULL,
     token       BIGINT         NOT NULL,
+    fence       BIGINT NOT NULL DEFAULT 0,
     lease_until DATETIME(6)    NOT NULL,
     resumes     INT            NOT NULL DEFAULT 0,
     last_error  TEXT           NULL,

@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS idempotency_flows (
     fingerprint bytea       NOT NULL,
     params      bytea       NOT NULL,
     token       bigint      NOT NULL,
+    fence       bigint NOT NULL DEFAULT 0,
     lease_until timestamptz NOT NULL,
     resumes     integer     NOT NULL DEFAULT 0,
     last_error  text,

@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS idempotency_flows (
     fingerprint BLOB    NOT NULL,
     params      BLOB    NOT NULL,
     token       INTEGER NOT NULL,
+    fence       INTEGER NOT NULL DEFAULT 0,
     lease_until INTEGER NOT NULL,
     resumes     INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
