@@ -155,6 +155,10 @@ type FlowStatements struct {
 	DeleteSteps string
 	// DeleteFlow (scope, key, token) deletes the row that carries token.
 	DeleteFlow string
+	// Stats: how many flows there are, and how many of them have a lease
+	// that ran out (stopped or abandoned, waiting for a retry or a
+	// completer).
+	Stats string
 	// Expired (flow, limit): scope, key, fingerprint, params, token,
 	// resumes, last error (never NULL), and milliseconds since the lease
 	// ran out, longest first.

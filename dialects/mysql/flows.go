@@ -53,6 +53,7 @@ WHERE scope = ? AND ` + key + ` = ? AND token = ?`,
 VALUES (?, ?, ?, ?, ?, ` + now + `, ` + until + `)`,
 		DeleteSteps: `DELETE FROM ` + steps + ` WHERE scope = ? AND ` + key + ` = ?`,
 		DeleteFlow:  `DELETE FROM ` + flows + ` WHERE scope = ? AND ` + key + ` = ? AND token = ?`,
+		Stats:       `SELECT COUNT(*), COALESCE(SUM(CASE WHEN ` + due + ` THEN 1 ELSE 0 END), 0) FROM ` + flows,
 		Expired: `SELECT scope, ` + key + `, fingerprint, params, token, resumes, COALESCE(last_error, ''),
 	TIMESTAMPDIFF(MICROSECOND, lease_until, ` + now + `) DIV 1000
 FROM ` + flows + ` WHERE flow = ? AND ` + due + ` ORDER BY lease_until LIMIT ?`,

@@ -51,6 +51,7 @@ WHERE scope = $2 AND key = $3 AND token = $4`,
 VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp() + $6::float8 * interval '1 microsecond')`,
 		DeleteSteps: `DELETE FROM ` + steps + ` WHERE scope = $1 AND key = $2`,
 		DeleteFlow:  `DELETE FROM ` + flows + ` WHERE scope = $1 AND key = $2 AND token = $3`,
+		Stats:       `SELECT COUNT(*), COALESCE(SUM(CASE WHEN ` + due + ` THEN 1 ELSE 0 END), 0) FROM ` + flows,
 		Expired: `SELECT scope, key, fingerprint, params, token, resumes, COALESCE(last_error, ''),
 	(EXTRACT(EPOCH FROM clock_timestamp() - lease_until) * 1000)::bigint
 FROM ` + flows + ` WHERE flow = $1 AND ` + due + ` ORDER BY lease_until LIMIT $2`,
