@@ -69,7 +69,12 @@ func NewFlow[P, T, TTx any](name string, fn func(ctx context.Context, s *Steps[T
 }
 
 // Name returns the flow's name.
-func (f *Flow[P, T, TTx]) Name() string { return f.name }
+func (f *Flow[P, T, TTx]) Name() string {
+	if f == nil {
+		return ""
+	}
+	return f.name
+}
 
 // Do runs the flow for key within the store's scope, or resumes it, or
 // replays its stored value, and returns its value.
@@ -115,11 +120,14 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 		polls    int
 		deadline time.Time
 	)
-	for restarts := 0; ; restarts++ {
+	// restarts counts the tries that started over without waiting (a
+	// transient error, a row that changed under the read); waits for a
+	// live lease are bounded by WithWait instead.
+	for restarts := 0; ; {
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
-		if restarts > maxRestarts {
+		if restarts++; restarts > maxRestarts {
 			return res, fmt.Errorf("idempotency: flow %q, key %q: gave up after %d attempts that each found the flow changed under them", f.name, k.Key, restarts)
 		}
 		rec, ok, err := s.driver.Lookup(ctx, k)
@@ -170,21 +178,23 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 			if err != nil && !s.transient(ctx, err, restarts) {
 				return res, s.flowError(ctx, "take the flow over", err)
 			}
-			if !took {
-				continue // another took it first, or a step of its owner's is under way
+			if took {
+				token := row.Token + 1
+				steps, err := fd.FlowSteps(ctx, k)
+				if err != nil {
+					// Taken over, but unread: leave it to the next caller.
+					_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, token, err.Error())
+					return res, s.flowError(ctx, "read the flow's steps", err)
+				}
+				s.flowEvent(ctx, FlowEvent{Kind: FlowTakenOver, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: token, Resumes: row.Resumes + 1})
+				return f.body(ctx, s, fd, k, fp, token, params, steps)
 			}
-			token := row.Token + 1
-			steps, err := fd.FlowSteps(ctx, k)
-			if err != nil {
-				// Taken over, but unread: leave it to the next caller.
-				_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, token, err.Error())
-				return res, s.flowError(ctx, "read the flow's steps", err)
-			}
-			s.flowEvent(ctx, FlowEvent{Kind: FlowTakenOver, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: token, Resumes: row.Resumes + 1})
-			return f.body(ctx, s, fd, k, fp, token, params, steps)
+			// Another took it first, or a step of its owner is under way
+			// (its row is locked): wait, as for a live lease.
 		}
 		// The owner's lease is alive: wait for its record, or for the
 		// lease to run out, holding no connection meanwhile.
+		restarts--
 		if polls == 0 {
 			deadline = time.Now().Add(s.cfg.wait)
 		}

@@ -66,8 +66,8 @@ func RunCompleter[TTx any](ctx context.Context, s *TxStore[TTx], flows ...Resuma
 	}
 	seen := make(map[string]bool, len(flows))
 	for _, f := range flows {
-		if f == nil {
-			return errors.New("idempotency: RunCompleter with a nil flow")
+		if f == nil || f.Name() == "" {
+			return errors.New("idempotency: RunCompleter with a nil flow, or one without a name: pass flows made by NewFlow")
 		}
 		if seen[f.Name()] {
 			return fmt.Errorf("idempotency: RunCompleter with two flows named %q: a completer finds a flow's code by its name, so names must be unique", f.Name())

@@ -314,7 +314,9 @@ func testFlowTwinWaitsThenReplays[TTx any](t *testing.T, e *suite[TTx]) {
 		twin <- r
 		twinErr <- err
 	}()
-	time.Sleep(200 * time.Millisecond) // the twin polls meanwhile
+	// The twin polls meanwhile, more than a hundred times (pauses grow
+	// to 32ms): a long wait is bounded by WithWait alone.
+	time.Sleep(3500 * time.Millisecond)
 	close(release)
 	if err := <-owner; err != nil {
 		t.Fatal(err)
