@@ -35,6 +35,7 @@ import (
 
 	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/examples/internal/exampledb"
+	"github.com/exactlyonce/idempotency/httpadapter"
 	"github.com/exactlyonce/idempotency/migrations"
 )
 
@@ -107,41 +108,29 @@ func newCheckout(p *provider) *idempotency.Flow[CheckoutRequest, Receipt, *sqlx.
 	})
 }
 
-// handler answers POST /checkout by running the flow under the request's
-// Idempotency-Key, in the customer's scope.
+// handler answers POST /checkout with the flow, through the HTTP adapter:
+// the Idempotency-Key, the customer's scope, replays (Idempotent-Replayed)
+// and the 409 and 422 problems are its; the two functions say how a
+// request becomes the flow's params and how its value (or final failure)
+// becomes the answer, the same way fresh or replayed.
 func handler(store *idempotency.Store, checkout *idempotency.Flow[CheckoutRequest, Receipt, *sqlx.Tx]) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	decode := func(r *http.Request, body []byte) (CheckoutRequest, error) {
 		var req CheckoutRequest
-		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			http.Error(w, "bad request body", http.StatusBadRequest)
+		err := json.Unmarshal(body, &req)
+		return req, err
+	}
+	respond := func(w http.ResponseWriter, r *http.Request, receipt Receipt, err error) {
+		var final *idempotency.FinalError
+		if errors.As(err, &final) && final.Code == "card_declined" {
+			http.Error(w, "card declined", http.StatusPaymentRequired)
 			return
 		}
-		s := store.Scope(r.Header.Get("Customer")) // stands for the authenticated account
-		res, err := checkout.Run(r.Context(), s, r.Header.Get("Idempotency-Key"), req)
-		if res.Replayed {
-			w.Header().Set("Idempotent-Replayed", "true")
-		}
-		var final *idempotency.FinalError
-		switch {
-		case err == nil:
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(http.StatusCreated)
-			_ = json.NewEncoder(w).Encode(res.Value)
-		case errors.As(err, &final) && final.Code == "card_declined":
-			http.Error(w, "card declined", http.StatusPaymentRequired)
-		case errors.Is(err, idempotency.ErrInvalidKey):
-			http.Error(w, "missing or invalid Idempotency-Key", http.StatusBadRequest)
-		case errors.Is(err, idempotency.ErrParamsMismatch):
-			http.Error(w, "Idempotency-Key reused with another request", http.StatusUnprocessableEntity)
-		case errors.Is(err, idempotency.ErrInProgress):
-			w.Header().Set("Retry-After", "1")
-			http.Error(w, "a request with this key is in progress", http.StatusConflict)
-		default:
-			// Not final: the flow keeps what it recorded; a retry with the
-			// same key (or the completer) resumes it.
-			http.Error(w, "try again with the same Idempotency-Key", http.StatusServiceUnavailable)
-		}
-	})
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		_ = json.NewEncoder(w).Encode(receipt)
+	}
+	return httpadapter.FlowHandler(store, checkout, decode, respond,
+		httpadapter.WithScope(func(r *http.Request) string { return r.Header.Get("Customer") })) // stands for the authenticated account
 }
 
 func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
@@ -187,7 +176,14 @@ func run(ctx context.Context, w io.Writer, db *sqlx.DB) error {
 		}
 		defer resp.Body.Close()
 		b, err := io.ReadAll(resp.Body)
-		return resp.StatusCode, strings.TrimSpace(string(b)), resp.Header.Get("Idempotent-Replayed") == "true", err
+		text := strings.TrimSpace(string(b))
+		if resp.Header.Get("Content-Type") == httpadapter.ProblemContentType {
+			var p httpadapter.Problem
+			if json.Unmarshal(b, &p) == nil {
+				text = "problem " + strings.TrimPrefix(p.Type, httpadapter.ProblemTypeBase) + " (" + p.Title + ")"
+			}
+		}
+		return resp.StatusCode, text, resp.Header.Get(httpadapter.ReplayedHeader) == "true", err
 	}
 	show := func(step, what string, status int, body string, replayed bool) {
 		fmt.Fprintf(w, "%s %s: %d %s (replayed=%t)\n", step, what, status, body, replayed)
