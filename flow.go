@@ -152,6 +152,8 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 			// its record and no row: look again, so as not to run it twice.
 			rec, ok, err := s.driver.Lookup(ctx, k)
 			if err != nil {
+				// Started, but not run: free the key for the next caller.
+				_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, 1, err.Error())
 				return res, s.flowError(ctx, "read the key", err)
 			}
 			if ok {
