@@ -25,7 +25,6 @@ type flowAPI struct {
 	calls    atomic.Int64
 	release  chan struct{} // if set, the provider waits for it
 	started  chan struct{} // closed when a held call starts
-	declined error
 }
 
 func (a *flowAPI) handler(t *testing.T, s *idempotency.Store) http.Handler {
