@@ -21,10 +21,10 @@ import (
 // that can be made to fail or decline, and the answer (201, or 402 for a
 // declined card).
 type flowAPI struct {
-	fail     atomic.Int64 // calls to the provider still to fail
-	calls    atomic.Int64
-	release  chan struct{} // if set, the provider waits for it
-	started  chan struct{} // closed when a held call starts
+	fail    atomic.Int64 // calls to the provider still to fail
+	calls   atomic.Int64
+	release chan struct{} // if set, the provider waits for it
+	started chan struct{} // closed when a held call starts
 }
 
 func (a *flowAPI) handler(t *testing.T, s *idempotency.Store) http.Handler {
