@@ -140,31 +140,6 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 		if ok {
 			return f.replay(rec, fp, k)
 		}
-		started, err := fd.InsertFlow(ctx, k, dialects.FlowRow{Flow: f.name, Fingerprint: fp, Params: pj}, lease)
-		if err != nil {
-			if s.transient(ctx, err, restarts) {
-				continue
-			}
-			return res, s.flowError(ctx, "start the flow", err)
-		}
-		if started {
-			// A flow that finished between the read and the insert left
-			// its record and no row: look again, so as not to run it twice.
-			rec, ok, err := s.driver.Lookup(ctx, k)
-			if err != nil {
-				// Started, but not run: free the key for the next caller.
-				_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, 1, err.Error())
-				return res, s.flowError(ctx, "read the key", err)
-			}
-			if ok {
-				if err := fd.DropFlow(ctx, k, 1); err != nil {
-					return res, s.flowError(ctx, "drop the flow started after its end", err)
-				}
-				return f.replay(rec, fp, k)
-			}
-			s.flowEvent(ctx, FlowEvent{Kind: FlowStarted, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: 1})
-			return f.body(ctx, s, fd, k, fp, 1, params, nil)
-		}
 		row, ok, err := fd.ReadFlow(ctx, k)
 		switch {
 		case err != nil && s.transient(ctx, err, restarts):
@@ -172,7 +147,35 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 		case err != nil:
 			return res, s.flowError(ctx, "read the flow", err)
 		case !ok:
-			continue // it finished, or was dropped: read the key again
+			// No flow holds the key: start one. (Reading first matters: an
+			// INSERT that meets the row of a flow whose step is under way
+			// waits for that step's transaction, holding a connection.)
+			started, err := fd.InsertFlow(ctx, k, dialects.FlowRow{Flow: f.name, Fingerprint: fp, Params: pj}, lease)
+			if err != nil {
+				if s.transient(ctx, err, restarts) {
+					continue
+				}
+				return res, s.flowError(ctx, "start the flow", err)
+			}
+			if started {
+				// A flow that finished between the read and the insert left
+				// its record and no row: look again, so as not to run it twice.
+				rec, ok, err := s.driver.Lookup(ctx, k)
+				if err != nil {
+					// Started, but not run: free the key for the next caller.
+					_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, 1, err.Error())
+					return res, s.flowError(ctx, "read the key", err)
+				}
+				if ok {
+					if err := fd.DropFlow(ctx, k, 1); err != nil {
+						return res, s.flowError(ctx, "drop the flow started after its end", err)
+					}
+					return f.replay(rec, fp, k)
+				}
+				s.flowEvent(ctx, FlowEvent{Kind: FlowStarted, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: 1})
+				return f.body(ctx, s, fd, k, fp, 1, params, nil)
+			}
+			continue // a twin started it first: read its row
 		case row.Flow != f.name || !bytes.Equal(row.Fingerprint, fp):
 			return res, fmt.Errorf("%w: key %q", ErrParamsMismatch, k.Key)
 		case row.Expired:

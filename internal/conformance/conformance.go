@@ -177,6 +177,7 @@ func tests[TTx any]() []test[TTx] {
 		{name: "FlowStepOrder", run: testFlowStepOrder[TTx]},
 		{name: "FlowTwinWaitsThenReplays", serial: true, run: testFlowTwinWaitsThenReplays[TTx]},
 		{name: "FlowTwinsStorm", serial: true, run: testFlowTwinsStorm[TTx]},
+		{name: "FlowTwinDuringStep", run: testFlowTwinDuringStep[TTx]},
 		{name: "FlowAtEveryIsolation", run: testFlowAtEveryIsolation[TTx]},
 		{name: "FlowStepEndedUnderFn", run: testFlowStepEndedUnderFn[TTx]},
 		{name: "FlowStepRetriesConflicts", kinds: []string{"postgres"},

@@ -571,3 +571,44 @@ func testFlowStepEndedUnderFn[TTx any](t *testing.T, e *suite[TTx]) {
 		t.Errorf("the retry: %v, %v after %d runs; want 7 after 2", v, err, runs.Load())
 	}
 }
+
+// testFlowTwinDuringStep: a twin that arrives while the owner's step is
+// under way (its transaction holds the flow's row) neither waits for the
+// step nor holds a connection for it: with no wait it is ErrInProgress at
+// once.
+func testFlowTwinDuringStep[TTx any](t *testing.T, e *suite[TTx]) {
+	s := e.store(t)
+	inStep, release := make(chan struct{}), make(chan struct{})
+	f := idempotency.NewFlow("slow", func(ctx context.Context, st *idempotency.Steps[TTx], ref string) (int, error) {
+		return idempotency.Step(st, "slow", func(ctx context.Context, tx TTx) (int, error) {
+			if err := e.env.Charge(ctx, tx, ref, 1); err != nil {
+				return 0, err
+			}
+			close(inStep)
+			<-release
+			return 1, nil
+		})
+	})
+	owner := make(chan error, 1)
+	go func() { _, err := f.Do(ctx, s, "d1", "d1"); owner <- err }()
+	select {
+	case <-inStep:
+	case err := <-owner:
+		t.Fatalf("the owner ended before its step ran: %v", err)
+	}
+	// Were the twin to wait for the step, the step would end after 3s.
+	var once sync.Once
+	end := func() { once.Do(func() { close(release) }) }
+	timer := time.AfterFunc(3*time.Second, end)
+	defer timer.Stop()
+	began := time.Now()
+	_, err := f.Do(ctx, e.store(t, idempotency.WithWait(0)), "d1", "d1")
+	took := time.Since(began)
+	end()
+	if !errors.Is(err, idempotency.ErrInProgress) || took > 2*time.Second {
+		t.Errorf("a twin during the owner's step: %v after %v; want ErrInProgress at once", err, took)
+	}
+	if err := <-owner; err != nil {
+		t.Fatal(err)
+	}
+}
