@@ -80,7 +80,6 @@ type Dialect struct {
 	insert, claimMariaDB, save, lookup, deleteExpired, prune string
 	insertIgnore                                             string // TiDB's claim
 	deleteExpiredMariaDB                                     string // with no lock wait
-	flows                                                    dialects.FlowStatements
 
 	// pad sizes the claimed row's placeholder from the values saved.
 	pad padding
@@ -90,6 +89,8 @@ type Dialect struct {
 	// for MySQL (which cannot: the session value is set and restored) or 3
 	// for TiDB (see tidb.go).
 	flavor atomic.Int32
+
+	flows dialects.FlowStatements // see flows.go
 }
 
 var (
