@@ -1,8 +1,12 @@
 package httpadapter
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/exactlyonce/idempotency"
 )
@@ -68,10 +72,10 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 	key, err := requestKey(r.Header)
 	switch {
 	case errors.Is(err, errNoKey):
-		writeProblem(w, problemKeyMissing, 0)
+		writeFlowProblem(w, problemKeyMissing, 0)
 		return
 	case err != nil:
-		writeProblem(w, problemKeyInvalid(err), 0)
+		writeFlowProblem(w, problemKeyInvalid(err), 0)
 		return
 	}
 	s := h.store
@@ -80,7 +84,7 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 		if scope == "" {
 			h.cfg.logger.ErrorContext(r.Context(), "httpadapter: the WithScope function returned an empty scope; request refused",
 				"method", r.Method, "path", r.URL.Path)
-			writeProblem(w, problemScopeInvalid, 0)
+			writeFlowProblem(w, problemScopeInvalid, 0)
 			return
 		}
 		s = s.Scope(scope)
@@ -90,15 +94,15 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 		var tooLarge *http.MaxBytesError
 		switch {
 		case errors.Is(err, errRequestTooLarge), errors.As(err, &tooLarge):
-			writeProblem(w, problemRequestTooLarge, 0)
-		case !clientGone(r):
-			writeProblem(w, problemRequestUnreadable, 0)
+			writeFlowProblem(w, problemRequestTooLarge, 0)
+		case !flowClientGone(r):
+			writeFlowProblem(w, problemRequestUnreadable, 0)
 		}
 		return
 	}
 	params, err := h.decode(r, body)
 	if err != nil {
-		writeProblem(w, Problem{Type: ProblemRequestInvalid, Title: "Invalid request", Status: http.StatusBadRequest,
+		writeFlowProblem(w, Problem{Type: ProblemRequestInvalid, Title: "Invalid request", Status: http.StatusBadRequest,
 			Detail: "The request could not be read as this endpoint's input (" + err.Error() + "). Nothing was done."}, 0)
 		return
 	}
@@ -111,27 +115,53 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 	case err == nil, errors.As(err, &final):
 		h.respond(w, r, res.Value, err)
 	case errors.Is(err, idempotency.ErrParamsMismatch):
-		writeProblem(w, problemKeyReused, 0)
+		writeFlowProblem(w, problemKeyReused, 0)
 	case errors.Is(err, idempotency.ErrInProgress), errors.Is(err, idempotency.ErrFlowTakenOver):
 		// Taken over: another owner finishes the flow, and a retry gets
 		// its answer.
-		writeProblem(w, problemInProgress, h.cfg.retryAfter)
+		writeFlowProblem(w, problemInProgress, h.cfg.retryAfter)
 	case errors.Is(err, idempotency.ErrInvalidScope):
 		h.cfg.logger.ErrorContext(r.Context(), "httpadapter: invalid scope; request refused", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeProblem(w, problemScopeInvalid, 0)
+		writeFlowProblem(w, problemScopeInvalid, 0)
 	case errors.Is(err, idempotency.ErrInvalidKey):
-		writeProblem(w, problemKeyInvalid(err), 0)
+		writeFlowProblem(w, problemKeyInvalid(err), 0)
 	case errors.Is(err, idempotency.ErrTransactionEnded):
 		h.cfg.logger.ErrorContext(r.Context(), "httpadapter: the database ended a step's transaction while it ran and the step went on; its later writes may have committed outside the transaction",
 			"method", r.Method, "path", r.URL.Path, "err", err)
-		writeProblem(w, problemTransactionEnded, 0)
-	case clientGone(r):
+		writeFlowProblem(w, problemTransactionEnded, 0)
+	case flowClientGone(r):
 		// Nobody is listening; the flow keeps what it recorded.
 	default:
 		h.cfg.logger.WarnContext(r.Context(), "httpadapter: flow stopped; a retry with the same key resumes it",
 			"method", r.Method, "path", r.URL.Path, "err", err)
-		writeProblem(w, problemFlowStopped, h.cfg.retryAfter)
+		writeFlowProblem(w, problemFlowStopped, h.cfg.retryAfter)
 	}
+}
+
+// writeFlowProblem sends p as an application/problem+json answer, with
+// Retry-After when retryAfter is positive, as the middleware's problems
+// are sent.
+func writeFlowProblem(w http.ResponseWriter, p Problem, retryAfter time.Duration) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		panic(err) // a Problem of strings always encodes
+	}
+	h := w.Header()
+	h.Set("Content-Type", ProblemContentType)
+	h.Set("Cache-Control", "no-store")
+	if retryAfter > 0 {
+		h.Set("Retry-After", strconv.FormatInt(int64((retryAfter+time.Second-1)/time.Second), 10))
+	}
+	w.WriteHeader(p.Status)
+	_, _ = w.Write(b)
+}
+
+// flowClientGone reports whether the request's context ended because the
+// client went away: net/http cancels it with a plain context.Canceled when
+// the connection closes.
+func flowClientGone(r *http.Request) bool {
+	ctx := r.Context()
+	return ctx.Err() != nil && errors.Is(context.Cause(ctx), context.Canceled)
 }
 
 // ProblemRequestInvalid is the type of the problem a FlowHandler answers
