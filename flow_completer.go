@@ -51,12 +51,12 @@ const (
 // given up: its key gets a final failure with Code GaveUpCode and the
 // last run's error in its message, which retries replay, and the hooks see
 // FlowGaveUp. Resumes back off: a flow taken over n times (n > 0) waits
-// 2^(n-1) intervals after its lease ran out before the next, so from its
-// first stop to the give-up a flow waits about 31 intervals, plus a lease
-// for each run that hung rather than failed. The other systems a flow
-// calls must honour its keys for at least that long (with the defaults,
-// six leases and 32 intervals: under 20 minutes), and a day is a safe
-// margin.
+// 2^(n-1) intervals after its lease ran out before the next, and the
+// completer looks once an interval: from its first stop to the give-up a
+// flow waits at most about 40 intervals, plus a lease for each of its six
+// runs that hung rather than failed. The other systems a flow calls must
+// honour its keys for at least that long (with the defaults, under half
+// an hour); a day is a safe margin.
 //
 //	go func() { _ = idempotency.RunCompleter(ctx, store, checkout, refund) }()
 func RunCompleter[TTx any](ctx context.Context, s *TxStore[TTx], flows ...Resumable[TTx]) error {
