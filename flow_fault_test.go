@@ -227,12 +227,3 @@ func faultCase(t *testing.T, b testdb.Backend, point string) {
 	}
 	t.Logf("%s: provider called %d times for 1 charge", point, calls)
 }
-
-func count(t *testing.T, db *sqlx.DB, q string) int {
-	t.Helper()
-	var n int
-	if err := db.Get(&n, q); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-	return n
-}
