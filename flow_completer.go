@@ -30,10 +30,11 @@ const (
 	// completerBatch bounds the flows of one name that a completer lists
 	// at a time.
 	completerBatch = 100
-	// GaveUpCode is the Code of the FinalError that RunCompleter stores
-	// for a flow it gave up on.
-	GaveUpCode = "flow_gave_up"
 )
+
+// GaveUpCode is the Code of the FinalError that RunCompleter stores for a
+// flow it gave up on, and that retries of its key get.
+const GaveUpCode = "flow_gave_up"
 
 // RunCompleter finishes flows whose runs stopped and whom nobody retries:
 // every WithCompleterInterval (jittered), it lists the flows of the given
