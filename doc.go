@@ -58,6 +58,33 @@ after the commit, with a key that is the same on every run of the job:
 DownstreamKey derives one from the call (examples/river), or the outbox
 row's id serves (examples/outbox).
 
+# Flows: requests that call other systems
+
+When a request must call another system and answer with its result (charge
+a card with a provider, then answer 201 or 402), one transaction cannot
+hold it. A flow (NewFlow) runs it as steps under one key: each Step is a
+transaction whose writes commit with the step's recorded value, and each
+Call reaches the other system outside any transaction with a key that is
+the same on every run (DownstreamKey), then records its answer. A retry,
+or RunCompleter when nobody retries, resumes after the last recorded
+step; the flow's value, or its final failure, is stored under the key and
+replayed as Do's are. A run owns its key under a lease (WithLease) with a
+fencing token that every step checks, so a run paused past its lease
+records nothing after another has taken over (ErrFlowTakenOver).
+
+	checkout := idempotency.NewFlow("checkout", func(ctx context.Context, s *idempotency.Steps[*sqlx.Tx], req Request) (Receipt, error) {
+		order, err := idempotency.Step(s, "order", insertOrder(req))
+		if err != nil {
+			return Receipt{}, err
+		}
+		auth, err := idempotency.Call(s, "authorize", func(ctx context.Context, key string) (Auth, error) {
+			return psp.Authorize(ctx, key, order.Amount)
+		})
+		...
+	})
+	receipt, err := checkout.Do(ctx, store.Scope(customer), key, req)
+	go idempotency.RunCompleter(ctx, store, checkout) // on every instance
+
 # Joining a transaction
 
 DoTx runs the same protocol inside a transaction the caller holds, under a

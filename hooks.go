@@ -25,6 +25,11 @@ type Hooks struct {
 
 	// Pruned runs when a prune (Prune, or a run of RunPruner) returns.
 	Pruned func(ctx context.Context, e PruneEvent)
+
+	// Flow runs at each event of a flow (see FlowEvent): its start, each
+	// step recorded or replayed, a takeover, a completer's resume, a
+	// give-up, its end.
+	Flow func(ctx context.Context, e FlowEvent)
 }
 
 // Outcome says how a call ended.

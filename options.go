@@ -23,6 +23,7 @@ type config struct {
 	hooks      Hooks
 	readFirst  *bool       // nil: the driver's default
 	prune      pruneConfig // RunPruner's
+	flow       flowConfig  // flows' (flow.go)
 }
 
 // Option configures a Store.

@@ -18,14 +18,15 @@ func SQL(db *sqlx.DB, d Dialect, cfg Config) Driver[*sqlx.Tx] {
 	if cfg.Isolation != sql.LevelDefault {
 		opts = &sql.TxOptions{Isolation: cfg.Isolation}
 	}
-	return &sqlDriver{db: db, d: d, opts: opts, stmts: newStatements(d)}
+	return &sqlDriver{db: db, d: d, opts: opts, stmts: newStatements(d), flow: flowStatements(d)}
 }
 
 type sqlDriver struct {
 	db    *sqlx.DB
 	d     Dialect
 	opts  *sql.TxOptions
-	stmts *statements // nil: the dialect prepares none (see Prepared)
+	stmts *statements     // nil: the dialect prepares none (see Prepared)
+	flow  *FlowStatements // nil: the dialect runs no flows (see FlowDialect)
 }
 
 // in is what the dialect's statements run on in tx: the prepared ones, once

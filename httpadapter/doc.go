@@ -235,6 +235,20 @@
 // answered the same way, without a retry. On SQLite, which runs one writer
 // at a time, no statement fails that way.
 //
+// # Flows
+//
+// An endpoint that calls another system and answers with its result (a
+// payment authorized with a provider) runs a flow (idempotency.NewFlow)
+// behind FlowHandler: the same keys, scopes, replays and 400, 409 and 422
+// problems as the middleware; a decode function that turns the request
+// into the flow's params (its fingerprint), and a respond function that
+// writes the answer from the flow's value or final failure, fresh or
+// replayed alike. A flow that stops part of the way is a 503
+// (flow-stopped, with Retry-After): a retry with the same key resumes it.
+//
+//	http.Handle("POST /checkout", httpadapter.FlowHandler(store, checkout, decodeCheckout, respondCheckout,
+//		httpadapter.WithScope(account)))
+//
 // # Client
 //
 // Transport is an http.RoundTripper for the other side:

@@ -17,6 +17,7 @@
 //	idempotency.call.duration  histogram s       call duration, by idempotency.outcome
 //	idempotency.retries        counter   {retry} attempts rolled back and run again
 //	idempotency.pruned         counter   {row}   expired keys deleted by Prune
+//	idempotency.flow.events    counter   {event} flow events (idempotency.FlowEvent), by idempotency.flow and idempotency.flow.event
 //
 // Keys and scopes are never metric attributes: each would make a time
 // series of its own. WithAttributes adds fixed attributes (the database
@@ -29,6 +30,10 @@
 // context. The span carries the outcome and the retry count, and has status
 // Error when the call returned an error. The key and scope are on the span
 // only with WithKeyAttributes: they may identify a customer.
+//
+// A flow's events (its start, each step recorded or replayed, takeovers,
+// resumes, give-ups, its end) are events on the span of the context the
+// flow runs with, such as the HTTP request's.
 package otelidempotency
 
 import (
@@ -54,6 +59,10 @@ const (
 	RetriesKey = attribute.Key("idempotency.retries") // spans only
 	KeyKey     = attribute.Key("idempotency.key")     // spans only, with WithKeyAttributes
 	ScopeKey   = attribute.Key("idempotency.scope")   // spans only, with WithKeyAttributes
+
+	FlowKey      = attribute.Key("idempotency.flow")       // a flow's name
+	FlowEventKey = attribute.Key("idempotency.flow.event") // an idempotency.FlowEventKind
+	StepKey      = attribute.Key("idempotency.flow.step")  // span events only
 )
 
 // SpanName is the name of the span of each call.
@@ -163,6 +172,11 @@ func Hooks(opts ...Option) (idempotency.Hooks, error) {
 	if err != nil {
 		return idempotency.Hooks{}, instrumentErr("idempotency.pruned", err)
 	}
+	flowEvents, err := meter.Int64Counter("idempotency.flow.events",
+		metric.WithUnit("{event}"), metric.WithDescription("Events of flows: starts, steps recorded and replayed, takeovers, resumes, give-ups, ends."))
+	if err != nil {
+		return idempotency.Hooks{}, instrumentErr("idempotency.flow.events", err)
+	}
 
 	// The attribute sets are few (one per outcome), so they are built once.
 	fixed := attribute.NewSet(cfg.attrs...)
@@ -209,6 +223,24 @@ func Hooks(opts ...Option) (idempotency.Hooks, error) {
 		Pruned: func(ctx context.Context, e idempotency.PruneEvent) {
 			// Add even 0, so that a dashboard sees the series once a pruner runs.
 			pruned.Add(ctx, e.Rows, metric.WithAttributeSet(fixed))
+		},
+		Flow: func(ctx context.Context, e idempotency.FlowEvent) {
+			attrs := append([]attribute.KeyValue{FlowKey.String(e.Flow), FlowEventKey.String(string(e.Kind))}, cfg.attrs...)
+			flowEvents.Add(ctx, 1, metric.WithAttributes(attrs...))
+			span := trace.SpanFromContext(ctx)
+			if !span.IsRecording() {
+				return
+			}
+			if e.Step != "" {
+				attrs = append(attrs, StepKey.String(e.Step))
+			}
+			if cfg.withKeys {
+				attrs = append(attrs, KeyKey.String(e.Key), ScopeKey.String(e.Scope))
+			}
+			if e.Err != nil {
+				attrs = append(attrs, attribute.String("error.message", e.Err.Error()))
+			}
+			span.AddEvent("idempotency.flow."+string(e.Kind), trace.WithAttributes(attrs...))
 		},
 	}, nil
 }

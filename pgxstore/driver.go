@@ -28,6 +28,7 @@ type driver struct {
 	// twoStatements claims with Lock and Read rather than Claim: the
 	// store runs at READ COMMITTED or the server's default level.
 	twoStatements bool
+	flows         dialects.FlowStatements // see flows.go
 }
 
 var _ dialects.Driver[pgx.Tx] = (*driver)(nil)
@@ -40,7 +41,7 @@ func newDriver(pool *pgxpool.Pool, cfg dialects.Config) (*driver, error) {
 		return nil, err
 	}
 	two := opts.IsoLevel == "" || opts.IsoLevel == pgx.ReadCommitted
-	return &driver{pool: pool, sql: postgres.SQL(cfg.Table), opts: opts, twoStatements: two}, nil
+	return &driver{pool: pool, sql: postgres.SQL(cfg.Table), opts: opts, twoStatements: two, flows: postgres.FlowSQL(cfg.Table)}, nil
 }
 
 // txOptions maps database/sql's isolation levels onto pgx's.

@@ -4,7 +4,7 @@
 //	idempotency [flags] migrate           apply pending migrations
 //	idempotency [flags] migrate status    list migrations and whether each is applied
 //	idempotency [flags] prune             delete expired keys once, in batches
-//	idempotency [flags] stats             keys by age, expired backlog, total
+//	idempotency [flags] stats             keys by age, expired backlog, total; flows running and stopped
 //
 // Flags may come before or after the command:
 //
@@ -74,7 +74,7 @@ commands:
   migrate          apply pending migrations of the key table
   migrate status   list the migrations and whether each is applied
   prune            delete expired keys once, in batches
-  stats            count keys by age, the expired backlog and the total
+  stats            count keys by age, the expired backlog and the total, and flows running and stopped
 
 flags (before or after the command):
 `
@@ -430,5 +430,33 @@ func stats(ctx context.Context, db *sqlx.DB, schema dialects.Schema, table strin
 	for i, b := range ageBuckets {
 		fmt.Fprintf(tw, "age %s\t%d\n", b.label, st.ByAge[i])
 	}
+	if err := flowStats(ctx, db, schema, table, tw); err != nil {
+		return err
+	}
 	return tw.Flush()
+}
+
+// flowStats prints how many flows run and how many wait for a retry or a
+// completer, by the database's clock, in the flow tables of the key table
+// (dialects.FlowTables); nothing where the dialect has no flows or the
+// flow table does not exist.
+func flowStats(ctx context.Context, db *sqlx.DB, schema dialects.Schema, table string, w io.Writer) error {
+	d, err := dialects.Open(db.DriverName(), table)
+	if err != nil {
+		return nil
+	}
+	fd, ok := d.(dialects.FlowDialect)
+	if !ok || fd.FlowStatements().Stats == "" {
+		return nil
+	}
+	var total, due int64
+	if err := db.QueryRowContext(ctx, fd.FlowStatements().Stats).Scan(&total, &due); err != nil {
+		if schema.MissingTable(err) {
+			return nil
+		}
+		return fmt.Errorf("stats of flows: %w", err)
+	}
+	fmt.Fprintf(w, "flows running\t%d\n", total-due)
+	fmt.Fprintf(w, "flows stopped or abandoned (lease over)\t%d\n", due)
+	return nil
 }

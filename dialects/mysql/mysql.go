@@ -92,6 +92,8 @@ type Dialect struct {
 	// for MySQL (which cannot: the session value is set and restored) or 3
 	// for TiDB (see tidb.go).
 	flavor atomic.Int32
+
+	flows dialects.FlowStatements // see flows.go
 }
 
 var (
@@ -148,6 +150,7 @@ WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6)`,
 		deleteExpired:        deleteExpired,
 		deleteExpiredMariaDB: noLockWait + deleteExpired,
 		prune:                `DELETE FROM ` + table + ` WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?`,
+		flows:                flowSQL(table),
 	}
 }
 

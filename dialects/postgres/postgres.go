@@ -45,7 +45,8 @@ import (
 
 // Dialect implements dialects.Dialect for PostgreSQL.
 type Dialect struct {
-	sql Statements
+	sql   Statements
+	flows dialects.FlowStatements
 }
 
 var (
@@ -63,7 +64,7 @@ func init() {
 // New returns the PostgreSQL dialect for the key table named table (which
 // may be schema-qualified; it must already be a safe identifier).
 func New(table string) *Dialect {
-	return &Dialect{sql: SQL(table)}
+	return &Dialect{sql: SQL(table), flows: FlowSQL(table)}
 }
 
 // Statements are the key protocol's statements for one key table, shared by

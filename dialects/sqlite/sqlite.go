@@ -39,6 +39,7 @@ import (
 // Dialect implements dialects.Dialect for SQLite.
 type Dialect struct {
 	claim, save, lookup, deleteExpired, prune string
+	flows                                     dialects.FlowStatements
 }
 
 var (
@@ -75,6 +76,7 @@ WHERE scope = ? AND "key" = ? AND expires_at > ` + NowMillis,
 		deleteExpired: `DELETE FROM ` + table + ` WHERE scope = ? AND "key" = ? AND expires_at <= ` + NowMillis,
 		prune: `DELETE FROM ` + table + ` WHERE rowid IN (
 	SELECT rowid FROM ` + table + ` WHERE expires_at <= ` + NowMillis + ` LIMIT ?)`,
+		flows: flowSQL(table),
 	}
 }
 

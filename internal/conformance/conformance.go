@@ -172,6 +172,24 @@ func tests[TTx any]() []test[TTx] {
 		{name: "RunPrunerStopsWhileWaiting", run: testRunPrunerStopsWhileWaiting[TTx]},
 		{name: "Hooks", serial: true, run: testHooks[TTx]},
 		{name: "CallEndSeesPanic", run: testCallEndSeesPanic[TTx]},
+
+		// flows.go
+		{name: "FlowFreshThenReplay", run: testFlowFreshThenReplay[TTx]},
+		{name: "FlowResumesAfterError", run: testFlowResumesAfterError[TTx]},
+		{name: "FlowFinalIsStored", run: testFlowFinalIsStored[TTx]},
+		{name: "FlowParamsMismatch", run: testFlowParamsMismatch[TTx]},
+		{name: "FlowStepOrder", run: testFlowStepOrder[TTx]},
+		{name: "FlowTwinWaitsThenReplays", serial: true, run: testFlowTwinWaitsThenReplays[TTx]},
+		{name: "FlowTwinsStorm", serial: true, run: testFlowTwinsStorm[TTx]},
+		{name: "FlowTwinDuringStep", run: testFlowTwinDuringStep[TTx]},
+		{name: "FlowAtEveryIsolation", run: testFlowAtEveryIsolation[TTx]},
+		{name: "FlowStepEndedUnderFn", run: testFlowStepEndedUnderFn[TTx]},
+		{name: "FlowStepRetriesConflicts", kinds: []string{"postgres"},
+			why: "Postgres raises a serialization failure on demand (RAISE ... USING ERRCODE)", run: testFlowStepRetriesConflicts[TTx]},
+		{name: "FlowTakeoverFencesStaleOwner", serial: true, run: testFlowTakeoverFencesStaleOwner[TTx]},
+		{name: "FlowCompleterFinishesAbandoned", serial: true, run: testFlowCompleterFinishesAbandoned[TTx]},
+		{name: "FlowCompletersResumeEachOnce", serial: true, run: testFlowCompletersResumeEachOnce[TTx]},
+		{name: "FlowCompleterGivesUp", serial: true, run: testFlowCompleterGivesUp[TTx]},
 	}
 }
 

@@ -1,0 +1,178 @@
+package dialects
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+)
+
+// FlowDriver is what flows (idempotency.NewFlow) need from a driver, beside
+// Driver: a flow's row (who owns it, under which fencing token, until
+// when), its recorded steps, and the transaction that ends it by writing
+// the key's record. The engine finds it on a Driver by a type assertion;
+// the database/sql driver (SQL) and the pgx store implement it.
+//
+// Every lease is counted by the database's clock. A step's transaction
+// begins with the fence (BeginStep), which extends the lease only while
+// the row still carries the caller's token and holds the row's lock until
+// the transaction ends, so that no takeover can happen while a step runs
+// and a stale owner commits nothing.
+type FlowDriver[TTx any] interface {
+	// InsertFlow inserts the flow's row with token 1 and a lease from now,
+	// unless a row holds the key; it reports whether it inserted.
+	InsertFlow(ctx context.Context, k Key, f FlowRow, lease time.Duration) (bool, error)
+
+	// ReadFlow reads the key's flow row, if there is one.
+	ReadFlow(ctx context.Context, k Key) (FlowRow, bool, error)
+
+	// TakeOverFlow moves the row from token to token+1 with a new lease,
+	// if it still carries token, its lease has expired and no transaction
+	// holds it (a step under way); it reports whether it did. Of many
+	// callers with the same token, one at most succeeds.
+	TakeOverFlow(ctx context.Context, k Key, token int64, lease time.Duration) (bool, error)
+
+	// FlowSteps reads the flow's recorded steps, in order.
+	FlowSteps(ctx context.Context, k Key) ([]StepRow, error)
+
+	// BeginStep begins a transaction and fences it: it extends the lease
+	// of the row that carries f.Token, marks the row with f.Mark, and
+	// locks it. When no row carries the token (another owner took the
+	// flow over, or it finished), it rolls back and reports false.
+	BeginStep(ctx context.Context, k Key, f Fence, lease time.Duration) (TTx, bool, error)
+
+	// RecordStep extends the lease again where the row still carries f's
+	// mark, records step in tx (a transaction of BeginStep's), and
+	// commits. It always ends tx. A row without the mark means that tx is
+	// no longer the transaction BeginStep fenced (the database, or fn,
+	// ended it): nothing is recorded, and the error wraps
+	// ErrTransactionEnded. A failed COMMIT is a *CommitError.
+	RecordStep(ctx context.Context, tx TTx, k Key, f Fence, step StepRow, lease time.Duration) error
+
+	// FinishFlow checks f's mark as RecordStep does, writes rec as the
+	// key's record (expiring ttl from now), deletes the flow's steps and
+	// row, and commits tx (a transaction of BeginStep's). It always ends
+	// tx. A failed COMMIT is a *CommitError.
+	FinishFlow(ctx context.Context, tx TTx, k Key, f Fence, rec Record, ttl time.Duration) error
+
+	// ReleaseFlow ends the lease of the row that carries token now, and
+	// notes why the run stopped, so that a retry or a completer may take
+	// it over at once.
+	ReleaseFlow(ctx context.Context, k Key, token int64, reason string) error
+
+	// DropFlow deletes the row that carries token and its steps.
+	DropFlow(ctx context.Context, k Key, token int64) error
+
+	// ExpiredFlows lists up to limit rows of the flow named flow whose
+	// lease has expired, longest expired first.
+	ExpiredFlows(ctx context.Context, flow string, limit int) ([]FlowRow, error)
+}
+
+// Fence is what a step's transaction writes on its flow's row: the
+// owner's fencing token, and a mark the engine draws for the transaction.
+// The mark tells the transaction's later statements whether they still run
+// in it: where the database ended it under fn (MySQL on a deadlock fn
+// ignored), the mark is gone with it, and nothing more is recorded.
+type Fence struct {
+	Token int64
+	Mark  int64
+}
+
+// FlowRow is a flow's row.
+type FlowRow struct {
+	Scope, Key  string
+	Flow        string // the flow's name
+	Fingerprint []byte // of the flow's name and params
+	Params      []byte // JSON
+	Token       int64  // fencing token: 1 at the start, one more per takeover
+	Resumes     int    // takeovers so far
+	LastError   string // why the last run stopped, if it did
+	Expired     bool   // the lease has run out (ReadFlow)
+	Overdue     time.Duration
+}
+
+// StepRow is a recorded step of a flow.
+type StepRow struct {
+	Seq   int
+	Name  string
+	Value []byte // JSON
+}
+
+// ErrNoFlows is what a database/sql driver's flow methods wrap when its
+// dialect has no flow statements (it does not implement FlowDialect).
+var ErrNoFlows = errors.New("the dialect has no statements for flows (it does not implement dialects.FlowDialect)")
+
+// FlowDialect is implemented by dialects that run flows on database/sql:
+// their statements for the flow tables of their key table.
+type FlowDialect interface {
+	FlowStatements() FlowStatements
+}
+
+// FlowStatements are one database's statements for flows, for the tables
+// that go with one key table (FlowTables). Arguments come in the order
+// each statement lists; a lease or a TTL is an integer count of LeaseUnit.
+type FlowStatements struct {
+	// LeaseUnit is the unit of the lease and TTL arguments: a microsecond
+	// or a millisecond.
+	LeaseUnit time.Duration
+	// Insert (scope, key, flow, fingerprint, params, lease) inserts the row
+	// with token 1 unless one holds the key: one row affected, or none.
+	Insert string
+	// Read (scope, key): flow, fingerprint, params, token, resumes,
+	// last error (never NULL), and whether the lease has expired.
+	Read string
+	// Lock (scope, key, token) returns a row when the flow carries token,
+	// its lease has expired and no transaction holds its row, and locks
+	// it; "" when TakeOver alone is enough (SQLite's one writer).
+	Lock string
+	// TakeOver (lease, scope, key, token) moves the token on by one,
+	// counts a resume and sets a new lease, where the lease has expired.
+	TakeOver string
+	// Fence (lease, mark, scope, key, token) extends the lease of the row
+	// that carries token and marks it: one row affected, or none when
+	// another owner has it.
+	Fence string
+	// Touch (lease, scope, key, token, mark) extends the lease of the row
+	// that carries token and mark: one row affected, or none.
+	Touch string
+	// TouchOrFail is Touch as a statement that fails where Touch would
+	// affect no row, for clients that pipeline the statements after it
+	// (an error, unlike a row count, stops them); "" if the dialect has
+	// none.
+	TouchOrFail string
+	// Steps (scope, key): seq, name, value, by seq.
+	Steps string
+	// Record (scope, key, seq, name, value) inserts a step.
+	Record string
+	// Release (reason, scope, key, token) ends the lease now.
+	Release string
+	// DeleteExpiredKey (scope, key) removes the key's expired record.
+	DeleteExpiredKey string
+	// InsertKey (scope, key, fingerprint, value, failed, ttl) inserts the
+	// key's record.
+	InsertKey string
+	// DeleteSteps (scope, key) deletes the flow's steps.
+	DeleteSteps string
+	// DeleteFlow (scope, key, token) deletes the row that carries token.
+	DeleteFlow string
+	// Stats: how many flows there are, and how many of them have a lease
+	// that ran out (stopped or abandoned, waiting for a retry or a
+	// completer).
+	Stats string
+	// Expired (flow, limit): scope, key, fingerprint, params, token,
+	// resumes, last error (never NULL), and milliseconds since the lease
+	// ran out, longest first.
+	Expired string
+}
+
+// FlowTables names the tables of flows that go with a key table: for
+// idempotency_keys (and schema.idempotency_keys), idempotency_flows and
+// idempotency_steps; for any other name, the name with _flows and _steps
+// appended. The migrations create the default ones.
+func FlowTables(table string) (flows, steps string) {
+	base, ok := strings.CutSuffix(table, "_keys")
+	if !ok {
+		base = table
+	}
+	return base + "_flows", base + "_steps"
+}

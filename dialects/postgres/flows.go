@@ -1,0 +1,59 @@
+package postgres
+
+import (
+	"time"
+
+	"github.com/exactlyonce/idempotency/dialects"
+)
+
+var _ dialects.FlowDialect = (*Dialect)(nil)
+
+// FlowStatements returns the statements of flows for the dialect's key
+// table.
+func (d *Dialect) FlowStatements() dialects.FlowStatements { return d.flows }
+
+// FlowSQL returns the statements of flows for the tables that go with the
+// key table named table (dialects.FlowTables), shared by the database/sql
+// dialect and the pgx store. Leases are in microseconds, and count from
+// clock_timestamp(), the moment of the statement, rather than from the
+// transaction's start (now()).
+func FlowSQL(table string) dialects.FlowStatements {
+	flows, steps := dialects.FlowTables(table)
+	touch := `UPDATE ` + flows + ` SET lease_until = clock_timestamp() + $1::float8 * interval '1 microsecond'
+WHERE scope = $2 AND key = $3 AND token = $4 AND fence = $5`
+	const (
+		until = `clock_timestamp() + $1::float8 * interval '1 microsecond'`
+		due   = `lease_until <= clock_timestamp()`
+	)
+	return dialects.FlowStatements{
+		LeaseUnit: time.Microsecond,
+		Insert: `INSERT INTO ` + flows + ` (scope, key, flow, fingerprint, params, token, lease_until, resumes, created_at)
+VALUES ($1, $2, $3, $4, $5, 1, clock_timestamp() + $6::float8 * interval '1 microsecond', 0, now())
+ON CONFLICT (scope, key) DO NOTHING`,
+		Read: `SELECT flow, fingerprint, params, token, resumes, COALESCE(last_error, ''), ` + due + `
+FROM ` + flows + ` WHERE scope = $1 AND key = $2`,
+		Lock: `SELECT token FROM ` + flows + `
+WHERE scope = $1 AND key = $2 AND token = $3 AND ` + due + ` FOR UPDATE SKIP LOCKED`,
+		TakeOver: `UPDATE ` + flows + ` SET token = token + 1, resumes = resumes + 1, lease_until = ` + until + `
+WHERE scope = $2 AND key = $3 AND token = $4 AND ` + due,
+		Fence: `UPDATE ` + flows + ` SET lease_until = ` + until + `, fence = $2
+WHERE scope = $3 AND key = $4 AND token = $5`,
+		Touch: touch,
+		// A division by zero where Touch would find no row.
+		TouchOrFail: `WITH touched AS (` + touch + ` RETURNING 1)
+SELECT 1 / (SELECT count(*) FROM touched)`,
+		Steps:  `SELECT seq, name, value FROM ` + steps + ` WHERE scope = $1 AND key = $2 ORDER BY seq`,
+		Record: `INSERT INTO ` + steps + ` (scope, key, seq, name, value, created_at) VALUES ($1, $2, $3, $4, $5, now())`,
+		Release: `UPDATE ` + flows + ` SET lease_until = LEAST(lease_until, clock_timestamp()), last_error = $1
+WHERE scope = $2 AND key = $3 AND token = $4`,
+		DeleteExpiredKey: `DELETE FROM ` + table + ` WHERE scope = $1 AND key = $2 AND expires_at <= now()`,
+		InsertKey: `INSERT INTO ` + table + ` (scope, key, fingerprint, value, failed, created_at, expires_at)
+VALUES ($1, $2, $3, $4, $5, now(), clock_timestamp() + $6::float8 * interval '1 microsecond')`,
+		DeleteSteps: `DELETE FROM ` + steps + ` WHERE scope = $1 AND key = $2`,
+		DeleteFlow:  `DELETE FROM ` + flows + ` WHERE scope = $1 AND key = $2 AND token = $3`,
+		Stats:       `SELECT COUNT(*), COALESCE(SUM(CASE WHEN ` + due + ` THEN 1 ELSE 0 END), 0) FROM ` + flows,
+		Expired: `SELECT scope, key, fingerprint, params, token, resumes, COALESCE(last_error, ''),
+	(EXTRACT(EPOCH FROM clock_timestamp() - lease_until) * 1000)::bigint
+FROM ` + flows + ` WHERE flow = $1 AND ` + due + ` ORDER BY lease_until LIMIT $2`,
+	}
+}

@@ -1,0 +1,158 @@
+package idempotency
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/exactlyonce/idempotency/dialects"
+)
+
+// Steps is one run of a flow, as its fn sees it: pass it to Step and Call.
+// It belongs to the run: use it on fn's goroutine, and not after fn
+// returned.
+type Steps[TTx any] struct {
+	run      *flowRun[TTx]
+	ctx      context.Context
+	recorded []dialects.StepRow // by a run before this one
+	n        int                // steps done (recorded or replayed) in this run
+	used     map[string]bool
+	ended    bool
+}
+
+// Key returns the flow's key.
+func (s *Steps[TTx]) Key() string { return s.run.k.Key }
+
+// Scope returns the scope of the store the flow runs on.
+func (s *Steps[TTx]) Scope() string { return s.run.k.Scope }
+
+// Step runs fn as the flow's next step, in a transaction that also checks
+// that this run still owns the flow and records fn's value: fn's writes and
+// the record commit together, or neither does. A step recorded by an
+// earlier run returns its recorded value (decoded from JSON, as a fresh
+// value is too) without running fn.
+//
+// fn must make its database writes through tx and must not commit or roll
+// it back. When fn returns an error, its writes roll back and the error is
+// returned unchanged; a FinalError returned by the flow's fn is then
+// stored as the flow's answer. Serialization failures and deadlocks run fn
+// again in a new transaction (WithMaxRetries). When another owner has taken
+// the flow over, Step returns ErrFlowTakenOver and fn's writes roll back.
+func Step[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, tx TTx) (V, error)) (V, error) {
+	var zero V
+	if fn == nil {
+		return zero, fmt.Errorf("idempotency: step %q with a nil fn: pass the function that does the step", name)
+	}
+	v, done, err := replayStep[V](s, name)
+	if done || err != nil {
+		return v, err
+	}
+	var (
+		value []byte
+		fresh V
+	)
+	r := s.run
+	err = r.transact(s.ctx, "step "+quoteName(name), func(ctx context.Context, tx TTx) error {
+		v, err := fn(ctx, tx)
+		if err != nil {
+			return err
+		}
+		if value, fresh, err = roundTrip(v); err != nil {
+			return fmt.Errorf("idempotency: flow %q, step %q: %w", r.flow, name, err)
+		}
+		return nil
+	}, func(ctx context.Context, tx TTx, f dialects.Fence) error {
+		return r.fd.RecordStep(ctx, tx, r.k, f, dialects.StepRow{Seq: s.n, Name: name, Value: value}, r.lease)
+	})
+	if err != nil {
+		return zero, err
+	}
+	s.recordedNow(name, false)
+	return fresh, nil
+}
+
+// Call runs fn, a call to another system, as the flow's next step, outside
+// any transaction, and records its value before the flow goes on. fn gets
+// the key to send to the other system: DownstreamKey of the flow's scope,
+// its key, and the flow's and the call's names, the same on every run. A
+// call recorded by an earlier run returns its recorded value without
+// running fn.
+//
+// fn may run more than once for one key: when this run dies, or loses the
+// flow to another owner, after fn returned and before its value was
+// recorded, the next run calls it again with the same key. The other
+// system must therefore honour keys: store each with its first answer and
+// give that answer to a repeat, for longer than WithLease plus the time
+// RunCompleter may take to resume the flow. When fn returns an error,
+// nothing is recorded and the error is returned unchanged.
+func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, key string) (V, error)) (V, error) {
+	var zero V
+	if fn == nil {
+		return zero, fmt.Errorf("idempotency: call %q with a nil fn: pass the function that makes the call", name)
+	}
+	v, done, err := replayStep[V](s, name)
+	if done || err != nil {
+		return v, err
+	}
+	r := s.run
+	v, err = fn(s.ctx, DownstreamKey(r.k.Scope, r.k.Key, r.flow+"/"+name))
+	if err != nil {
+		return zero, err
+	}
+	value, fresh, err := roundTrip(v)
+	if err != nil {
+		return zero, fmt.Errorf("idempotency: flow %q, call %q: %w", r.flow, name, err)
+	}
+	err = r.transact(s.ctx, "call "+quoteName(name), nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
+		return r.fd.RecordStep(ctx, tx, r.k, f, dialects.StepRow{Seq: s.n, Name: name, Value: value}, r.lease)
+	})
+	if err != nil {
+		return zero, err
+	}
+	s.recordedNow(name, false)
+	return fresh, nil
+}
+
+func quoteName(name string) string { return fmt.Sprintf("%q", name) }
+
+// replayStep checks name against the run and the recorded steps, and
+// returns the recorded value when the step was recorded (done).
+func replayStep[V, TTx any](s *Steps[TTx], name string) (v V, done bool, err error) {
+	if s == nil || s.run == nil {
+		return v, false, errors.New("idempotency: nil *Steps: use the one the flow's fn was given")
+	}
+	r := s.run
+	switch {
+	case s.ended:
+		return v, false, fmt.Errorf("idempotency: flow %q: step %q after the flow's fn returned: use Steps only within fn", r.flow, name)
+	case name == "":
+		return v, false, fmt.Errorf("idempotency: flow %q: a step with no name: name every step, uniquely within the flow", r.flow)
+	case s.used[name]:
+		return v, false, fmt.Errorf("%w: flow %q: the step name %q is used twice in one run; give each step its own name", ErrStepOrder, r.flow, name)
+	case s.n >= len(s.recorded):
+		return v, false, nil
+	}
+	rec := s.recorded[s.n]
+	if rec.Name != name {
+		return v, false, fmt.Errorf("%w: flow %q, key %q: step %d is %q, but %q was recorded there; a flow must run its steps in the same order on every run",
+			ErrStepOrder, r.flow, r.k.Key, s.n+1, name, rec.Name)
+	}
+	if err := json.Unmarshal(rec.Value, &v); err != nil {
+		return v, false, fmt.Errorf("idempotency: flow %q, step %q: the recorded value cannot be decoded into %T: %w", r.flow, name, v, err)
+	}
+	s.recordedNow(name, true)
+	return v, true, nil
+}
+
+// recordedNow counts a step done, and reports it.
+func (s *Steps[TTx]) recordedNow(name string, replayed bool) {
+	s.used[name] = true
+	s.n++
+	r := s.run
+	kind := FlowStepRecorded
+	if replayed {
+		kind = FlowStepReplayed
+	}
+	r.s.flowEvent(s.ctx, FlowEvent{Kind: kind, Flow: r.flow, Scope: r.k.Scope, Key: r.k.Key, Step: name, Token: r.token})
+}

@@ -1,0 +1,206 @@
+package pgxstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/exactlyonce/idempotency/dialects"
+)
+
+// The flows of the pgx store send the Postgres dialect's flow statements
+// (postgres.FlowSQL), so that a pgx store and a database/sql store share
+// the flow tables as they share the key table. A step's transaction is
+// pipelined as Do's is: [BEGIN, fence] before fn, and [record, extend the
+// lease, COMMIT] after it.
+var _ dialects.FlowDriver[pgx.Tx] = (*driver)(nil)
+
+func (d *driver) units(lease time.Duration) int64 { return int64(lease / d.flows.LeaseUnit) }
+
+func (d *driver) InsertFlow(ctx context.Context, k dialects.Key, r dialects.FlowRow, lease time.Duration) (bool, error) {
+	tag, err := d.pool.Exec(ctx, d.flows.Insert, k.Scope, k.Key, r.Flow, r.Fingerprint, r.Params, d.units(lease))
+	if err != nil {
+		return false, err
+	}
+	return tag.RowsAffected() == 1, nil
+}
+
+func (d *driver) ReadFlow(ctx context.Context, k dialects.Key) (dialects.FlowRow, bool, error) {
+	r := dialects.FlowRow{Scope: k.Scope, Key: k.Key}
+	err := d.pool.QueryRow(ctx, d.flows.Read, k.Scope, k.Key).Scan(&r.Flow, &r.Fingerprint, &r.Params, &r.Token, &r.Resumes, &r.LastError, &r.Expired)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return r, false, nil
+	}
+	return r, err == nil, err
+}
+
+// TakeOverFlow locks the row with SKIP LOCKED, so that it passes over a
+// flow whose step is under way, and moves its token on.
+func (d *driver) TakeOverFlow(ctx context.Context, k dialects.Key, token int64, lease time.Duration) (bool, error) {
+	tx, err := d.pool.BeginTx(ctx, d.opts)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	var seen int64
+	err = tx.QueryRow(ctx, d.flows.Lock, k.Scope, k.Key, token).Scan(&seen)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	tag, err := tx.Exec(ctx, d.flows.TakeOver, d.units(lease), k.Scope, k.Key, token)
+	if err != nil || tag.RowsAffected() != 1 {
+		return false, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+func (d *driver) FlowSteps(ctx context.Context, k dialects.Key) ([]dialects.StepRow, error) {
+	rows, err := d.pool.Query(ctx, d.flows.Steps, k.Scope, k.Key)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (dialects.StepRow, error) {
+		var st dialects.StepRow
+		err := row.Scan(&st.Seq, &st.Name, &st.Value)
+		return st, err
+	})
+}
+
+// BeginStep sends BEGIN and the fence as one pipeline.
+func (d *driver) BeginStep(ctx context.Context, k dialects.Key, f dialects.Fence, lease time.Duration) (pgx.Tx, bool, error) {
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return nil, false, fmt.Errorf("acquire a connection: %w", err)
+	}
+	var fenced int64
+	b := &pgx.Batch{}
+	b.BeginTx(d.opts)
+	b.Queue(d.flows.Fence, d.units(lease), f.Mark, k.Scope, k.Key, f.Token).Exec(func(tag pgconn.CommandTag) error {
+		fenced = tag.RowsAffected()
+		return nil
+	})
+	br := conn.Conn().SendBatch(ctx, b)
+	err = br.Close()
+	t := newCallTx(br.Tx(), conn)
+	if err != nil || fenced != 1 {
+		t.end()
+		t.close()
+		if err != nil {
+			return nil, false, fmt.Errorf("begin and fence the flow: %w", err)
+		}
+		return nil, false, nil
+	}
+	return t, true, nil
+}
+
+// RecordStep sends the lease's extension, the step's record and COMMIT as
+// one pipeline. The extension (TouchOrFail) fails where the row lacks the
+// transaction's mark, and an error stops what follows it, the COMMIT
+// included.
+func (d *driver) RecordStep(ctx context.Context, tx pgx.Tx, k dialects.Key, f dialects.Fence, step dialects.StepRow, lease time.Duration) error {
+	return d.commitWith(ctx, tx, "RecordStep", func(b *pgx.Batch) {
+		b.Queue(d.flows.TouchOrFail, d.units(lease), k.Scope, k.Key, f.Token, f.Mark)
+		b.Queue(d.flows.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value)
+	})
+}
+
+// FinishFlow sends the mark's check, the key's record, the deletion of the
+// flow's rows and COMMIT as one pipeline.
+func (d *driver) FinishFlow(ctx context.Context, tx pgx.Tx, k dialects.Key, f dialects.Fence, rec dialects.Record, ttl time.Duration) error {
+	return d.commitWith(ctx, tx, "FinishFlow", func(b *pgx.Batch) {
+		b.Queue(d.flows.TouchOrFail, 0, k.Scope, k.Key, f.Token, f.Mark)
+		b.Queue(d.flows.DeleteExpiredKey, k.Scope, k.Key)
+		b.Queue(d.flows.InsertKey, k.Scope, k.Key, rec.Fingerprint, rec.Value, rec.Failed, d.units(ttl))
+		b.Queue(d.flows.DeleteSteps, k.Scope, k.Key)
+		b.Queue(d.flows.DeleteFlow, k.Scope, k.Key, f.Token)
+	})
+}
+
+// commitWith sends the statements queue adds, then COMMIT, in one
+// pipeline, and sorts the outcome as Commit does: a statement's error
+// means nothing committed; an error at COMMIT, or a broken connection
+// once the pipeline was under way, is a *dialects.CommitError. The first
+// statement is TouchOrFail, whose division by zero says that the
+// transaction is not the one BeginStep fenced.
+func (d *driver) commitWith(ctx context.Context, tx pgx.Tx, op string, queue func(b *pgx.Batch)) error {
+	t, err := ending(tx, op)
+	if err != nil {
+		return err
+	}
+	defer t.close()
+	if err := t.unfit(); err != nil {
+		return err
+	}
+	b := &pgx.Batch{}
+	queue(b)
+	n := b.Len()
+	b.Queue("commit")
+	br := t.conn.Conn().SendBatch(context.WithoutCancel(ctx), b)
+	var (
+		tag pgconn.CommandTag
+		i   int
+	)
+	for ; i <= n; i++ {
+		if tag, err = br.Exec(); err != nil {
+			break
+		}
+	}
+	_ = br.Close()
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil && tag.String() != "COMMIT":
+		return &dialects.CommitError{Err: fmt.Errorf("commit answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)}
+	case err == nil:
+		return nil
+	case i == n, !answered(err):
+		return &dialects.CommitError{Err: err}
+	case i == 0 && errors.As(err, &pgErr) && pgErr.Code == "22012":
+		return fmt.Errorf("%w (fn ended it, or an error inside fn was not returned); nothing was recorded", dialects.ErrTransactionEnded)
+	}
+	return err
+}
+
+func (d *driver) ReleaseFlow(ctx context.Context, k dialects.Key, token int64, reason string) error {
+	_, err := d.pool.Exec(ctx, d.flows.Release, reason, k.Scope, k.Key, token)
+	return err
+}
+
+func (d *driver) DropFlow(ctx context.Context, k dialects.Key, token int64) error {
+	tx, err := d.pool.BeginTx(ctx, d.opts)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	tag, err := tx.Exec(ctx, d.flows.DeleteFlow, k.Scope, k.Key, token)
+	if err != nil || tag.RowsAffected() != 1 {
+		return err // another owner has it: its steps are its own
+	}
+	if _, err := tx.Exec(ctx, d.flows.DeleteSteps, k.Scope, k.Key); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+func (d *driver) ExpiredFlows(ctx context.Context, flow string, limit int) ([]dialects.FlowRow, error) {
+	rows, err := d.pool.Query(ctx, d.flows.Expired, flow, limit)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (dialects.FlowRow, error) {
+		r := dialects.FlowRow{Flow: flow, Expired: true}
+		var overdue int64
+		err := row.Scan(&r.Scope, &r.Key, &r.Fingerprint, &r.Params, &r.Token, &r.Resumes, &r.LastError, &overdue)
+		r.Overdue = time.Duration(overdue) * time.Millisecond
+		return r, err
+	})
+}
