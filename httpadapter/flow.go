@@ -1,12 +1,8 @@
 package httpadapter
 
 import (
-	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
-	"strconv"
-	"time"
 
 	"github.com/exactlyonce/idempotency"
 )
@@ -72,10 +68,10 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 	key, err := requestKey(r.Header)
 	switch {
 	case errors.Is(err, errNoKey):
-		writeFlowProblem(w, problemKeyMissing, 0)
+		h.problem(w, problemKeyMissing)
 		return
 	case err != nil:
-		writeFlowProblem(w, problemKeyInvalid(err), 0)
+		h.problem(w, problemKeyInvalid(err))
 		return
 	}
 	s := h.store
@@ -84,7 +80,7 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 		if scope == "" {
 			h.cfg.logger.ErrorContext(r.Context(), "httpadapter: the WithScope function returned an empty scope; request refused",
 				"method", r.Method, "path", r.URL.Path)
-			writeFlowProblem(w, problemScopeInvalid, 0)
+			h.problem(w, problemScopeInvalid)
 			return
 		}
 		s = s.Scope(scope)
@@ -94,16 +90,16 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 		var tooLarge *http.MaxBytesError
 		switch {
 		case errors.Is(err, errRequestTooLarge), errors.As(err, &tooLarge):
-			writeFlowProblem(w, problemRequestTooLarge, 0)
-		case !flowClientGone(r):
-			writeFlowProblem(w, problemRequestUnreadable, 0)
+			h.problem(w, problemRequestTooLarge)
+		default:
+			h.problem(w, problemRequestUnreadable)
 		}
 		return
 	}
 	params, err := h.decode(r, body)
 	if err != nil {
-		writeFlowProblem(w, Problem{Type: ProblemRequestInvalid, Title: "Invalid request", Status: http.StatusBadRequest,
-			Detail: "The request could not be read as this endpoint's input (" + err.Error() + "). Nothing was done."}, 0)
+		h.problem(w, Problem{Type: ProblemRequestInvalid, Title: "Invalid request", Status: http.StatusBadRequest,
+			Detail: "The request could not be read as this endpoint's input (" + err.Error() + "). Nothing was done."})
 		return
 	}
 	res, err := h.flow.Run(r.Context(), s, key, params)
@@ -111,57 +107,37 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 		w.Header().Set(ReplayedHeader, "true")
 	}
 	var final *idempotency.FinalError
-	switch {
-	case err == nil, errors.As(err, &final):
+	if err == nil || errors.As(err, &final) {
 		h.respond(w, r, res.Value, err)
-	case errors.Is(err, idempotency.ErrParamsMismatch):
-		writeFlowProblem(w, problemKeyReused, 0)
-	case errors.Is(err, idempotency.ErrInProgress), errors.Is(err, idempotency.ErrFlowTakenOver):
-		// Taken over: another owner finishes the flow, and a retry gets
-		// its answer.
-		writeFlowProblem(w, problemInProgress, h.cfg.retryAfter)
-	case errors.Is(err, idempotency.ErrInvalidScope):
-		h.cfg.logger.ErrorContext(r.Context(), "httpadapter: invalid scope; request refused", "method", r.Method, "path", r.URL.Path, "err", err)
-		writeFlowProblem(w, problemScopeInvalid, 0)
-	case errors.Is(err, idempotency.ErrInvalidKey):
-		writeFlowProblem(w, problemKeyInvalid(err), 0)
-	case errors.Is(err, idempotency.ErrTransactionEnded):
-		h.cfg.logger.ErrorContext(r.Context(), "httpadapter: the database ended a step's transaction while it ran and the step went on; its later writes may have committed outside the transaction",
-			"method", r.Method, "path", r.URL.Path, "err", err)
-		writeFlowProblem(w, problemTransactionEnded, 0)
-	case flowClientGone(r):
-		// Nobody is listening; the flow keeps what it recorded.
+		return
+	}
+	p := ProblemFor(err)
+	switch {
+	case p.Type != ProblemStoreFailed:
+	case r.Context().Err() != nil:
+		// Answered even when the client is gone: a server that cancels its
+		// requests on shutdown has clients still waiting.
+		p = ProblemFor(r.Context().Err())
 	default:
+		// fn's own error, or the store's: the flow keeps what it
+		// recorded, and a retry resumes it.
 		h.cfg.logger.WarnContext(r.Context(), "httpadapter: flow stopped; a retry with the same key resumes it",
 			"method", r.Method, "path", r.URL.Path, "err", err)
-		writeFlowProblem(w, problemFlowStopped, h.cfg.retryAfter)
+		p = problemFlowStopped
+		p.RetryAfter = DefaultRetryAfter
 	}
+	if p.Status >= 500 && p.Type != ProblemFlowStopped {
+		h.cfg.logger.ErrorContext(r.Context(), "httpadapter: flow failed", "method", r.Method, "path", r.URL.Path, "problem", p.Type, "err", err)
+	}
+	h.problem(w, p)
 }
 
-// writeFlowProblem sends p as an application/problem+json answer, with
-// Retry-After when retryAfter is positive, as the middleware's problems
-// are sent.
-func writeFlowProblem(w http.ResponseWriter, p Problem, retryAfter time.Duration) {
-	b, err := json.Marshal(p)
-	if err != nil {
-		panic(err) // a Problem of strings always encodes
+// problem writes p with the handler's Retry-After.
+func (h *flowHandler[P, T, TTx]) problem(w http.ResponseWriter, p Problem) {
+	if p.RetryAfter > 0 {
+		p.RetryAfter = h.cfg.retryAfter
 	}
-	h := w.Header()
-	h.Set("Content-Type", ProblemContentType)
-	h.Set("Cache-Control", "no-store")
-	if retryAfter > 0 {
-		h.Set("Retry-After", strconv.FormatInt(int64((retryAfter+time.Second-1)/time.Second), 10))
-	}
-	w.WriteHeader(p.Status)
-	_, _ = w.Write(b)
-}
-
-// flowClientGone reports whether the request's context ended because the
-// client went away: net/http cancels it with a plain context.Canceled when
-// the connection closes.
-func flowClientGone(r *http.Request) bool {
-	ctx := r.Context()
-	return ctx.Err() != nil && errors.Is(context.Cause(ctx), context.Canceled)
+	WriteProblem(w, p)
 }
 
 // ProblemRequestInvalid is the type of the problem a FlowHandler answers

@@ -165,3 +165,39 @@ func TestFlowHandler(t *testing.T) {
 		}
 	})
 }
+
+// TestFlowHandlerOuterCancel: a flow whose request context an outer
+// middleware cancels (a server shutting down) still answers, with 503
+// request-canceled, never net/http's empty 200; a retry resumes it.
+func TestFlowHandlerOuterCancel(t *testing.T) {
+	each(t, func(t *testing.T, e env) {
+		a := &flowAPI{release: make(chan struct{}), started: make(chan struct{})}
+		h := a.handler(t, e.store(t))
+		var cancel context.CancelFunc
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, c := context.WithCancel(r.Context())
+			defer c()
+			if cancel == nil {
+				cancel = c
+			}
+			h.ServeHTTP(w, r.WithContext(ctx))
+		}))
+		t.Cleanup(srv.Close)
+		url := srv.URL + "/pay"
+		go func() {
+			<-a.started // the provider call is under way: cancel, then let it answer
+			cancel()
+			close(a.release)
+		}()
+		if r := postFlow(t, url, "k", `{"ref":"k","amount":7}`); r.status != 503 || r.problem != ProblemRequestCanceled {
+			t.Fatalf("canceled flow: %+v; want 503 request-canceled", r)
+		}
+		a.release, a.started = nil, nil
+		if r := postFlow(t, url, "k", `{"ref":"k","amount":7}`); r.status != 201 {
+			t.Errorf("retry: %+v; want 201", r)
+		}
+		if e.charges(t, "k") != 1 {
+			t.Errorf("%d charge rows; want 1", e.charges(t, "k"))
+		}
+	})
+}

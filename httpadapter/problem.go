@@ -102,7 +102,8 @@ func WriteProblem(w http.ResponseWriter, p Problem) {
 //	  http.MaxBytesReader's limit)
 //	idempotency.ErrTransactionEnded      500     transaction-ended
 //	idempotency.ErrParamsMismatch        422     key-reused
-//	idempotency.ErrInProgress            409     in-progress          yes
+//	idempotency.ErrInProgress,           409     in-progress          yes
+//	  idempotency.ErrFlowTakenOver
 //	idempotency.ErrInvalidScope          500     scope-invalid
 //	idempotency.ErrInvalidKey            400     key-invalid
 //	idempotency.ErrOutcomeUnknown        503     outcome-unknown      yes
@@ -155,7 +156,9 @@ func ProblemFor(err error) Problem {
 		return problemTransactionEnded
 	case errors.Is(err, idempotency.ErrParamsMismatch):
 		return problemKeyReused
-	case errors.Is(err, idempotency.ErrInProgress):
+	case errors.Is(err, idempotency.ErrInProgress), errors.Is(err, idempotency.ErrFlowTakenOver):
+		// A flow taken over: its new owner finishes it, and a retry gets
+		// the answer.
 		return problemInProgress
 	case errors.Is(err, idempotency.ErrInvalidScope):
 		// Before ErrInvalidKey, which it also matches: the scope is the
