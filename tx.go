@@ -16,7 +16,9 @@ import (
 )
 
 // Result is what Run returns: fn's value, and whether it was replayed from
-// the stored record rather than computed by this call.
+// the stored record rather than computed by this call. Replayed is also
+// true when the call returns a stored final failure (a *FinalError that an
+// earlier call stored), with the zero Value.
 type Result[T any] struct {
 	Value    T
 	Replayed bool
