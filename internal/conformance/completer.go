@@ -178,7 +178,7 @@ func testFlowCompleterGivesUp[TTx any](t *testing.T, e *suite[TTx]) {
 		t.Fatalf("after the give-up: %+v, %v; want a final failure with Code %q and the last error, replayed", r, err, idempotency.GaveUpCode)
 	}
 	_, asked, _ := c.p.counts()
-	if ev.count(idempotency.FlowGaveUp) != 1 || ev.count(idempotency.FlowResumed) != 5 || asked != 6 {
+	if ev.await(idempotency.FlowGaveUp, 1) != 1 || ev.count(idempotency.FlowResumed) != 5 || asked != 6 {
 		t.Errorf("events %v, provider asked %d times; want 5 resumes, 1 give-up, 6 calls", ev.n, asked)
 	}
 	if c.orders.Load() != 1 || e.charges(t, "g1/order") != 1 {

@@ -140,6 +140,18 @@ func (f *flowEvents) count(k idempotency.FlowEventKind) int {
 	return f.n[k]
 }
 
+// await waits, a bounded time, until at least n events of kind k came: a
+// hook runs after the commit it reports, so a test that saw the commit
+// may not have heard of it yet.
+func (f *flowEvents) await(k idempotency.FlowEventKind, n int) int {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if c := f.count(k); c >= n {
+			return c
+		}
+	}
+	return f.count(k)
+}
+
 // testFlowFreshThenReplay: a new key runs each step once and stores the
 // value under the key, leaving no flow rows; the same key replays the same
 // value without running anything, at a Do replay's cost (the key's record).
