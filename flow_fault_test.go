@@ -220,6 +220,7 @@ func openRig(driver, dsn string, at func(string), opts ...idempotency.Option) (*
 // flowCounts counts the flow events a store's hooks see.
 type flowCounts struct {
 	started, takenOver, resumed, gaveUp, finished, stopped atomic.Int64
+	stale                                                  atomic.Int64 // stopped with ErrFlowTakenOver: a stale owner refused
 }
 
 func (c *flowCounts) hooks() idempotency.Option {
@@ -237,6 +238,9 @@ func (c *flowCounts) hooks() idempotency.Option {
 			c.finished.Add(1)
 		case idempotency.FlowStopped:
 			c.stopped.Add(1)
+			if errors.Is(e.Err, idempotency.ErrFlowTakenOver) {
+				c.stale.Add(1)
+			}
 		}
 	}})
 }
