@@ -103,7 +103,23 @@ func proxyFaultCase(t *testing.T, b testdb.Backend) {
 		t.Fatal(err)
 	}
 
-	var ev flowCounts
+	var (
+		ev      flowCounts
+		traceMu sync.Mutex
+		traces  = map[string][]string{} // each key's events, to print when it fails
+	)
+	ev.trace = func(e idempotency.FlowEvent) {
+		line := fmt.Sprintf("%s token=%d", e.Kind, e.Token)
+		if e.Step != "" {
+			line += " step=" + e.Step
+		}
+		if e.Err != nil {
+			line += " err=" + e.Err.Error()
+		}
+		traceMu.Lock()
+		traces[e.Key] = append(traces[e.Key], line)
+		traceMu.Unlock()
+	}
 	quiet := idempotency.WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	rig, err := openRig(faultDriver(b), pdsn, nil, idempotency.WithLease(proxyLease),
 		idempotency.WithCompleterInterval(proxyInterval), idempotency.WithWait(2*proxyLease), ev.hooks(), quiet)
@@ -198,6 +214,12 @@ func proxyFaultCase(t *testing.T, b testdb.Backend) {
 	)
 	for i := range proxyFlows {
 		key, ref := fmt.Sprintf("k%02d", i), fmt.Sprintf("r%02d", i)
+		bad := false
+		fail := func(format string, args ...any) {
+			t.Helper()
+			t.Errorf(format, args...)
+			bad = true
+		}
 		res, err := direct.run(ctx, key, ref)
 		var final *idempotency.FinalError
 		want := res.Value
@@ -211,28 +233,33 @@ func proxyFaultCase(t *testing.T, b testdb.Backend) {
 			gaveUp++
 			want = "final: " + err.Error()
 			if orders > 1 || receipts > 0 || charges > 1 {
-				t.Errorf("%s gave up with %d order rows, %d receipt rows, %d charges; want at most 1, 0, 1", key, orders, receipts, charges)
+				fail("%s gave up with %d order rows, %d receipt rows, %d charges; want at most 1, 0, 1", key, orders, receipts, charges)
 			}
 		case err != nil || !res.Replayed:
-			t.Errorf("%s after the faults: %+v, %v; want its record replayed", key, res, err)
+			fail("%s after the faults: %+v, %v; want its record replayed", key, res, err)
 			continue
 		default:
 			if orders != 1 || receipts != 1 || charges != 1 {
-				t.Errorf("%s: %d order rows, %d receipt rows, %d provider charges; want 1 of each", key, orders, receipts, charges)
+				fail("%s: %d order rows, %d receipt rows, %d provider charges; want 1 of each", key, orders, receipts, charges)
 			}
 			if id := charged(t, db, ref); res.Value != "auth-"+id {
-				t.Errorf("%s answers %q; the provider's charge is %q", key, res.Value, id)
+				fail("%s answers %q; the provider's charge is %q", key, res.Value, id)
 			}
 		}
 		l := logs[i]
 		for _, a := range l.answers {
 			if a != want {
-				t.Errorf("%s: a client got %q; the key replays %q", key, a, want)
+				fail("%s: a client got %q; the key replays %q", key, a, want)
 			}
 		}
 		if i%2 == 0 && len(l.answers) == 0 {
 			unanswered++
-			t.Errorf("%s: the retrying client got no answer in 200 tries", key)
+			fail("%s: the retrying client got no answer in 200 tries", key)
+		}
+		if bad {
+			traceMu.Lock()
+			t.Logf("%s's events:\n\t%s", key, strings.Join(traces[key], "\n\t"))
+			traceMu.Unlock()
 		}
 		answers += len(l.answers)
 		clientErrs += l.errs

@@ -221,10 +221,15 @@ func openRig(driver, dsn string, at func(string), opts ...idempotency.Option) (*
 type flowCounts struct {
 	started, takenOver, resumed, gaveUp, finished, stopped atomic.Int64
 	stale                                                  atomic.Int64 // stopped with ErrFlowTakenOver: a stale owner refused
+
+	trace func(idempotency.FlowEvent) // sees every event, when set
 }
 
 func (c *flowCounts) hooks() idempotency.Option {
 	return idempotency.WithHooks(idempotency.Hooks{Flow: func(_ context.Context, e idempotency.FlowEvent) {
+		if c.trace != nil {
+			c.trace(e)
+		}
 		switch e.Kind {
 		case idempotency.FlowStarted:
 			c.started.Add(1)
