@@ -261,14 +261,28 @@ func (f *Flow[P, T, TTx]) replay(rec dialects.Record, fp []byte, k dialects.Key)
 
 // body runs fn as the owner of k under token, with the steps recorded so
 // far, and ends the flow with its value or final failure. On any other
-// end (an error, a panic) it releases the lease, so that a retry or a
-// completer can take the flow over at once.
+// end (an error, a panic) it records what it holds (the open step, the
+// values of calls) and releases the lease, so that a retry or a completer
+// can take the flow over at once.
+//
+// To spare commits, a step's transaction stays open after Step returns,
+// and a call's value is held: the open transaction commits, with the
+// records of the calls before it and of its step, when the flow goes on
+// to a call or another step; the last step's transaction also stores the
+// flow's value. When that deferred commit fails in a way that may pass on
+// another try (a serialization failure, a deadlock), nothing of the step
+// stays, and fn runs again from the recorded steps, as a resumed run does.
 func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key, fp []byte, token int64, params P, recorded []dialects.StepRow) (res Result[T], err error) {
-	r := &flowRun[TTx]{s: s, fd: fd, k: k, flow: f.name, token: token, lease: s.cfg.flow.leaseOrDefault()}
-	st := &Steps[TTx]{run: r, ctx: ctx, recorded: recorded, used: make(map[string]bool)}
+	r := &flowRun[TTx]{s: s, fd: fd, k: k, flow: f.name, token: token, lease: s.cfg.flow.leaseOrDefault(), fp: fp}
+	if sf, ok := fd.(dialects.StepFinisher); ok {
+		r.leaveOpen = sf.FinishInStep()
+	}
 	finished := false
+	var st *Steps[TTx]
 	defer func() {
-		st.ended = true
+		if st != nil {
+			st.ended = true
+		}
 		if finished {
 			return
 		}
@@ -278,6 +292,10 @@ func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects
 		}
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
+		if rerr := r.commit(rctx, "record the last step"); rerr != nil {
+			s.cfg.logger.WarnContext(ctx, "idempotency: could not record a stopped flow's last step; it runs again when the flow resumes",
+				"flow", f.name, "scope", k.Scope, "key", k.Key, "err", rerr)
+		}
 		if rerr := fd.ReleaseFlow(rctx, k, token, reason); rerr != nil {
 			s.cfg.logger.WarnContext(ctx, "idempotency: could not release a flow's lease; it is resumed when the lease runs out",
 				"flow", f.name, "scope", k.Scope, "key", k.Key, "err", rerr)
@@ -289,44 +307,87 @@ func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects
 		s.flowEvent(ctx, e)
 	}()
 
+	for reruns := 0; ; reruns++ {
+		if reruns > 0 {
+			if reruns > s.cfg.maxRetries {
+				return res, fmt.Errorf("idempotency: flow %q: gave up after %d retries: %w", f.name, reruns-1, r.again.err)
+			}
+			if err := sleep(ctx, backoff(reruns)); err != nil {
+				return res, err
+			}
+			if recorded, err = fd.FlowSteps(ctx, k); err != nil {
+				return res, s.flowError(ctx, "read the flow's steps", err)
+			}
+			r.again = nil
+		}
+		st = &Steps[TTx]{run: r, ctx: ctx, recorded: recorded, used: make(map[string]bool)}
+		var again bool
+		res, again, err = f.end(ctx, st, params)
+		if !again {
+			finished = err == nil || errors.As(err, new(*FinalError))
+			return res, err
+		}
+		st.ended = true
+	}
+}
+
+// end runs fn once and stores its value or final failure; again reports
+// that a deferred commit rolled back and fn should run again.
+func (f *Flow[P, T, TTx]) end(ctx context.Context, st *Steps[TTx], params P) (res Result[T], again bool, err error) {
+	r := st.run
+	s, fd, k := r.s, r.fd, r.k
 	v, err := f.fn(ctx, st, params)
+	if r.again != nil {
+		return res, true, nil
+	}
 	var final *FinalError
 	switch {
 	case err != nil && !errors.As(err, &final):
-		return res, err
+		return res, false, err
 	case st.n < len(st.recorded):
-		return res, fmt.Errorf("%w: flow %q returned after %d steps, but %d were recorded for key %q (step %d is %q)",
+		return res, false, fmt.Errorf("%w: flow %q returned after %d steps, but %d were recorded for key %q (step %d is %q)",
 			ErrStepOrder, f.name, st.n, len(st.recorded), k.Key, st.n+1, st.recorded[st.n].Name)
 	}
-	rec := dialects.Record{Fingerprint: fp}
+	rec := dialects.Record{Fingerprint: r.fp}
 	if final != nil {
 		if rec.Value, err = final.encode(); err != nil {
-			return res, err
+			return res, false, err
 		}
 		rec.Failed = true
 	} else {
 		var fresh T
 		if rec.Value, fresh, err = roundTrip(v); err != nil {
-			return res, fmt.Errorf("idempotency: flow %q: %w", f.name, err)
+			return res, false, fmt.Errorf("idempotency: flow %q: %w", f.name, err)
 		}
 		res.Value = fresh
 	}
-	err = r.transact(ctx, "store the flow's value", nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
+	finish := func(ctx context.Context, tx TTx, f dialects.Fence) error {
 		return fd.FinishFlow(ctx, tx, k, f, rec, s.cfg.ttl)
-	})
-	if err != nil {
-		return Result[T]{}, err
 	}
-	finished = true
-	e := FlowEvent{Kind: FlowFinished, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: token}
+	// The last step's transaction, left open, stores the value (its own
+	// record is not needed: the flow's rows go with it).
+	if tx, fence, _, ok := r.take(); ok {
+		err = r.ended(finish(ctx, tx, fence), "store the flow's value")
+		var rt retryable
+		if errors.As(err, &rt) {
+			r.again = &rt
+			return Result[T]{}, true, nil
+		}
+	} else {
+		err = r.transact(ctx, "store the flow's value", nil, finish)
+	}
+	if err != nil {
+		return Result[T]{}, false, err
+	}
+	e := FlowEvent{Kind: FlowFinished, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: r.token}
 	if final != nil {
 		e.Err = final
 	}
 	s.flowEvent(ctx, e)
 	if final != nil {
-		return res, final
+		return res, false, final
 	}
-	return res, nil
+	return res, false, nil
 }
 
 // roundTrip encodes v as JSON and decodes it back, so that the first
@@ -352,6 +413,49 @@ type flowRun[TTx any] struct {
 	flow  string
 	token int64
 	lease time.Duration
+	fp    []byte
+
+	// leaveOpen: the driver lets a step's transaction stay open until
+	// the flow goes on or ends (dialects.StepFinisher).
+	leaveOpen bool
+
+	// The transaction of the last step, left open (open), and its
+	// step's record, which it commits.
+	open    bool
+	tx      TTx
+	fence   dialects.Fence
+	pending []dialects.StepRow
+	// again is set when a deferred commit rolled back and may pass on
+	// another try: fn runs again from the recorded steps.
+	again *retryable
+}
+
+// take hands over the open transaction, if there is one, and the records
+// it is to commit.
+func (r *flowRun[TTx]) take() (tx TTx, fence dialects.Fence, rows []dialects.StepRow, ok bool) {
+	if !r.open {
+		return tx, fence, nil, false
+	}
+	tx, fence, rows = r.tx, r.fence, r.pending
+	var zero TTx
+	r.tx, r.open, r.pending = zero, false, nil
+	return tx, fence, rows, true
+}
+
+// commit commits the open transaction with its step's record. A
+// rollback that may pass on another try sets r.again.
+func (r *flowRun[TTx]) commit(ctx context.Context, what string) error {
+	tx, fence, rows, ok := r.take()
+	if !ok {
+		return nil
+	}
+	err := r.ended(r.fd.RecordStep(ctx, tx, r.k, fence, rows, r.lease), what)
+	var rt retryable
+	if errors.As(err, &rt) {
+		r.again = &rt
+		return fmt.Errorf("idempotency: flow %q, %s: the step before rolled back, to run again: %w", r.flow, what, rt.err)
+	}
+	return err
 }
 
 // transact runs one fenced transaction of the flow: BeginStep checks the
@@ -408,7 +512,14 @@ func (r *flowRun[TTx]) once(ctx context.Context, what string, work func(ctx cont
 			return err
 		}
 	}
-	err = end(ctx, tx, fence)
+	return r.ended(end(ctx, tx, fence), what)
+}
+
+// ended sorts the error of a statement that ends a fenced transaction
+// (RecordStep, FinishFlow): a retryable when the transaction rolled back
+// and may run again.
+func (r *flowRun[TTx]) ended(err error, what string) error {
+	d := r.s.driver
 	var ce *dialects.CommitError
 	switch {
 	case err == nil:

@@ -39,6 +39,13 @@ func (s *Steps[TTx]) Scope() string { return s.run.k.Scope }
 // stored as the flow's answer. Serialization failures and deadlocks run fn
 // again in a new transaction (WithMaxRetries). When another owner has taken
 // the flow over, Step returns ErrFlowTakenOver and fn's writes roll back.
+//
+// On Postgres and SQLite the step's transaction commits when the flow goes
+// on (the next Step or Call) or ends, where it also stores the flow's
+// value: a flow of n steps commits n transactions rather than n+1, and
+// holds its connection from a step to what follows it. A commit that
+// rolls back there and may pass on another try runs fn of the flow again
+// from its recorded steps.
 func Step[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, tx TTx) (V, error)) (V, error) {
 	var zero V
 	if fn == nil {
@@ -53,7 +60,12 @@ func Step[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, t
 		fresh V
 	)
 	r := s.run
-	err = r.transact(s.ctx, "step "+quoteName(name), func(ctx context.Context, tx TTx) error {
+	what := "step " + quoteName(name)
+	// The step before, left open, commits first.
+	if err := r.commit(s.ctx, what); err != nil {
+		return zero, err
+	}
+	err = r.transact(s.ctx, what, func(ctx context.Context, tx TTx) error {
 		v, err := fn(ctx, tx)
 		if err != nil {
 			return err
@@ -63,7 +75,14 @@ func Step[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, t
 		}
 		return nil
 	}, func(ctx context.Context, tx TTx, f dialects.Fence) error {
-		return r.fd.RecordStep(ctx, tx, r.k, f, dialects.StepRow{Seq: s.n, Name: name, Value: value}, r.lease)
+		row := []dialects.StepRow{{Seq: s.n, Name: name, Value: value}}
+		if !r.leaveOpen {
+			return r.fd.RecordStep(ctx, tx, r.k, f, row, r.lease)
+		}
+		// Left open: it commits with its record when the flow goes on,
+		// or stores the flow's value when it ends.
+		r.open, r.tx, r.fence, r.pending = true, tx, f, row
+		return nil
 	})
 	if err != nil {
 		return zero, err
@@ -96,6 +115,10 @@ func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, k
 		return v, err
 	}
 	r := s.run
+	// The step before, left open, commits before the call is made.
+	if err := r.commit(s.ctx, "call "+quoteName(name)); err != nil {
+		return zero, err
+	}
 	v, err = fn(s.ctx, DownstreamKey(r.k.Scope, r.k.Key, r.flow+"/"+name))
 	if err != nil {
 		return zero, err
@@ -104,8 +127,9 @@ func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, k
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: flow %q, call %q: %w", r.flow, name, err)
 	}
+	row := []dialects.StepRow{{Seq: s.n, Name: name, Value: value}}
 	err = r.transact(s.ctx, "call "+quoteName(name), nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
-		return r.fd.RecordStep(ctx, tx, r.k, f, dialects.StepRow{Seq: s.n, Name: name, Value: value}, r.lease)
+		return r.fd.RecordStep(ctx, tx, r.k, f, row, r.lease)
 	})
 	if err != nil {
 		return zero, err
@@ -126,6 +150,8 @@ func replayStep[V, TTx any](s *Steps[TTx], name string) (v V, done bool, err err
 	switch {
 	case s.ended:
 		return v, false, fmt.Errorf("idempotency: flow %q: step %q after the flow's fn returned: use Steps only within fn", r.flow, name)
+	case r.again != nil:
+		return v, false, fmt.Errorf("idempotency: flow %q: step %q after an earlier step rolled back (return the errors of Step and Call): %w", r.flow, name, r.again.err)
 	case name == "":
 		return v, false, fmt.Errorf("idempotency: flow %q: a step with no name: name every step, uniquely within the flow", r.flow)
 	case s.used[name]:

@@ -42,12 +42,12 @@ type FlowDriver[TTx any] interface {
 	BeginStep(ctx context.Context, k Key, f Fence, lease time.Duration) (TTx, bool, error)
 
 	// RecordStep extends the lease again where the row still carries f's
-	// mark, records step in tx (a transaction of BeginStep's), and
-	// commits. It always ends tx. A row without the mark means that tx is
+	// mark, records steps (none, one or more, in order) in tx (a
+	// transaction of BeginStep's), and commits. It always ends tx. A row without the mark means that tx is
 	// no longer the transaction BeginStep fenced (the database, or fn,
 	// ended it): nothing is recorded, and the error wraps
 	// ErrTransactionEnded. A failed COMMIT is a *CommitError.
-	RecordStep(ctx context.Context, tx TTx, k Key, f Fence, step StepRow, lease time.Duration) error
+	RecordStep(ctx context.Context, tx TTx, k Key, f Fence, steps []StepRow, lease time.Duration) error
 
 	// FinishFlow checks f's mark as RecordStep does, writes rec as the
 	// key's record (expiring ttl from now), deletes the flow's steps and
@@ -66,6 +66,17 @@ type FlowDriver[TTx any] interface {
 	// ExpiredFlows lists up to limit rows of the flow named flow whose
 	// lease has expired, longest expired first.
 	ExpiredFlows(ctx context.Context, flow string, limit int) ([]FlowRow, error)
+}
+
+// StepFinisher is implemented by a FlowDriver that lets the engine end a
+// flow in the transaction of its last step: a step's transaction is left
+// open after its fn returned, and commits with its record (RecordStep)
+// when the flow goes on, or stores the flow's value (FinishFlow) when the
+// flow ends, which spares a transaction and its commit per flow. A
+// deadlock or serialization failure at that end runs the last step again.
+// FinishInStep reports whether the driver's database may do so.
+type StepFinisher interface {
+	FinishInStep() bool
 }
 
 // Fence is what a step's transaction writes on its flow's row: the
@@ -159,6 +170,11 @@ type FlowStatements struct {
 	// that ran out (stopped or abandoned, waiting for a retry or a
 	// completer).
 	Stats string
+	// FinishApart: a flow's value is stored in a transaction of its own
+	// rather than in its last step's (StepFinisher), where storing it
+	// meets deadlocks between flows that end at once (InnoDB's gap locks)
+	// and would run the last step again.
+	FinishApart bool
 	// Expired (flow, limit): scope, key, fingerprint, params, token,
 	// resumes, last error (never NULL), and milliseconds since the lease
 	// ran out, longest first.

@@ -10,7 +10,14 @@ import (
 	"github.com/jmoiron/sqlx"
 )
 
-var _ FlowDriver[*sqlx.Tx] = (*sqlDriver)(nil)
+var (
+	_ FlowDriver[*sqlx.Tx] = (*sqlDriver)(nil)
+	_ StepFinisher         = (*sqlDriver)(nil)
+)
+
+// FinishInStep reports whether the dialect has flow statements that may
+// store a flow's value in its last step's transaction.
+func (s *sqlDriver) FinishInStep() bool { return s.flow != nil && !s.flow.FinishApart }
 
 // flowStatements returns d's flow statements, or nil.
 func flowStatements(d Dialect) *FlowStatements {
@@ -142,14 +149,16 @@ func (s *sqlDriver) BeginStep(ctx context.Context, k Key, fence Fence, lease tim
 	return nil, false, nil
 }
 
-func (s *sqlDriver) RecordStep(ctx context.Context, tx *sqlx.Tx, k Key, fence Fence, step StepRow, lease time.Duration) error {
+func (s *sqlDriver) RecordStep(ctx context.Context, tx *sqlx.Tx, k Key, fence Fence, steps []StepRow, lease time.Duration) error {
 	f := s.flow // BeginStep checked it
 	if err := s.touch(ctx, tx, k, fence, lease); err != nil {
 		return err
 	}
-	if _, err := tx.ExecContext(ctx, f.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value); err != nil {
-		_ = tx.Rollback()
-		return fmt.Errorf("record the step: %w", err)
+	for _, step := range steps {
+		if _, err := tx.ExecContext(ctx, f.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value); err != nil {
+			_ = tx.Rollback()
+			return fmt.Errorf("record the step: %w", err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return &CommitError{Err: err}

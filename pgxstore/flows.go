@@ -17,7 +17,14 @@ import (
 // the flow tables as they share the key table. A step's transaction is
 // pipelined as Do's is: [BEGIN, fence] before fn, and [record, extend the
 // lease, COMMIT] after it.
-var _ dialects.FlowDriver[pgx.Tx] = (*driver)(nil)
+var (
+	_ dialects.FlowDriver[pgx.Tx] = (*driver)(nil)
+	_ dialects.StepFinisher       = (*driver)(nil)
+)
+
+// FinishInStep: the last step's transaction of a flow also stores its
+// value.
+func (d *driver) FinishInStep() bool { return true }
 
 func (d *driver) units(lease time.Duration) int64 { return int64(lease / d.flows.LeaseUnit) }
 
@@ -107,10 +114,12 @@ func (d *driver) BeginStep(ctx context.Context, k dialects.Key, f dialects.Fence
 // one pipeline. The extension (TouchOrFail) fails where the row lacks the
 // transaction's mark, and an error stops what follows it, the COMMIT
 // included.
-func (d *driver) RecordStep(ctx context.Context, tx pgx.Tx, k dialects.Key, f dialects.Fence, step dialects.StepRow, lease time.Duration) error {
+func (d *driver) RecordStep(ctx context.Context, tx pgx.Tx, k dialects.Key, f dialects.Fence, steps []dialects.StepRow, lease time.Duration) error {
 	return d.commitWith(ctx, tx, "RecordStep", func(b *pgx.Batch) {
 		b.Queue(d.flows.TouchOrFail, d.units(lease), k.Scope, k.Key, f.Token, f.Mark)
-		b.Queue(d.flows.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value)
+		for _, step := range steps {
+			b.Queue(d.flows.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value)
+		}
 	})
 }
 
