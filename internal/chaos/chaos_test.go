@@ -270,6 +270,30 @@ func add(total, f *chaos.Figures) {
 	total.Resolution.Final += f.Resolution.Final
 	total.Resolution.Stuck = append(total.Resolution.Stuck, f.Resolution.Stuck...)
 	total.Breaches = append(total.Breaches, f.Breaches...)
+	addFlows(&total.Flows, f.Flows)
+}
+
+func addFlows(total *chaos.FlowFigures, f chaos.FlowFigures) {
+	if total.Classes == nil {
+		total.Classes, total.Events, total.ChargesPerKey = map[string]int{}, map[string]int{}, map[int]int{}
+	}
+	total.Keys += f.Keys
+	total.Calls += f.Calls
+	total.Unfinished += f.Unfinished
+	total.CheckResumes += f.CheckResumes
+	total.Finished += f.Finished
+	total.GaveUp += f.GaveUp
+	total.RanAtCheck += f.RanAtCheck
+	total.ProviderCalls += f.ProviderCalls
+	for k, v := range f.Classes {
+		total.Classes[k] += v
+	}
+	for k, v := range f.Events {
+		total.Events[k] += v
+	}
+	for k, v := range f.ChargesPerKey {
+		total.ChargesPerKey[k] += v
+	}
 }
 
 // proxyDSN is the Plan's ProxyDSN for a server of kind: dsn through the

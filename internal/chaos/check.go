@@ -63,7 +63,7 @@ type State struct {
 func Touched(st *State, answers []Answer) []string {
 	set := map[string]bool{}
 	for _, a := range answers {
-		if a.Key != "" {
+		if a.Key != "" && !a.Flow {
 			set[a.Key] = true
 		}
 	}
@@ -206,8 +206,8 @@ func Check(st *State, answers []Answer) []string {
 		}
 	}
 	for _, a := range answers {
-		if a.Call == "" {
-			continue
+		if a.Call == "" || a.Flow {
+			continue // a fault, or a flow's (see CheckFlows)
 		}
 		r, ok := st.Keys[a.Key]
 		switch a.Class {

@@ -74,6 +74,7 @@ type Figures struct {
 	Resolution  Resolution
 	Errors      map[string]int // other errors (class error), by message shape
 	Breaches    []string
+	Flows       FlowFigures // the flow workload's
 }
 
 // String formats the figures on a few lines.
@@ -85,6 +86,9 @@ func (f *Figures) String() string {
 	fmt.Fprintf(&b, "  faults: %s\n", formatCounts(f.Faults))
 	fmt.Fprintf(&b, "  final retry of %d keys: replayed=%d ran=%d final=%d stuck=%d",
 		f.Resolution.Keys, f.Resolution.Replayed, f.Resolution.Ran, f.Resolution.Final, len(f.Resolution.Stuck))
+	if f.Flows.Classes != nil {
+		fmt.Fprintf(&b, "\n  %s", strings.ReplaceAll(f.Flows.String(), "\n", "\n  "))
+	}
 	for _, e := range topErrors(f.Errors, 4) {
 		fmt.Fprintf(&b, "\n  error: %s", e)
 	}
@@ -324,6 +328,9 @@ func Run(ctx context.Context, p Plan) (*Figures, error) {
 			fig.Faults[a.Fault]++
 			continue
 		}
+		if a.Flow || a.FlowEvent != "" {
+			continue // counted by CheckFlows
+		}
 		fig.Calls++
 		fig.Classes[a.Class]++
 		if a.Injected != "" {
@@ -381,6 +388,12 @@ func Run(ctx context.Context, p Plan) (*Figures, error) {
 			fig.Breaches = append(fig.Breaches, "after the final retries: "+b)
 		}
 	}
+	flows, breaches, err := CheckFlows(cctx, db, answers, 30*time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("check the flows: %w", err)
+	}
+	fig.Flows = flows
+	fig.Breaches = append(fig.Breaches, breaches...)
 	return fig, nil
 }
 

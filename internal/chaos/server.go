@@ -272,5 +272,8 @@ func Prepare(ctx context.Context, db *sqlx.DB) error {
 	if err := migrations.Up(ctx, db); err != nil {
 		return err
 	}
-	return CreateEffects(ctx, db)
+	if err := CreateEffects(ctx, db); err != nil {
+		return err
+	}
+	return CreateFlowTables(ctx, db)
 }

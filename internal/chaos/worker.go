@@ -110,6 +110,10 @@ type Answer struct {
 	Err      string `json:"err,omitempty"`
 	Injected string `json:"injected,omitempty"` // the fault this call was given: cancel, deadline, rollback, final, slow
 	Fault    string `json:"fault,omitempty"`
+	// Flow marks the answer of a flow call (FlowScope); FlowEvent is a
+	// line for a flow event the worker's store saw (no call).
+	Flow      bool   `json:"flow,omitempty"`
+	FlowEvent string `json:"flow_event,omitempty"`
 }
 
 // Answer classes.
@@ -175,20 +179,21 @@ func RunWorker(ctx context.Context, cfg WorkerConfig) error {
 	defer f.Close()
 	lg := &logFile{f: f}
 
-	opts := []idempotency.Option{idempotency.WithWait(cfg.Wait)}
+	opts := []idempotency.Option{idempotency.WithWait(cfg.Wait),
+		idempotency.WithLease(flowLease), idempotency.WithCompleterInterval(flowInterval)}
 	if lvl, ok := isolations[cfg.Isolation]; ok {
 		opts = append(opts, idempotency.WithIsolation(lvl))
 	}
+	hooks := idempotency.Hooks{Flow: flowHooks(lg)}
 	if cfg.Faults.Kill {
-		opts = append(opts, idempotency.WithHooks(idempotency.Hooks{
-			CallStart: func(ctx context.Context, _, _ string) context.Context {
-				if rand.Float64() < pKillBeforeClaim {
-					lg.kill("kill_before_claim")
-				}
-				return ctx
-			},
-		}))
+		hooks.CallStart = func(ctx context.Context, _, _ string) context.Context {
+			if rand.Float64() < pKillBeforeClaim {
+				lg.kill("kill_before_claim")
+			}
+			return ctx
+		}
 	}
+	opts = append(opts, idempotency.WithHooks(hooks))
 	if cfg.Driver == PgxStore {
 		return runPgx(ctx, cfg, lg, opts)
 	}
@@ -208,7 +213,7 @@ func RunWorker(ctx context.Context, cfg WorkerConfig) error {
 		_, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO `+EffectsTable+` (k, token) VALUES (?, ?)`), key, id)
 		return err
 	}
-	runAll(ctx, cfg, s.Scope(Scope), lg, insert)
+	runAll(ctx, cfg, s, lg, insert, sqlFlowOps(db))
 	return nil
 }
 
@@ -243,17 +248,20 @@ func runPgx(ctx context.Context, cfg WorkerConfig, lg *logFile, opts []idempoten
 		_, err := tx.Exec(ctx, `INSERT INTO `+EffectsTable+` (k, token) VALUES ($1, $2)`, key, id)
 		return err
 	}
-	runAll(ctx, cfg, s.Scope(Scope), lg, insert)
+	runAll(ctx, cfg, s, lg, insert, pgxFlowOps(pool))
 	return nil
 }
 
-// runAll runs cfg.Goroutines callers on s until cfg.Until; insert writes
-// one business row through the call's transaction.
-func runAll[TTx any](ctx context.Context, cfg WorkerConfig, s *idempotency.TxStore[TTx], lg *logFile, insert func(context.Context, TTx, string, string) error) {
+// runAll runs cfg.Goroutines callers of Do on s (in Scope) until
+// cfg.Until, insert writing one business row through the call's
+// transaction, and beside them the flow workload (see runFlows).
+func runAll[TTx any](ctx context.Context, cfg WorkerConfig, s *idempotency.TxStore[TTx], lg *logFile, insert func(context.Context, TTx, string, string) error, ops flowOps[TTx]) {
 	var wg sync.WaitGroup
+	do := s.Scope(Scope)
 	for g := range cfg.Goroutines {
-		wg.Go(func() { work(ctx, cfg, s, lg, g, insert) })
+		wg.Go(func() { work(ctx, cfg, do, lg, g, insert) })
 	}
+	runFlows(ctx, cfg, s, lg, ops, &wg)
 	wg.Wait()
 }
 
