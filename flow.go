@@ -130,17 +130,17 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 		if restarts++; restarts > maxRestarts {
 			return res, fmt.Errorf("idempotency: flow %q, key %q: gave up after %d attempts that each found the flow changed under them", f.name, k.Key, restarts)
 		}
-		rec, ok, err := s.driver.Lookup(ctx, k)
+		rec, ok, row, running, err := lookupFlow(ctx, s, fd, k)
 		if err != nil {
 			if s.transient(ctx, err, restarts) {
 				continue
 			}
-			return res, s.flowError(ctx, "read the key", err)
+			return res, s.flowError(ctx, "read the key and the flow", err)
 		}
 		if ok {
 			return f.replay(rec, fp, k)
 		}
-		row, ok, err := fd.ReadFlow(ctx, k)
+		ok = running
 		switch {
 		case err != nil && s.transient(ctx, err, restarts):
 			continue
@@ -150,8 +150,8 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 			// No flow holds the key: start one. (Reading first matters: an
 			// INSERT that meets the row of a flow whose step is under way
 			// waits for that step's transaction, holding a connection.)
-			started, err := fd.InsertFlow(ctx, k, dialects.FlowRow{Flow: f.name, Fingerprint: fp, Params: pj}, lease)
-			if err != nil {
+			started, rec, ok, err := startFlow(ctx, s, fd, k, dialects.FlowRow{Flow: f.name, Fingerprint: fp, Params: pj}, lease)
+			if err != nil && !started {
 				if s.transient(ctx, err, restarts) {
 					continue
 				}
@@ -160,7 +160,6 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 			if started {
 				// A flow that finished between the read and the insert left
 				// its record and no row: look again, so as not to run it twice.
-				rec, ok, err := s.driver.Lookup(ctx, k)
 				if err != nil {
 					// Started, but not run: free the key for the next caller.
 					_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, 1, err.Error())
@@ -212,6 +211,34 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 			return res, err
 		}
 	}
+}
+
+// lookupFlow reads the key's record and its flow's row, in one exchange
+// where the driver can (dialects.FlowPipeliner).
+func lookupFlow[TTx any](ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key) (dialects.Record, bool, dialects.FlowRow, bool, error) {
+	if p, ok := fd.(dialects.FlowPipeliner); ok {
+		return p.LookupFlow(ctx, k)
+	}
+	rec, ok, err := s.driver.Lookup(ctx, k)
+	if err != nil || ok {
+		return rec, ok, dialects.FlowRow{}, false, err
+	}
+	row, running, err := fd.ReadFlow(ctx, k)
+	return rec, false, row, running, err
+}
+
+// startFlow inserts the flow's row and reads the key's record again, in
+// one exchange where the driver can. An error with started set is the
+// read's.
+func startFlow[TTx any](ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key, row dialects.FlowRow, lease time.Duration) (started bool, rec dialects.Record, recorded bool, err error) {
+	if p, ok := fd.(dialects.FlowPipeliner); ok {
+		return p.StartFlow(ctx, k, row, lease)
+	}
+	if started, err = fd.InsertFlow(ctx, k, row, lease); err != nil || !started {
+		return started, rec, false, err
+	}
+	rec, recorded, err = s.driver.Lookup(ctx, k)
+	return true, rec, recorded, err
 }
 
 // flowParams is what a flow's fingerprint covers: its name and params, so
@@ -538,6 +565,44 @@ func (r *flowRun[TTx]) ended(err error, what string) error {
 		return retryable{err}
 	}
 	return fmt.Errorf("idempotency: flow %q, %s: %w", r.flow, what, err)
+}
+
+// record records rows (a call's value) in a fenced transaction of their
+// own: in one exchange where the driver can (dialects.FlowPipeliner), and
+// retried as transact's are.
+func (r *flowRun[TTx]) record(ctx context.Context, what string, rows []dialects.StepRow) error {
+	p, ok := r.fd.(dialects.FlowPipeliner)
+	if !ok {
+		return r.transact(ctx, what, nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
+			return r.fd.RecordStep(ctx, tx, r.k, f, rows, r.lease)
+		})
+	}
+	for retries := 0; ; retries++ {
+		fenced, err := p.RecordSteps(ctx, r.k, dialects.Fence{Token: r.token, Mark: rand.Int64()}, rows, r.lease)
+		switch {
+		case err == nil && !fenced:
+			return fmt.Errorf("%w: flow %q, key %q, token %d: %s", ErrFlowTakenOver, r.flow, r.k.Key, r.token, what)
+		case err == nil:
+			return nil
+		case ctx.Err() != nil && !errors.As(err, new(*dialects.CommitError)):
+			return ctx.Err()
+		}
+		err = r.ended(err, what)
+		var again retryable
+		if !errors.As(err, &again) {
+			if c := r.s.driver.Classify(err); !errors.As(err, new(*dialects.CommitError)) && (c == dialects.Busy || c == dialects.Lost) {
+				again = retryable{err} // nothing committed: begin again
+			} else {
+				return err
+			}
+		}
+		if retries >= r.s.cfg.maxRetries {
+			return fmt.Errorf("idempotency: flow %q, %s: gave up after %d retries: %w", r.flow, what, retries, again.err)
+		}
+		if err := sleep(ctx, backoff(retries+1)); err != nil {
+			return err
+		}
+	}
 }
 
 // work runs w in tx, and rolls tx back when w fails or panics.

@@ -127,11 +127,7 @@ func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, k
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: flow %q, call %q: %w", r.flow, name, err)
 	}
-	row := []dialects.StepRow{{Seq: s.n, Name: name, Value: value}}
-	err = r.transact(s.ctx, "call "+quoteName(name), nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
-		return r.fd.RecordStep(ctx, tx, r.k, f, row, r.lease)
-	})
-	if err != nil {
+	if err := r.record(s.ctx, "call "+quoteName(name), []dialects.StepRow{{Seq: s.n, Name: name, Value: value}}); err != nil {
 		return zero, err
 	}
 	s.recordedNow(name, false)

@@ -79,6 +79,25 @@ type StepFinisher interface {
 	FinishInStep() bool
 }
 
+// FlowPipeliner is implemented by a FlowDriver that sends statements of a
+// flow which do not wait on each other in one exchange with the database
+// (the pgx store): the engine uses it where a driver has it.
+type FlowPipeliner interface {
+	// LookupFlow is Driver.Lookup and ReadFlow in one exchange: the key's
+	// live record, if any, and its flow row, if any.
+	LookupFlow(ctx context.Context, k Key) (rec Record, recorded bool, row FlowRow, running bool, err error)
+	// StartFlow is InsertFlow, then Driver.Lookup, in one exchange: the
+	// insert (each statement commits on its own), and the key's live
+	// record, which a flow that ended between a read and the insert left.
+	StartFlow(ctx context.Context, k Key, f FlowRow, lease time.Duration) (started bool, rec Record, recorded bool, err error)
+	// RecordSteps is BeginStep and RecordStep, with no work between
+	// them, in one exchange: it fences a transaction, records steps and
+	// commits; false (and nothing recorded) when no row carries f.Token.
+	// A failed COMMIT, or a connection that broke once the statements were
+	// sent, is a *CommitError.
+	RecordSteps(ctx context.Context, k Key, f Fence, steps []StepRow, lease time.Duration) (bool, error)
+}
+
 // Fence is what a step's transaction writes on its flow's row: the
 // owner's fencing token, and a mark the engine draws for the transaction.
 // The mark tells the transaction's later statements whether they still run
@@ -151,6 +170,9 @@ type FlowStatements struct {
 	// (an error, unlike a row count, stops them); "" if the dialect has
 	// none.
 	TouchOrFail string
+	// FenceOrFail is Fence as a statement that fails where Fence would
+	// affect no row (see TouchOrFail); "" if the dialect has none.
+	FenceOrFail string
 	// Steps (scope, key): seq, name, value, by seq.
 	Steps string
 	// Record (scope, key, seq, name, value) inserts a step.

@@ -20,7 +20,93 @@ import (
 var (
 	_ dialects.FlowDriver[pgx.Tx] = (*driver)(nil)
 	_ dialects.StepFinisher       = (*driver)(nil)
+	_ dialects.FlowPipeliner      = (*driver)(nil)
 )
+
+// LookupFlow sends the key's lookup and the flow's read as one pipeline.
+func (d *driver) LookupFlow(ctx context.Context, k dialects.Key) (rec dialects.Record, recorded bool, row dialects.FlowRow, running bool, err error) {
+	row = dialects.FlowRow{Scope: k.Scope, Key: k.Key}
+	b := &pgx.Batch{}
+	b.Queue(d.sql.Lookup, k.Scope, k.Key)
+	b.Queue(d.flows.Read, k.Scope, k.Key)
+	br := d.pool.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	if rec, recorded, err = lookup(br.QueryRow()); err != nil {
+		return rec, false, row, false, err
+	}
+	err = br.QueryRow().Scan(&row.Flow, &row.Fingerprint, &row.Params, &row.Token, &row.Resumes, &row.LastError, &row.Expired)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return rec, recorded, row, false, nil
+	}
+	return rec, recorded, row, err == nil, err
+}
+
+// StartFlow sends the flow's insert and the key's lookup as one pipeline;
+// each commits on its own, in order.
+func (d *driver) StartFlow(ctx context.Context, k dialects.Key, r dialects.FlowRow, lease time.Duration) (started bool, rec dialects.Record, recorded bool, err error) {
+	b := &pgx.Batch{}
+	b.Queue(d.flows.Insert, k.Scope, k.Key, r.Flow, r.Fingerprint, r.Params, d.units(lease))
+	b.Queue(d.sql.Lookup, k.Scope, k.Key)
+	br := d.pool.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	tag, err := br.Exec()
+	if err != nil {
+		return false, rec, false, err
+	}
+	rec, recorded, err = lookup(br.QueryRow())
+	return tag.RowsAffected() == 1, rec, recorded, err
+}
+
+// RecordSteps sends BEGIN, the fence (FenceOrFail, whose error stops what
+// follows it), the records and COMMIT as one pipeline.
+func (d *driver) RecordSteps(ctx context.Context, k dialects.Key, f dialects.Fence, steps []dialects.StepRow, lease time.Duration) (bool, error) {
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return false, fmt.Errorf("acquire a connection: %w", err)
+	}
+	t := newCallTx(nil, conn)
+	t.end()
+	defer t.close()
+	b := &pgx.Batch{}
+	b.BeginTx(d.opts)
+	b.Queue(d.flows.FenceOrFail, d.units(lease), f.Mark, k.Scope, k.Key, f.Token)
+	for _, step := range steps {
+		b.Queue(d.flows.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value)
+	}
+	n := b.Len()
+	b.Queue("commit")
+	br := conn.Conn().SendBatch(context.WithoutCancel(ctx), b)
+	var (
+		tag pgconn.CommandTag
+		i   int
+	)
+	for ; i <= n; i++ {
+		if tag, err = br.Exec(); err != nil {
+			break
+		}
+	}
+	_ = br.Close()
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil && tag.String() != "COMMIT":
+		return false, &dialects.CommitError{Err: fmt.Errorf("commit answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)}
+	case err == nil:
+		return true, nil
+	case i == n, !answered(err):
+		return false, &dialects.CommitError{Err: err}
+	case i == 1 && errors.As(err, &pgErr) && pgErr.Code == "22012":
+		return false, nil // another owner has the flow
+	}
+	return false, err
+}
 
 // FinishInStep: the last step's transaction of a flow also stores its
 // value.

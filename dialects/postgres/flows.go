@@ -19,6 +19,8 @@ func (d *Dialect) FlowStatements() dialects.FlowStatements { return d.flows }
 // transaction's start (now()).
 func FlowSQL(table string) dialects.FlowStatements {
 	flows, steps := dialects.FlowTables(table)
+	fence := `UPDATE ` + flows + ` SET lease_until = clock_timestamp() + $1::float8 * interval '1 microsecond', fence = $2
+WHERE scope = $3 AND key = $4 AND token = $5`
 	touch := `UPDATE ` + flows + ` SET lease_until = clock_timestamp() + $1::float8 * interval '1 microsecond'
 WHERE scope = $2 AND key = $3 AND token = $4 AND fence = $5`
 	const (
@@ -36,8 +38,10 @@ FROM ` + flows + ` WHERE scope = $1 AND key = $2`,
 WHERE scope = $1 AND key = $2 AND token = $3 AND ` + due + ` FOR UPDATE SKIP LOCKED`,
 		TakeOver: `UPDATE ` + flows + ` SET token = token + 1, resumes = resumes + 1, lease_until = ` + until + `
 WHERE scope = $2 AND key = $3 AND token = $4 AND ` + due,
-		Fence: `UPDATE ` + flows + ` SET lease_until = ` + until + `, fence = $2
-WHERE scope = $3 AND key = $4 AND token = $5`,
+		Fence: fence,
+		// A division by zero where Fence would find no row.
+		FenceOrFail: `WITH fenced AS (` + fence + ` RETURNING 1)
+SELECT 1 / (SELECT count(*) FROM fenced)`,
 		Touch: touch,
 		// A division by zero where Touch would find no row.
 		TouchOrFail: `WITH touched AS (` + touch + ` RETURNING 1)
