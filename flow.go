@@ -300,7 +300,10 @@ func (f *Flow[P, T, TTx]) replay(rec dialects.Record, fp []byte, k dialects.Key)
 // another try (a serialization failure, a deadlock), nothing of the step
 // stays, and fn runs again from the recorded steps, as a resumed run does.
 func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key, fp []byte, token int64, params P, recorded []dialects.StepRow) (res Result[T], err error) {
-	r := &flowRun[TTx]{s: s, fd: fd, k: k, flow: f.name, token: token, lease: s.cfg.flow.leaseOrDefault(), fp: fp}
+	r := &flowRun[TTx]{s: s, fd: fd, k: k, flow: f.name, token: token, lease: s.cfg.flow.leaseOrDefault(), fp: fp, durable: true}
+	if _, ok := fd.(dialects.FlowPipeliner); ok && token == 1 && recorded == nil {
+		r.durable = false // started by StartFlow, whose commit may not have waited
+	}
 	if sf, ok := fd.(dialects.StepFinisher); ok {
 		r.leaveOpen = sf.FinishInStep()
 	}
@@ -442,6 +445,10 @@ type flowRun[TTx any] struct {
 	lease time.Duration
 	fp    []byte
 
+	// durable: the flow's row has surely reached the disk (a commit that
+	// waited for it followed its insert), as it must before the flow
+	// reaches another system. Only a driver's StartFlow leaves it unset.
+	durable bool
 	// leaveOpen: the driver lets a step's transaction stay open until
 	// the flow goes on or ends (dialects.StepFinisher).
 	leaveOpen bool
@@ -482,6 +489,7 @@ func (r *flowRun[TTx]) commit(ctx context.Context, what string) error {
 		r.again = &rt
 		return fmt.Errorf("idempotency: flow %q, %s: the step before rolled back, to run again: %w", r.flow, what, rt.err)
 	}
+	r.durable = r.durable || err == nil
 	return err
 }
 
@@ -570,7 +578,7 @@ func (r *flowRun[TTx]) ended(err error, what string) error {
 // record records rows (a call's value) in a fenced transaction of their
 // own: in one exchange where the driver can (dialects.FlowPipeliner), and
 // retried as transact's are.
-func (r *flowRun[TTx]) record(ctx context.Context, what string, rows []dialects.StepRow) error {
+func (r *flowRun[TTx]) record(ctx context.Context, what string, rows []dialects.StepRow, lazy bool) error {
 	p, ok := r.fd.(dialects.FlowPipeliner)
 	if !ok {
 		return r.transact(ctx, what, nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
@@ -578,11 +586,12 @@ func (r *flowRun[TTx]) record(ctx context.Context, what string, rows []dialects.
 		})
 	}
 	for retries := 0; ; retries++ {
-		fenced, err := p.RecordSteps(ctx, r.k, dialects.Fence{Token: r.token, Mark: rand.Int64()}, rows, r.lease)
+		fenced, err := p.RecordSteps(ctx, r.k, dialects.Fence{Token: r.token, Mark: rand.Int64()}, rows, r.lease, lazy)
 		switch {
 		case err == nil && !fenced:
 			return fmt.Errorf("%w: flow %q, key %q, token %d: %s", ErrFlowTakenOver, r.flow, r.k.Key, r.token, what)
 		case err == nil:
+			r.durable = r.durable || !lazy
 			return nil
 		case ctx.Err() != nil && !errors.As(err, new(*dialects.CommitError)):
 			return ctx.Err()

@@ -119,6 +119,13 @@ func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, k
 	if err := r.commit(s.ctx, "call "+quoteName(name)); err != nil {
 		return zero, err
 	}
+	// The flow's row reaches the disk before the flow reaches another
+	// system, so that a completer finds it after any crash.
+	if !r.durable {
+		if err := r.record(s.ctx, "call "+quoteName(name), nil, false); err != nil {
+			return zero, err
+		}
+	}
 	v, err = fn(s.ctx, DownstreamKey(r.k.Scope, r.k.Key, r.flow+"/"+name))
 	if err != nil {
 		return zero, err
@@ -127,7 +134,10 @@ func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, k
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: flow %q, call %q: %w", r.flow, name, err)
 	}
-	if err := r.record(s.ctx, "call "+quoteName(name), []dialects.StepRow{{Seq: s.n, Name: name, Value: value}}); err != nil {
+	// Its commit need not wait for the disk: whatever depends on the value
+	// commits after it, and a crash that loses it makes the call again,
+	// with the same key, as a crash before it does.
+	if err := r.record(s.ctx, "call "+quoteName(name), []dialects.StepRow{{Seq: s.n, Name: name, Value: value}}, true); err != nil {
 		return zero, err
 	}
 	s.recordedNow(name, false)

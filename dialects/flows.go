@@ -87,15 +87,22 @@ type FlowPipeliner interface {
 	// live record, if any, and its flow row, if any.
 	LookupFlow(ctx context.Context, k Key) (rec Record, recorded bool, row FlowRow, running bool, err error)
 	// StartFlow is InsertFlow, then Driver.Lookup, in one exchange: the
-	// insert (each statement commits on its own), and the key's live
-	// record, which a flow that ended between a read and the insert left.
+	// insert, and the key's live record, which a flow that ended between
+	// a read and the insert left. The insert's commit need not wait for
+	// the disk: the engine makes it durable (with the first step's
+	// commit, or an empty RecordSteps) before the flow reaches another
+	// system, and until then a crash of the database that loses it loses
+	// nothing else of the flow.
 	StartFlow(ctx context.Context, k Key, f FlowRow, lease time.Duration) (started bool, rec Record, recorded bool, err error)
 	// RecordSteps is BeginStep and RecordStep, with no work between
 	// them, in one exchange: it fences a transaction, records steps and
 	// commits; false (and nothing recorded) when no row carries f.Token.
 	// A failed COMMIT, or a connection that broke once the statements were
-	// sent, is a *CommitError.
-	RecordSteps(ctx context.Context, k Key, f Fence, steps []StepRow, lease time.Duration) (bool, error)
+	// sent, is a *CommitError. With lazy set the commit need not wait for
+	// the disk: a later commit that waits makes it durable, and a crash
+	// of the database before that loses only the records (a call's
+	// value: the call is made again with the same key).
+	RecordSteps(ctx context.Context, k Key, f Fence, steps []StepRow, lease time.Duration, lazy bool) (bool, error)
 }
 
 // Fence is what a step's transaction writes on its flow's row: the

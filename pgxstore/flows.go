@@ -49,25 +49,46 @@ func (d *driver) LookupFlow(ctx context.Context, k dialects.Key) (rec dialects.R
 // each commits on its own, in order.
 func (d *driver) StartFlow(ctx context.Context, k dialects.Key, r dialects.FlowRow, lease time.Duration) (started bool, rec dialects.Record, recorded bool, err error) {
 	b := &pgx.Batch{}
+	b.Queue("begin")
+	b.Queue(lazyCommit)
 	b.Queue(d.flows.Insert, k.Scope, k.Key, r.Flow, r.Fingerprint, r.Params, d.units(lease))
+	b.Queue("commit")
 	b.Queue(d.sql.Lookup, k.Scope, k.Key)
-	br := d.pool.SendBatch(ctx, b)
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return false, rec, false, fmt.Errorf("acquire a connection: %w", err)
+	}
+	t := newCallTx(nil, conn)
+	t.end()
+	defer t.close()
+	br := conn.Conn().SendBatch(ctx, b)
 	defer func() {
 		if cerr := br.Close(); err == nil {
 			err = cerr
 		}
 	}()
-	tag, err := br.Exec()
-	if err != nil {
-		return false, rec, false, err
+	var tag pgconn.CommandTag
+	for i := range 4 {
+		res, err := br.Exec()
+		if err != nil {
+			return false, rec, false, err
+		}
+		if i == 2 {
+			tag = res
+		}
 	}
 	rec, recorded, err = lookup(br.QueryRow())
 	return tag.RowsAffected() == 1, rec, recorded, err
 }
 
+// lazyCommit lets a transaction's COMMIT return before its WAL reaches
+// the disk; a later commit that waits flushes it too (the WAL is flushed
+// in order).
+const lazyCommit = "set local synchronous_commit to off"
+
 // RecordSteps sends BEGIN, the fence (FenceOrFail, whose error stops what
 // follows it), the records and COMMIT as one pipeline.
-func (d *driver) RecordSteps(ctx context.Context, k dialects.Key, f dialects.Fence, steps []dialects.StepRow, lease time.Duration) (bool, error) {
+func (d *driver) RecordSteps(ctx context.Context, k dialects.Key, f dialects.Fence, steps []dialects.StepRow, lease time.Duration, lazy bool) (bool, error) {
 	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return false, fmt.Errorf("acquire a connection: %w", err)
@@ -77,6 +98,11 @@ func (d *driver) RecordSteps(ctx context.Context, k dialects.Key, f dialects.Fen
 	defer t.close()
 	b := &pgx.Batch{}
 	b.BeginTx(d.opts)
+	first := 1
+	if lazy {
+		b.Queue(lazyCommit)
+		first++
+	}
 	b.Queue(d.flows.FenceOrFail, d.units(lease), f.Mark, k.Scope, k.Key, f.Token)
 	for _, step := range steps {
 		b.Queue(d.flows.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value)
@@ -102,7 +128,7 @@ func (d *driver) RecordSteps(ctx context.Context, k dialects.Key, f dialects.Fen
 		return true, nil
 	case i == n, !answered(err):
 		return false, &dialects.CommitError{Err: err}
-	case i == 1 && errors.As(err, &pgErr) && pgErr.Code == "22012":
+	case i == first && errors.As(err, &pgErr) && pgErr.Code == "22012":
 		return false, nil // another owner has the flow
 	}
 	return false, err
