@@ -40,6 +40,8 @@ type Plan struct {
 	Wait       time.Duration // WithWait of the workers
 	Dir        string        // where the worker logs go
 	Faults     Faults
+	// Flows runs the flow workload beside Do's, and CheckFlows after.
+	Flows bool
 
 	// KillEvery is the mean time between SIGKILLs of a random worker.
 	KillEvery time.Duration
@@ -177,6 +179,7 @@ func Run(ctx context.Context, p Plan) (*Figures, error) {
 			Log:        filepath.Join(p.Dir, fmt.Sprintf("worker-%03d.log", id)),
 			Wait:       p.Wait,
 			Faults:     p.Faults,
+			Flows:      p.Flows,
 		}
 		if len(p.Isolations) > 0 {
 			cfg.Isolation = p.Isolations[id%len(p.Isolations)]
@@ -387,6 +390,9 @@ func Run(ctx context.Context, p Plan) (*Figures, error) {
 		if !contains(fig.Breaches, b) {
 			fig.Breaches = append(fig.Breaches, "after the final retries: "+b)
 		}
+	}
+	if !p.Flows {
+		return fig, nil
 	}
 	flows, breaches, err := CheckFlows(cctx, db, answers, 30*time.Second)
 	if err != nil {

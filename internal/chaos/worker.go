@@ -62,6 +62,7 @@ type WorkerConfig struct {
 	Isolation  string        `json:"isolation"` // "", "read committed", "repeatable read", "serializable"
 	Wait       time.Duration `json:"wait"`
 	Faults     Faults        `json:"faults"`
+	Flows      bool          `json:"flows"` // run the flow workload beside Do's (see runFlows)
 }
 
 // Faults says which faults a run injects.
@@ -261,7 +262,9 @@ func runAll[TTx any](ctx context.Context, cfg WorkerConfig, s *idempotency.TxSto
 	for g := range cfg.Goroutines {
 		wg.Go(func() { work(ctx, cfg, do, lg, g, insert) })
 	}
-	runFlows(ctx, cfg, s, lg, ops, &wg)
+	if cfg.Flows {
+		runFlows(ctx, cfg, s, lg, ops, &wg)
+	}
 	wg.Wait()
 }
 
