@@ -396,7 +396,8 @@ func (f *Flow[P, T, TTx]) end(ctx context.Context, st *Steps[TTx], params P) (re
 	}
 	// The last step's transaction, left open, stores the value (its own
 	// record is not needed: the flow's rows go with it).
-	if tx, fence, _, ok := r.take(); ok {
+	tx, fence, _, inStep := r.take()
+	if inStep {
 		err = r.ended(finish(ctx, tx, fence), "store the flow's value")
 		var rt retryable
 		if errors.As(err, &rt) {
@@ -408,6 +409,9 @@ func (f *Flow[P, T, TTx]) end(ctx context.Context, st *Steps[TTx], params P) (re
 	}
 	if err != nil {
 		return Result[T]{}, false, err
+	}
+	if inStep {
+		r.recorded(ctx)
 	}
 	e := FlowEvent{Kind: FlowFinished, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: r.token}
 	if final != nil {
@@ -448,7 +452,8 @@ type flowRun[TTx any] struct {
 	// durable: the flow's row has surely reached the disk (a commit that
 	// waited for it followed its insert), as it must before the flow
 	// reaches another system. Only a driver's StartFlow leaves it unset.
-	durable bool
+	durable  bool
+	openName string // the open transaction's step
 	// leaveOpen: the driver lets a step's transaction stay open until
 	// the flow goes on or ends (dialects.StepFinisher).
 	leaveOpen bool
@@ -489,8 +494,16 @@ func (r *flowRun[TTx]) commit(ctx context.Context, what string) error {
 		r.again = &rt
 		return fmt.Errorf("idempotency: flow %q, %s: the step before rolled back, to run again: %w", r.flow, what, rt.err)
 	}
-	r.durable = r.durable || err == nil
+	if err == nil {
+		r.durable = true
+		r.recorded(ctx)
+	}
 	return err
+}
+
+// recorded reports the step whose transaction committed.
+func (r *flowRun[TTx]) recorded(ctx context.Context) {
+	r.s.flowEvent(ctx, FlowEvent{Kind: FlowStepRecorded, Flow: r.flow, Scope: r.k.Scope, Key: r.k.Key, Step: r.openName, Token: r.token})
 }
 
 // transact runs one fenced transaction of the flow: BeginStep checks the

@@ -87,6 +87,13 @@ func Step[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, t
 	if err != nil {
 		return zero, err
 	}
+	if r.open {
+		// Reported when it commits (flowRun.commit, or the flow's end).
+		s.used[name] = true
+		s.n++
+		r.openName = name
+		return fresh, nil
+	}
 	s.recordedNow(name, false)
 	return fresh, nil
 }
