@@ -184,6 +184,13 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 			}
 			if took {
 				token := row.Token + 1
+				// An orphan row beside the key's record: replay the record.
+				if rec, done, err := s.driver.Lookup(ctx, k); err == nil && done {
+					if err := fd.DropFlow(ctx, k, token); err != nil {
+						return res, s.flowError(ctx, "drop the flow's row left after its end", err)
+					}
+					return f.replay(rec, fp, k)
+				}
 				steps, err := fd.FlowSteps(ctx, k)
 				if err != nil {
 					// Taken over, but unread: leave it to the next caller.

@@ -180,6 +180,15 @@ func (f *Flow[P, T, TTx]) resume(ctx context.Context, s *TxStore[TTx], fd dialec
 		_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, row.Token, err.Error())
 		return err
 	}
+	// A row beside the key's record is an orphan (a twin inserted it after
+	// the flow had finished, and lost its connection before it looked
+	// again): the flow has its answer; drop the row, run nothing.
+	if _, done, err := s.driver.Lookup(ctx, k); err != nil {
+		_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, row.Token, err.Error())
+		return fmt.Errorf("idempotency: flow %q: read its key: %w", f.name, err)
+	} else if done {
+		return fd.DropFlow(ctx, k, row.Token)
+	}
 	steps, err := fd.FlowSteps(ctx, k)
 	if err != nil {
 		_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, row.Token, err.Error())

@@ -230,14 +230,7 @@ func runBackend(t *testing.T, set settings, b backend) {
 		if server != nil {
 			plan.Restart = server.Restart
 		}
-		// Flows run in every phase but MariaDB's with server restarts:
-		// there, a flow's row written again beside the key's record (a
-		// twin's insert whose answer the restart lost, after the flow had
-		// finished) is resumed by the completer, which runs the finished
-		// flow's steps again (two order rows, two receipt rows) and then
-		// fails on the key's record for ever. They run there too once the
-		// completer and takeovers look for the key's record first.
-		plan.Flows = !(b.name == "mysql" && p.faults.Restart)
+		plan.Flows = true
 		fig, err := chaos.Run(ctx, plan)
 		if err != nil {
 			t.Fatalf("%s: %v", plan.Name, err)
