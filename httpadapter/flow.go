@@ -74,16 +74,10 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 		h.problem(w, problemKeyInvalid(err))
 		return
 	}
-	s := h.store
-	if h.cfg.scope != nil {
-		scope := h.cfg.scope(r)
-		if scope == "" {
-			h.cfg.logger.ErrorContext(r.Context(), "httpadapter: the WithScope function returned an empty scope; request refused",
-				"method", r.Method, "path", r.URL.Path)
-			h.problem(w, problemScopeInvalid)
-			return
-		}
-		s = s.Scope(scope)
+	s, ok := scoped(h.cfg, h.store, r)
+	if !ok {
+		h.problem(w, problemScopeInvalid)
+		return
 	}
 	body, err := readBody(r, h.cfg.maxRequestBytes)
 	if err != nil {
@@ -133,12 +127,7 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 }
 
 // problem writes p with the handler's Retry-After.
-func (h *flowHandler[P, T, TTx]) problem(w http.ResponseWriter, p Problem) {
-	if p.RetryAfter > 0 {
-		p.RetryAfter = h.cfg.retryAfter
-	}
-	WriteProblem(w, p)
-}
+func (h *flowHandler[P, T, TTx]) problem(w http.ResponseWriter, p Problem) { h.cfg.write(w, p) }
 
 // ProblemRequestInvalid is the type of the problem a FlowHandler answers
 // with when its decode function refuses the request.

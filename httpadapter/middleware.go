@@ -163,20 +163,10 @@ func (m *middleware[TTx]) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *middleware[TTx]) serveWithKey(w http.ResponseWriter, r *http.Request, key string) {
-	s := m.store
-	if m.cfg.scope != nil {
-		scope := m.cfg.scope(r)
-		if scope == "" {
-			// Most likely the account is unknown here (authentication runs
-			// after this middleware, or let an anonymous request through).
-			// Falling back to one scope for everyone would let one
-			// account's key replay another's answer.
-			m.cfg.logger.ErrorContext(r.Context(), "httpadapter: the WithScope function returned an empty scope; request refused",
-				"method", r.Method, "path", r.URL.Path)
-			m.write(w, problemScopeInvalid)
-			return
-		}
-		s = s.Scope(scope)
+	s, ok := scoped(m.cfg, m.store, r)
+	if !ok {
+		m.write(w, problemScopeInvalid)
+		return
 	}
 	body, err := readBody(r, m.cfg.maxRequestBytes)
 	if err != nil {
@@ -441,11 +431,33 @@ func (m *middleware[TTx]) fail(w http.ResponseWriter, r *http.Request, err error
 }
 
 // write sends p with the middleware's Retry-After (WithRetryAfter).
-func (m *middleware[TTx]) write(w http.ResponseWriter, p Problem) {
+func (m *middleware[TTx]) write(w http.ResponseWriter, p Problem) { m.cfg.write(w, p) }
+
+// write writes p with the configured Retry-After.
+func (c *config) write(w http.ResponseWriter, p Problem) {
 	if p.RetryAfter > 0 {
-		p.RetryAfter = m.cfg.retryAfter
+		p.RetryAfter = c.retryAfter
 	}
 	WriteProblem(w, p)
+}
+
+// scoped returns s under the request's scope (WithScope). It reports false,
+// having logged why, when the scope function could not tell whose request
+// this is: most likely the account is unknown here (authentication runs
+// after this middleware, or let an anonymous request through), and falling
+// back to one scope for everyone would let one account's key replay
+// another's answer.
+func scoped[TTx any](c *config, s *idempotency.TxStore[TTx], r *http.Request) (*idempotency.TxStore[TTx], bool) {
+	if c.scope == nil {
+		return s, true
+	}
+	scope := c.scope(r)
+	if scope == "" {
+		c.logger.ErrorContext(r.Context(), "httpadapter: the WithScope function returned an empty scope; request refused",
+			"method", r.Method, "path", r.URL.Path)
+		return nil, false
+	}
+	return s.Scope(scope), true
 }
 
 // log logs the problems that mean the service is at fault as errors, and
