@@ -275,31 +275,14 @@ func callFlow[TTx any](ctx context.Context, cfg WorkerConfig, f *idempotency.Flo
 	}
 	ctx = context.WithValue(ctx, runInfoKey{}, runInfo{id: id, fault: fault})
 	res, err := f.Run(ctx, s, key, FlowParams{Key: key, Amount: Amount(key)})
-	var fe *idempotency.FinalError
-	switch {
-	case err == nil:
+	if err == nil {
 		a.Class, a.Token, a.Amount, a.Replayed = ClassOK, res.Value.Charge, res.Value.Amount, res.Replayed
 		if res.Value.Key != key {
 			a.Class, a.Err = ClassError, fmt.Sprintf("value for flow key %q came back for key %q", res.Value.Key, key)
 		}
-	case errors.As(err, &fe):
-		a.Class, a.Code = ClassFinal, fe.Code
-	case errors.Is(err, errInjected):
-		a.Class = ClassFnError
-	case errors.Is(err, idempotency.ErrFlowTakenOver):
-		a.Class = ClassTakenOver
-	case errors.Is(err, idempotency.ErrInProgress):
-		a.Class = ClassInProgress
-	case errors.Is(err, idempotency.ErrParamsMismatch):
-		a.Class = ClassMismatch
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		a.Class = ClassCtx
-	default:
-		a.Class = ClassError
+		return a
 	}
-	if err != nil {
-		a.Err = err.Error()
-	}
+	a.failed(err)
 	return a
 }
 

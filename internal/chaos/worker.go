@@ -367,19 +367,29 @@ func call[TTx any](ctx context.Context, cfg WorkerConfig, s *idempotency.TxStore
 		return Receipt{Key: key, Amount: p.Amount, Token: id}, nil
 	}
 	res, err := idempotency.Run(ctx, s, key, p, fn)
-	var fe *idempotency.FinalError
-	switch {
-	case err == nil:
+	if err == nil {
 		a.Class, a.Token, a.Amount, a.Replayed = ClassOK, res.Value.Token, res.Value.Amount, res.Replayed
 		if res.Value.Key != key {
 			a.Class, a.Err = ClassError, fmt.Sprintf("value for key %q came back for key %q", res.Value.Key, key)
 		}
+		return a
+	}
+	a.failed(err)
+	return a
+}
+
+// failed sorts the error a call (Do's or a flow's) answered with.
+func (a *Answer) failed(err error) {
+	var fe *idempotency.FinalError
+	switch {
 	case errors.As(err, &fe):
 		a.Class, a.Code = ClassFinal, fe.Code
 	case errors.Is(err, errInjected):
 		a.Class = ClassFnError
 	case errors.Is(err, idempotency.ErrOutcomeUnknown):
 		a.Class = ClassUnknown
+	case errors.Is(err, idempotency.ErrFlowTakenOver):
+		a.Class = ClassTakenOver
 	case errors.Is(err, idempotency.ErrInProgress):
 		a.Class = ClassInProgress
 	case errors.Is(err, idempotency.ErrParamsMismatch):
@@ -389,10 +399,7 @@ func call[TTx any](ctx context.Context, cfg WorkerConfig, s *idempotency.TxStore
 	default:
 		a.Class = ClassError
 	}
-	if err != nil {
-		a.Err = err.Error()
-	}
-	return a
+	a.Err = err.Error()
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {
