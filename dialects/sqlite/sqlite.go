@@ -110,15 +110,11 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 
 // Save fills the claimed row with the value.
 func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
-	res, err := tx.ExecContext(ctx, d.save, rec.Value, rec.Failed, ttl.Milliseconds(), k.Scope, k.Key, rec.Fingerprint)
+	filled, err := d.Settle(ctx, tx, k, rec, ttl)
 	if err != nil {
 		return false, err
 	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return false, fmt.Errorf("rows affected: %w", err)
-	}
-	if n != 1 {
+	if !filled {
 		// SQLite rolls a transaction back by itself after some errors
 		// (SQLITE_FULL, SQLITE_IOERR, SQLITE_NOMEM); fn went on without it.
 		return false, fmt.Errorf("%w (an error inside fn, such as a full disk, was not returned); writes fn made after it ran outside the transaction and may have committed", dialects.ErrTransactionEnded)
@@ -126,15 +122,19 @@ func (d *Dialect) Save(ctx context.Context, tx dialects.Querier, k dialects.Key,
 	return true, nil
 }
 
-// Settle fills the claimed row with rec if it is there: outside any
-// transaction, only a claim that fn's own commit committed is.
+// Settle fills the claimed row with rec if it is there, and reports
+// whether it was. It is Save's statement: outside any transaction, only a
+// claim that fn's own commit committed is there.
 func (d *Dialect) Settle(ctx context.Context, q dialects.Querier, k dialects.Key, rec dialects.Record, ttl time.Duration) (bool, error) {
 	res, err := q.ExecContext(ctx, d.save, rec.Value, rec.Failed, ttl.Milliseconds(), k.Scope, k.Key, rec.Fingerprint)
 	if err != nil {
 		return false, err
 	}
 	n, err := res.RowsAffected()
-	return n == 1, err
+	if err != nil {
+		return false, fmt.Errorf("rows affected: %w", err)
+	}
+	return n == 1, nil
 }
 
 // OneWriter returns true: a transaction that has claimed (or tried to)
