@@ -56,8 +56,10 @@ var (
 	//   - the pgx store: fn's tx.Commit and tx.Rollback are refused with an
 	//     error; an Exec of COMMIT or ROLLBACK is seen (the connection's
 	//     transaction status). No key is stored.
-	// InTx reports it where the store can tell (fn's tx.Commit on every
-	// store; an Exec of COMMIT on SQLite, lib/pq and the pgx store).
+	// InTx reports it where the store can tell: fn's tx.Commit or
+	// tx.Rollback on every database/sql store (the pgx store refuses them
+	// with an error, which InTx returns), and an Exec of COMMIT on SQLite,
+	// lib/pq and the pgx store.
 	ErrTransactionEnded = errors.New("idempotency: the transaction ended before the key was saved (fn committed or rolled it back itself, or ignored an error after which the database ended it); what fn wrote may have committed without the key, so do not retry blindly")
 
 	// ErrBadParams: params cannot be encoded as JSON, or hold a string
