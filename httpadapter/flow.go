@@ -44,15 +44,7 @@ func FlowHandler[P, T, TTx any](store *idempotency.TxStore[TTx], flow *idempoten
 	if store == nil || flow == nil || decode == nil || respond == nil {
 		panic("httpadapter: FlowHandler needs a store, a flow, a decode and a respond function")
 	}
-	cfg := defaultConfig()
-	for _, opt := range opts {
-		if opt == nil {
-			continue
-		}
-		if err := opt(cfg); err != nil {
-			panic(err)
-		}
-	}
+	cfg := newConfig(opts)
 	return &flowHandler[P, T, TTx]{store: store, flow: flow, decode: decode, respond: respond, cfg: cfg}
 }
 

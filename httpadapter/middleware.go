@@ -119,17 +119,7 @@ func MiddlewareFor[TTx any](store *idempotency.TxStore[TTx], opts ...Option) fun
 	if store == nil {
 		panic("httpadapter: MiddlewareFor(nil): want a store")
 	}
-	cfg := defaultConfig()
-	for _, opt := range opts {
-		if opt == nil {
-			continue
-		}
-		if err := opt(cfg); err != nil {
-			// A wrong option is a programming mistake: say so at start-up,
-			// as http.Handle does for a bad pattern.
-			panic(err)
-		}
-	}
+	cfg := newConfig(opts)
 	return func(next http.Handler) http.Handler {
 		if next == nil {
 			panic("httpadapter: Middleware(...)(nil): want a handler")

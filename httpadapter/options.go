@@ -46,6 +46,22 @@ func defaultConfig() *config {
 	}
 }
 
+// newConfig is the default configuration with opts applied. A wrong option
+// is a programming mistake: it panics, to say so at start-up, as
+// http.Handle does for a bad pattern.
+func newConfig(opts []Option) *config {
+	cfg := defaultConfig()
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(cfg); err != nil {
+			panic(err)
+		}
+	}
+	return cfg
+}
+
 // WithMethods sets the methods the middleware handles; the default is POST
 // and PATCH. Requests with other methods pass through untouched, and Tx
 // returns nil for them.
