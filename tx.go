@@ -112,8 +112,6 @@ func InTx[TTx any](ctx context.Context, s *TxStore[TTx], fn func(ctx context.Con
 			return fmt.Errorf("%w: %w", ErrTransactionEnded, err)
 		}
 		switch s.driver.Classify(err) {
-		case dialects.Ended:
-			return fmt.Errorf("%w: fn committed or rolled back the transaction itself: %w", ErrTransactionEnded, err)
 		case dialects.Unknown, dialects.Lost:
 			return fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 		}
@@ -440,8 +438,6 @@ func (s *TxStore[TTx]) attempt(ctx context.Context, u unit[TTx], k dialects.Key,
 		return done, none, s.ended(ctx, k, err)
 	case errors.As(err, &ce):
 		switch s.driver.Classify(ce.Err) {
-		case dialects.Ended:
-			return done, none, s.ended(ctx, k, ce.Err)
 		case dialects.Retry:
 			return retry, none, ce.Err
 		case dialects.Unknown, dialects.Lost:
