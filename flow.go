@@ -140,13 +140,8 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 		if ok {
 			return f.replay(rec, fp, k)
 		}
-		ok = running
 		switch {
-		case err != nil && s.transient(ctx, err, restarts):
-			continue
-		case err != nil:
-			return res, s.flowError(ctx, "read the flow", err)
-		case !ok:
+		case !running:
 			// No flow holds the key: start one. (Reading first matters: an
 			// INSERT that meets the row of a flow whose step is under way
 			// waits for that step's transaction, holding a connection.)
