@@ -13,7 +13,7 @@ import (
 const ProblemFlowStopped = ProblemTypeBase + "flow-stopped" // 503
 
 var problemFlowStopped = Problem{
-	Type: ProblemFlowStopped, Title: "Service unavailable", Status: http.StatusServiceUnavailable,
+	Type: ProblemFlowStopped, Title: "Service unavailable", Status: http.StatusServiceUnavailable, RetryAfter: DefaultRetryAfter,
 	Detail: "The request stopped part of the way through. What it completed is kept: retry with the same Idempotency-Key after the Retry-After delay, and it goes on from there (the service may also finish it on its own; the retry then gets its result).",
 }
 
@@ -58,12 +58,8 @@ type flowHandler[P, T, TTx any] struct {
 
 func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key, err := requestKey(r.Header)
-	switch {
-	case errors.Is(err, errNoKey):
-		h.problem(w, problemKeyMissing)
-		return
-	case err != nil:
-		h.problem(w, problemKeyInvalid(err))
+	if err != nil {
+		h.problem(w, ProblemFor(err)) // 400 key-missing or key-invalid
 		return
 	}
 	s, ok := scoped(h.cfg, h.store, r)
@@ -73,13 +69,7 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 	}
 	body, err := readBody(r, h.cfg.maxRequestBytes)
 	if err != nil {
-		var tooLarge *http.MaxBytesError
-		switch {
-		case errors.Is(err, errRequestTooLarge), errors.As(err, &tooLarge):
-			h.problem(w, problemRequestTooLarge)
-		default:
-			h.problem(w, problemRequestUnreadable)
-		}
+		h.problem(w, ProblemFor(err)) // 413 request-too-large or 400 request-unreadable
 		return
 	}
 	params, err := h.decode(r, body)
@@ -110,7 +100,6 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 		h.cfg.logger.WarnContext(r.Context(), "httpadapter: flow stopped; a retry with the same key resumes it",
 			"method", r.Method, "path", r.URL.Path, "err", err)
 		p = problemFlowStopped
-		p.RetryAfter = DefaultRetryAfter
 	}
 	if p.Status >= 500 && p.Type != ProblemFlowStopped {
 		h.cfg.logger.ErrorContext(r.Context(), "httpadapter: flow failed", "method", r.Method, "path", r.URL.Path, "problem", p.Type, "err", err)
