@@ -170,26 +170,20 @@ func (m *middleware[TTx]) serveWithKey(w http.ResponseWriter, r *http.Request, k
 	params := m.cfg.fingerprint(r, body)
 	ctx, detach, cancel := detachable(r.Context())
 	defer cancel()
-	var last *capture
-	res, err := idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx TTx) (storedResponse, error) {
-		failed := new(failure)
-		rr := r.WithContext(attemptContext(ctx, tx, failed))
-		// A fresh copy of the body for every attempt: the store runs fn
-		// again after a serialization failure.
+	// A fresh copy of the body for every attempt: the store runs fn again
+	// after a serialization failure.
+	fresh := func(rr *http.Request) {
 		rr.Body = io.NopCloser(bytes.NewReader(body))
 		rr.ContentLength = int64(len(body))
 		rr.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 		rr.Form, rr.PostForm = cloneValues(r.Form), cloneValues(r.PostForm)
-		c, err := m.serve(w, rr, failed)
+	}
+	var last *capture
+	res, err := idempotency.Run(ctx, s, key, params, func(ctx context.Context, tx TTx) (storedResponse, error) {
+		c, err := m.attempt(ctx, w, r, tx, detach, fresh)
 		last = c
-		if err == nil {
-			err = m.verdict(c, detach)
-		}
 		if err != nil {
 			return storedResponse{}, err
-		}
-		if testHookBeforeCommit != nil {
-			testHookBeforeCommit(r)
 		}
 		return m.stored(c), nil
 	})
@@ -214,19 +208,9 @@ func (m *middleware[TTx]) serveWithoutKey(w http.ResponseWriter, r *http.Request
 	// transaction's fate is then decided by verdict, not by the context.
 	var c *capture
 	err := idempotency.InTx(ctx, m.store, func(ctx context.Context, tx TTx) error {
-		failed := new(failure)
 		var err error
-		c, err = m.serve(w, r.WithContext(attemptContext(ctx, tx, failed)), failed)
-		if err == nil {
-			err = m.verdict(c, detach)
-		}
-		if err != nil {
-			return err
-		}
-		if testHookBeforeCommit != nil {
-			testHookBeforeCommit(r)
-		}
-		return nil
+		c, err = m.attempt(ctx, w, r, tx, detach, nil)
+		return err
 	})
 	switch {
 	case err == nil:
@@ -267,6 +251,26 @@ func detachable(parent context.Context) (ctx context.Context, detach func() bool
 // attempt's transaction (Tx) and where Fail puts the handler's error.
 func attemptContext[TTx any](ctx context.Context, tx TTx, failed *failure) context.Context {
 	return context.WithValue(context.WithValue(ctx, txKey{}, tx), failKey{}, failed)
+}
+
+// attempt runs the handler once for r, in tx under ctx (the transaction's
+// context), and returns its response with the error that keeps it from
+// committing, if any. fresh, when not nil, gives the attempt's copy of r
+// what the handler may consume (the body, the parsed form).
+func (m *middleware[TTx]) attempt(ctx context.Context, w http.ResponseWriter, r *http.Request, tx TTx, detach func() bool, fresh func(*http.Request)) (*capture, error) {
+	failed := new(failure)
+	rr := r.WithContext(attemptContext(ctx, tx, failed))
+	if fresh != nil {
+		fresh(rr)
+	}
+	c, err := m.serve(w, rr, failed)
+	if err == nil {
+		err = m.verdict(c, detach)
+	}
+	if err == nil && testHookBeforeCommit != nil {
+		testHookBeforeCommit(r)
+	}
+	return c, err
 }
 
 // serve runs the handler into a capture, turning a panic, or an error the
