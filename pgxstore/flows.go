@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/exactlyonce/idempotency/dialects"
 )
@@ -107,31 +108,39 @@ func (d *driver) RecordSteps(ctx context.Context, k dialects.Key, f dialects.Fen
 	for _, step := range steps {
 		b.Queue(d.flows.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value)
 	}
+	i, err := sendCommit(ctx, conn, b)
+	var pgErr *pgconn.PgError
+	if i == first && errors.As(err, &pgErr) && pgErr.Code == "22012" {
+		return false, nil // another owner has the flow
+	}
+	return err == nil, err
+}
+
+// sendCommit queues COMMIT after b's statements, sends them as one
+// pipeline, and sorts the outcome as Commit does: a statement's error
+// means nothing committed and is returned as it is, with i its index; an
+// error at COMMIT, or a broken connection once the pipeline was under
+// way, is a *dialects.CommitError.
+func sendCommit(ctx context.Context, conn *pgxpool.Conn, b *pgx.Batch) (i int, err error) {
 	n := b.Len()
 	b.Queue("commit")
 	br := conn.Conn().SendBatch(context.WithoutCancel(ctx), b)
-	var (
-		tag pgconn.CommandTag
-		i   int
-	)
+	var tag pgconn.CommandTag
 	for ; i <= n; i++ {
 		if tag, err = br.Exec(); err != nil {
 			break
 		}
 	}
 	_ = br.Close()
-	var pgErr *pgconn.PgError
 	switch {
 	case err == nil && tag.String() != "COMMIT":
-		return false, &dialects.CommitError{Err: fmt.Errorf("commit answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)}
+		return i, &dialects.CommitError{Err: fmt.Errorf("commit answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)}
 	case err == nil:
-		return true, nil
+		return i, nil
 	case i == n, !answered(err):
-		return false, &dialects.CommitError{Err: err}
-	case i == first && errors.As(err, &pgErr) && pgErr.Code == "22012":
-		return false, nil // another owner has the flow
+		return i, &dialects.CommitError{Err: err}
 	}
-	return false, err
+	return i, err
 }
 
 // FinishInStep: the last step's transaction of a flow also stores its
@@ -248,11 +257,9 @@ func (d *driver) FinishFlow(ctx context.Context, tx pgx.Tx, k dialects.Key, f di
 }
 
 // commitWith sends the statements queue adds, then COMMIT, in one
-// pipeline, and sorts the outcome as Commit does: a statement's error
-// means nothing committed; an error at COMMIT, or a broken connection
-// once the pipeline was under way, is a *dialects.CommitError. The first
-// statement is TouchOrFail, whose division by zero says that the
-// transaction is not the one BeginStep fenced.
+// pipeline (sendCommit). The first statement is TouchOrFail, whose
+// division by zero says that the transaction is not the one BeginStep
+// fenced.
 func (d *driver) commitWith(ctx context.Context, tx pgx.Tx, op string, queue func(b *pgx.Batch)) error {
 	t, err := ending(tx, op)
 	if err != nil {
@@ -264,28 +271,9 @@ func (d *driver) commitWith(ctx context.Context, tx pgx.Tx, op string, queue fun
 	}
 	b := &pgx.Batch{}
 	queue(b)
-	n := b.Len()
-	b.Queue("commit")
-	br := t.conn.Conn().SendBatch(context.WithoutCancel(ctx), b)
-	var (
-		tag pgconn.CommandTag
-		i   int
-	)
-	for ; i <= n; i++ {
-		if tag, err = br.Exec(); err != nil {
-			break
-		}
-	}
-	_ = br.Close()
+	i, err := sendCommit(ctx, t.conn, b)
 	var pgErr *pgconn.PgError
-	switch {
-	case err == nil && tag.String() != "COMMIT":
-		return &dialects.CommitError{Err: fmt.Errorf("commit answered %q: %w", tag.String(), pgx.ErrTxCommitRollback)}
-	case err == nil:
-		return nil
-	case i == n, !answered(err):
-		return &dialects.CommitError{Err: err}
-	case i == 0 && errors.As(err, &pgErr) && pgErr.Code == "22012":
+	if i == 0 && errors.As(err, &pgErr) && pgErr.Code == "22012" {
 		return fmt.Errorf("%w (fn ended it, or an error inside fn was not returned); nothing was recorded", dialects.ErrTransactionEnded)
 	}
 	return err
