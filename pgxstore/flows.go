@@ -16,8 +16,9 @@ import (
 // The flows of the pgx store send the Postgres dialect's flow statements
 // (postgres.FlowSQL), so that a pgx store and a database/sql store share
 // the flow tables as they share the key table. A step's transaction is
-// pipelined as Do's is: [BEGIN, fence] before fn, and [record, extend the
-// lease, COMMIT] after it.
+// pipelined as Do's is: [BEGIN, fence] before fn, and [check the fence
+// and extend the lease, record, COMMIT] after it; the last step's
+// transaction stores the flow's value in place of its record.
 var (
 	_ dialects.FlowDriver[pgx.Tx] = (*driver)(nil)
 	_ dialects.StepFinisher       = (*driver)(nil)
