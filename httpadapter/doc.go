@@ -120,7 +120,9 @@
 //	  first (the client hung up, or the    Retry-After
 //	  server or an outer middleware
 //	  canceled it)
-//	commit outcome unknown               503 problem outcome-unknown, Retry-After: retry resolves it
+//	commit outcome unknown               503 problem outcome-unknown,    unknown: a retry with the key
+//	                                       Retry-After (none without a   resolves it
+//	                                       key: a retry is not safe)
 //	other store failures                 503 problem store-failed, Retry-After; no: rolled back
 //
 // Which 4xx and 5xx are stored is WithStoredStatus's choice; the default,

@@ -279,7 +279,8 @@ func WithRetryAfter(d time.Duration) Option {
 
 // WithLogger makes the middleware log what it answers with a problem of
 // its own making: panics, store failures, refused scopes and fingerprints,
-// ended transactions (as errors); unknown outcomes, unreadable bodies and
+// ended transactions, and a failed commit of a request without a key (as
+// errors); unknown outcomes of keyed requests, unreadable bodies and
 // deadline rollbacks (as warnings); canceled requests (as information:
 // most are clients that hung up). The default is silent.
 func WithLogger(l *slog.Logger) Option {
