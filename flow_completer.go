@@ -18,7 +18,7 @@ type Resumable[TTx any] interface {
 	// Name returns the flow's name.
 	Name() string
 
-	resume(ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], row dialects.FlowRow) error
+	resume(ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key, row dialects.FlowRow) error
 }
 
 var _ Resumable[any] = (*Flow[int, int, any])(nil)
@@ -124,7 +124,7 @@ func (s *TxStore[TTx]) complete(ctx context.Context, fd dialects.FlowDriver[TTx]
 			continue
 		}
 		sc.flowEvent(ctx, FlowEvent{Kind: FlowResumed, Flow: row.Flow, Scope: row.Scope, Key: row.Key, Token: row.Token, Resumes: row.Resumes})
-		err = f.resume(ctx, sc, fd, row)
+		err = f.resume(ctx, sc, fd, k, row)
 		var final *FinalError
 		if err != nil && !errors.As(err, &final) && ctx.Err() == nil {
 			log.WarnContext(ctx, "idempotency: a resumed flow stopped again; it will be resumed later",
@@ -167,13 +167,9 @@ func (s *TxStore[TTx]) giveUp(ctx context.Context, fd dialects.FlowDriver[TTx], 
 	s.flowEvent(ctx, FlowEvent{Kind: FlowGaveUp, Flow: row.Flow, Scope: row.Scope, Key: row.Key, Token: row.Token, Resumes: row.Resumes - 1, Err: final})
 }
 
-// resume runs the flow of row, which the caller has just taken over (with
-// row.Token), with its stored params.
-func (f *Flow[P, T, TTx]) resume(ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], row dialects.FlowRow) error {
-	k, err := s.key(row.Key)
-	if err != nil {
-		return err
-	}
+// resume runs the flow of row, under k, which the caller has just taken
+// over (with row.Token), with its stored params.
+func (f *Flow[P, T, TTx]) resume(ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key, row dialects.FlowRow) error {
 	var params P
 	if err := json.Unmarshal(row.Params, &params); err != nil {
 		err = fmt.Errorf("idempotency: flow %q: its stored params cannot be decoded into %T: %w", f.name, params, err)
