@@ -59,22 +59,22 @@ type flowHandler[P, T, TTx any] struct {
 func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	key, err := requestKey(r.Header)
 	if err != nil {
-		h.problem(w, ProblemFor(err)) // 400 key-missing or key-invalid
+		h.cfg.write(w, ProblemFor(err)) // 400 key-missing or key-invalid
 		return
 	}
 	s, ok := scoped(h.cfg, h.store, r)
 	if !ok {
-		h.problem(w, problemScopeInvalid)
+		h.cfg.write(w, problemScopeInvalid)
 		return
 	}
 	body, err := readBody(r, h.cfg.maxRequestBytes)
 	if err != nil {
-		h.problem(w, ProblemFor(err)) // 413 request-too-large or 400 request-unreadable
+		h.cfg.write(w, ProblemFor(err)) // 413 request-too-large or 400 request-unreadable
 		return
 	}
 	params, err := h.decode(r, body)
 	if err != nil {
-		h.problem(w, Problem{Type: ProblemRequestInvalid, Title: "Invalid request", Status: http.StatusBadRequest,
+		h.cfg.write(w, Problem{Type: ProblemRequestInvalid, Title: "Invalid request", Status: http.StatusBadRequest,
 			Detail: "The request could not be read as this endpoint's input (" + err.Error() + "). Nothing was done."})
 		return
 	}
@@ -104,11 +104,8 @@ func (h *flowHandler[P, T, TTx]) ServeHTTP(w http.ResponseWriter, r *http.Reques
 	if p.Status >= 500 && p.Type != ProblemFlowStopped {
 		h.cfg.logger.ErrorContext(r.Context(), "httpadapter: flow failed", "method", r.Method, "path", r.URL.Path, "problem", p.Type, "err", err)
 	}
-	h.problem(w, p)
+	h.cfg.write(w, p)
 }
-
-// problem writes p with the handler's Retry-After.
-func (h *flowHandler[P, T, TTx]) problem(w http.ResponseWriter, p Problem) { h.cfg.write(w, p) }
 
 // ProblemRequestInvalid is the type of the problem a FlowHandler answers
 // with when its decode function refuses the request.

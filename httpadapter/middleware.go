@@ -155,7 +155,7 @@ func (m *middleware[TTx]) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (m *middleware[TTx]) serveWithKey(w http.ResponseWriter, r *http.Request, key string) {
 	s, ok := scoped(m.cfg, m.store, r)
 	if !ok {
-		m.write(w, problemScopeInvalid)
+		m.cfg.write(w, problemScopeInvalid)
 		return
 	}
 	body, err := readBody(r, m.cfg.maxRequestBytes)
@@ -421,13 +421,10 @@ func (m *middleware[TTx]) fail(w http.ResponseWriter, r *http.Request, err error
 		}
 	}
 	m.log(r, p, err, rb)
-	m.write(w, p)
+	m.cfg.write(w, p)
 }
 
-// write sends p with the middleware's Retry-After (WithRetryAfter).
-func (m *middleware[TTx]) write(w http.ResponseWriter, p Problem) { m.cfg.write(w, p) }
-
-// write writes p with the configured Retry-After.
+// write sends p with the configured Retry-After (WithRetryAfter).
 func (c *config) write(w http.ResponseWriter, p Problem) {
 	if p.RetryAfter > 0 {
 		p.RetryAfter = c.retryAfter
