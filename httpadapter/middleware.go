@@ -465,7 +465,7 @@ func (m *middleware[TTx]) log(r *http.Request, p Problem, err error, rb *rollbac
 		// Not a rollback like the others: the handler's writes after the
 		// end may have committed on their own, so a retry could repeat
 		// them. Say so, and make it loud.
-		l.ErrorContext(ctx, "httpadapter: the database ended the transaction while the handler ran and the handler went on; its later writes may have committed outside the transaction",
+		l.ErrorContext(ctx, "httpadapter: the transaction ended while the handler ran (the database ended it and the handler went on, or the handler committed or rolled it back itself); its writes may have committed outside the transaction",
 			append(where, "err", err)...)
 	case ProblemScopeInvalid:
 		l.ErrorContext(ctx, "httpadapter: invalid scope; request refused", append(where, "err", err)...)
