@@ -117,7 +117,8 @@ func WriteProblem(w http.ResponseWriter, p Problem) {
 //	any other error (a store failure,    503     store-failed         yes
 //	  retries run out, fn's own error)
 //
-// The Retry-After is DefaultRetryAfter. ProblemFor(nil) is the zero
+// The Retry-After is DefaultRetryAfter (the middleware and FlowHandler
+// send their WithRetryAfter instead). ProblemFor(nil) is the zero
 // Problem. A FinalError's message is not in the answer (it may say more
 // than a client should see); its Code is. Without a key (InTx), an
 // unknown outcome is not safe to retry: the middleware then sends
