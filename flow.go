@@ -32,10 +32,11 @@ var (
 // Flow is a call made of steps under one key, for work that a single
 // transaction cannot hold: a payment that must charge a card with a
 // provider and answer with the result. Each step is recorded in the
-// application's database as it ends, so a retry with the same key (or
-// RunCompleter, when nobody retries) resumes after the last recorded step
-// instead of starting over; the flow's value is stored as the key's record
-// and replayed as Do's are.
+// application's database, with its writes, by the time the flow goes on
+// (on Postgres and SQLite its transaction stays open until then), so a
+// retry with the same key (or RunCompleter, when nobody retries) resumes
+// after the last recorded step instead of starting over; the flow's value
+// is stored as the key's record and replayed as Do's are.
 //
 // A step (Step) is one transaction: its writes and its record commit
 // together. A call (Call) reaches another system outside any transaction,
