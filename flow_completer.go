@@ -48,8 +48,8 @@ const GaveUpCode = "flow_gave_up"
 // no leader is needed, since a takeover succeeds for one instance at most
 // and skips a flow whose step is under way.
 //
-// A flow taken over five times (by retries and completers together) is
-// given up: its key gets a final failure with Code GaveUpCode and the
+// A flow already taken over five times (by retries and completers
+// together) is given up by the completer that finds it next: its key gets a final failure with Code GaveUpCode and the
 // last run's error in its message, which retries replay, and the hooks see
 // FlowGaveUp. Resumes back off: a flow taken over n times (n > 0) waits
 // 2^(n-1) intervals after its lease ran out before the next, and the

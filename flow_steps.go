@@ -141,7 +141,8 @@ func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, k
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: flow %q, call %q: %w", r.flow, name, err)
 	}
-	// Its commit need not wait for the disk: whatever depends on the value
+	// Its commit need not wait for the disk (the pgx store does not wait;
+	// the database/sql drivers ignore the hint): whatever depends on the value
 	// commits after it, and a crash that loses it makes the call again,
 	// with the same key, as a crash before it does.
 	if err := r.record(s.ctx, "call "+quoteName(name), []dialects.StepRow{{Seq: s.n, Name: name, Value: value}}, true); err != nil {
