@@ -125,35 +125,74 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 	// transient error, a row that changed under the read); waits for a
 	// live lease are bounded by WithWait instead.
 	for restarts := 0; ; {
+		var row dialects.FlowRow
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
 		if restarts++; restarts > maxRestarts {
 			return res, fmt.Errorf("idempotency: flow %q, key %q: gave up after %d attempts that each found the flow changed under them", f.name, k.Key, restarts)
 		}
-		rec, ok, row, running, err := lookupFlow(ctx, s, fd, k)
-		if err != nil {
-			if s.transient(ctx, err, restarts) {
-				continue
+		if fb, ok := fd.(dialects.FlowBeginner[TTx]); ok {
+			// A store whose calls read first (WithReadFirst, or mostly
+			// replays of late) reads the key's record alone first, as Do
+			// does: a replay then costs one statement.
+			if s.reads.first() {
+				rec, ok, err := s.driver.Lookup(ctx, k)
+				if err == nil && ok {
+					s.reads.saw(true)
+					return f.replay(rec, fp, k)
+				}
 			}
-			return res, s.flowError(ctx, "read the key and the flow", err)
-		}
-		if ok {
-			return f.replay(rec, fp, k)
-		}
-		switch {
-		case !running:
-			// No flow holds the key: start one. (Reading first matters: an
-			// INSERT that meets the row of a flow whose step is under way
-			// waits for that step's transaction, holding a connection.)
-			started, rec, ok, err := startFlow(ctx, s, fd, k, dialects.FlowRow{Flow: f.name, Fingerprint: fp, Params: pj}, lease)
-			if err != nil && !started {
+			// Read, and start where nothing holds the key, in one exchange:
+			// the first step runs in the transaction that holds the new row.
+			fence := dialects.Fence{Token: 1, Mark: rand.Int64()}
+			tx, st, err := fb.BeginFlow(ctx, k, dialects.FlowRow{Flow: f.name, Fingerprint: fp, Params: pj}, lease, fence)
+			switch {
+			case err != nil:
 				if s.transient(ctx, err, restarts) {
 					continue
 				}
-				return res, s.flowError(ctx, "start the flow", err)
+				return res, s.flowError(ctx, "read or start the flow", err)
+			case st.Started:
+				s.reads.saw(false)
+				s.flowEvent(ctx, FlowEvent{Kind: FlowStarted, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: 1})
+				return f.body(ctx, s, fd, k, fp, 1, params, nil, &openTx[TTx]{tx: tx, fence: fence})
+			case st.Recorded:
+				s.reads.saw(true)
+				return f.replay(st.Record, fp, k)
+			case st.Running:
+				row = st.Row
+			case st.Held:
+				// Another caller is starting it: wait as for a live lease.
+				row = dialects.FlowRow{Flow: f.name, Fingerprint: fp}
+			default:
+				continue // a row committed after the read: read again
 			}
-			if started {
+		} else {
+			rec, ok, r, running, err := lookupFlow(ctx, s, fd, k)
+			if err != nil {
+				if s.transient(ctx, err, restarts) {
+					continue
+				}
+				return res, s.flowError(ctx, "read the key and the flow", err)
+			}
+			if ok {
+				return f.replay(rec, fp, k)
+			}
+			if !running {
+				// No flow holds the key: start one. (Reading first matters: an
+				// INSERT that meets the row of a flow whose step is under way
+				// waits for that step's transaction, holding a connection.)
+				started, rec, ok, err := startFlow(ctx, s, fd, k, dialects.FlowRow{Flow: f.name, Fingerprint: fp, Params: pj}, lease)
+				if err != nil && !started {
+					if s.transient(ctx, err, restarts) {
+						continue
+					}
+					return res, s.flowError(ctx, "start the flow", err)
+				}
+				if !started {
+					continue // a twin started it first: read its row
+				}
 				// A flow that finished between the read and the insert left
 				// its record and no row: look again, so as not to run it twice.
 				if err != nil {
@@ -168,9 +207,11 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 					return f.replay(rec, fp, k)
 				}
 				s.flowEvent(ctx, FlowEvent{Kind: FlowStarted, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: 1})
-				return f.body(ctx, s, fd, k, fp, 1, params, nil)
+				return f.body(ctx, s, fd, k, fp, 1, params, nil, nil)
 			}
-			continue // a twin started it first: read its row
+			row = r
+		}
+		switch {
 		case row.Flow != f.name || !bytes.Equal(row.Fingerprint, fp):
 			return res, fmt.Errorf("%w: key %q", ErrParamsMismatch, k.Key)
 		case row.Expired:
@@ -194,7 +235,7 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 					return res, s.flowError(ctx, "read the flow's steps", err)
 				}
 				s.flowEvent(ctx, FlowEvent{Kind: FlowTakenOver, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: token, Resumes: row.Resumes + 1})
-				return f.body(ctx, s, fd, k, fp, token, params, steps)
+				return f.body(ctx, s, fd, k, fp, token, params, steps, nil)
 			}
 			// Another took it first, or a step of its owner is under way
 			// (its row is locked): wait, as for a live lease.
@@ -216,12 +257,8 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 	}
 }
 
-// lookupFlow reads the key's record and its flow's row, in one exchange
-// where the driver can (dialects.FlowPipeliner).
+// lookupFlow reads the key's record and, without one, its flow's row.
 func lookupFlow[TTx any](ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key) (dialects.Record, bool, dialects.FlowRow, bool, error) {
-	if p, ok := fd.(dialects.FlowPipeliner); ok {
-		return p.LookupFlow(ctx, k)
-	}
 	rec, ok, err := s.driver.Lookup(ctx, k)
 	if err != nil || ok {
 		return rec, ok, dialects.FlowRow{}, false, err
@@ -230,13 +267,9 @@ func lookupFlow[TTx any](ctx context.Context, s *TxStore[TTx], fd dialects.FlowD
 	return rec, false, row, running, err
 }
 
-// startFlow inserts the flow's row and reads the key's record again, in
-// one exchange where the driver can. An error with started set is the
-// read's.
+// startFlow inserts the flow's row and reads the key's record again. An
+// error with started set is the read's.
 func startFlow[TTx any](ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key, row dialects.FlowRow, lease time.Duration) (started bool, rec dialects.Record, recorded bool, err error) {
-	if p, ok := fd.(dialects.FlowPipeliner); ok {
-		return p.StartFlow(ctx, k, row, lease)
-	}
 	if started, err = fd.InsertFlow(ctx, k, row, lease); err != nil || !started {
 		return started, rec, false, err
 	}
@@ -302,13 +335,13 @@ func (f *Flow[P, T, TTx]) replay(rec dialects.Record, fp []byte, k dialects.Key)
 // flow's value. When that deferred commit fails in a way that may pass on
 // another try (a serialization failure, a deadlock), nothing of the step
 // stays, and fn runs again from the recorded steps, as a resumed run does.
-func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key, fp []byte, token int64, params P, recorded []dialects.StepRow) (res Result[T], err error) {
-	r := &flowRun[TTx]{s: s, fd: fd, k: k, flow: f.name, token: token, lease: s.cfg.flow.leaseOrDefault(), fp: fp, durable: true}
-	if _, ok := fd.(dialects.FlowPipeliner); ok && token == 1 && recorded == nil {
-		r.durable = false // started by StartFlow, whose commit may not have waited
-	}
+func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects.FlowDriver[TTx], k dialects.Key, fp []byte, token int64, params P, recorded []dialects.StepRow, begun *openTx[TTx]) (res Result[T], err error) {
+	r := &flowRun[TTx]{s: s, fd: fd, k: k, flow: f.name, token: token, lease: s.cfg.flow.leaseOrDefault(), fp: fp}
 	if sf, ok := fd.(dialects.StepFinisher); ok {
 		r.leaveOpen = sf.FinishInStep()
+	}
+	if begun != nil {
+		r.open, r.fresh, r.tx, r.fence = true, true, begun.tx, begun.fence
 	}
 	finished := false
 	var st *Steps[TTx]
@@ -328,6 +361,15 @@ func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects
 		if rerr := r.commit(rctx, "record the last step"); rerr != nil {
 			s.cfg.logger.WarnContext(ctx, "idempotency: could not record a stopped flow's last step; it runs again when the flow resumes",
 				"flow", f.name, "scope", k.Scope, "key", k.Key, "err", rerr)
+		}
+		if held := r.held; len(held) > 0 && r.again == nil {
+			r.held = nil
+			if rerr := r.record(rctx, "record the last call", held); rerr != nil {
+				s.cfg.logger.WarnContext(ctx, "idempotency: could not record a stopped flow's last call; it is made again, with the same key, when the flow resumes",
+					"flow", f.name, "scope", k.Scope, "key", k.Key, "err", rerr)
+			} else {
+				r.recorded(ctx, held)
+			}
 		}
 		if rerr := fd.ReleaseFlow(rctx, k, token, reason); rerr != nil {
 			s.cfg.logger.WarnContext(ctx, "idempotency: could not release a flow's lease; it is resumed when the lease runs out",
@@ -351,7 +393,7 @@ func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects
 			if recorded, err = fd.FlowSteps(ctx, k); err != nil {
 				return res, s.flowError(ctx, "read the flow's steps", err)
 			}
-			r.again = nil
+			r.again, r.held = nil, nil
 		}
 		st = &Steps[TTx]{run: r, ctx: ctx, recorded: recorded, used: make(map[string]bool)}
 		var again bool
@@ -399,7 +441,7 @@ func (f *Flow[P, T, TTx]) end(ctx context.Context, st *Steps[TTx], params P) (re
 	}
 	// The last step's transaction, left open, stores the value (its own
 	// record is not needed: the flow's rows go with it).
-	tx, fence, _, inStep := r.take()
+	tx, fence, rows, inStep := r.take()
 	if inStep {
 		err = r.ended(finish(ctx, tx, fence), "store the flow's value")
 		var rt retryable
@@ -414,7 +456,7 @@ func (f *Flow[P, T, TTx]) end(ctx context.Context, st *Steps[TTx], params P) (re
 		return Result[T]{}, false, err
 	}
 	if inStep {
-		r.recorded(ctx)
+		r.recorded(ctx, rows)
 	}
 	e := FlowEvent{Kind: FlowFinished, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: r.token}
 	if final != nil {
@@ -452,11 +494,6 @@ type flowRun[TTx any] struct {
 	lease time.Duration
 	fp    []byte
 
-	// durable: the flow's row has surely reached the disk (a commit that
-	// waited for it followed its insert), as it must before the flow
-	// reaches another system. Only a driver's StartFlow leaves it unset.
-	durable  bool
-	openName string // the open transaction's step
 	// leaveOpen: the driver lets a step's transaction stay open until
 	// the flow goes on or ends (dialects.StepFinisher).
 	leaveOpen bool
@@ -467,6 +504,13 @@ type flowRun[TTx any] struct {
 	tx      TTx
 	fence   dialects.Fence
 	pending []dialects.StepRow
+	// fresh: the open transaction is the one BeginFlow began, which holds
+	// the flow's new row and runs the first step.
+	fresh bool
+	// held: the values of calls made since the open transaction, or the
+	// last, committed, where steps leave their transactions open; the
+	// next step's transaction records them with its own.
+	held []dialects.StepRow
 	// again is set when a deferred commit rolled back and may pass on
 	// another try: fn runs again from the recorded steps.
 	again *retryable
@@ -480,7 +524,7 @@ func (r *flowRun[TTx]) take() (tx TTx, fence dialects.Fence, rows []dialects.Ste
 	}
 	tx, fence, rows = r.tx, r.fence, r.pending
 	var zero TTx
-	r.tx, r.open, r.pending = zero, false, nil
+	r.tx, r.open, r.fresh, r.pending = zero, false, false, nil
 	return tx, fence, rows, true
 }
 
@@ -498,15 +542,16 @@ func (r *flowRun[TTx]) commit(ctx context.Context, what string) error {
 		return fmt.Errorf("idempotency: flow %q, %s: the step before rolled back, to run again: %w", r.flow, what, rt.err)
 	}
 	if err == nil {
-		r.durable = true
-		r.recorded(ctx)
+		r.recorded(ctx, rows)
 	}
 	return err
 }
 
-// recorded reports the step whose transaction committed.
-func (r *flowRun[TTx]) recorded(ctx context.Context) {
-	r.s.flowEvent(ctx, FlowEvent{Kind: FlowStepRecorded, Flow: r.flow, Scope: r.k.Scope, Key: r.k.Key, Step: r.openName, Token: r.token})
+// recorded reports the steps (and calls) whose transaction committed.
+func (r *flowRun[TTx]) recorded(ctx context.Context, rows []dialects.StepRow) {
+	for _, row := range rows {
+		r.s.flowEvent(ctx, FlowEvent{Kind: FlowStepRecorded, Flow: r.flow, Scope: r.k.Scope, Key: r.k.Key, Step: row.Name, Token: r.token})
+	}
 }
 
 // transact runs one fenced transaction of the flow: BeginStep checks the
@@ -528,6 +573,48 @@ func (r *flowRun[TTx]) transact(ctx context.Context, what string, work func(ctx 
 			return err
 		}
 	}
+}
+
+// first runs a step in the transaction that BeginFlow left open (fresh),
+// which holds the flow's new row, so that the step pays no BEGIN and no
+// fence of its own; it reports done false when there is no such
+// transaction. When work fails, its writes roll back to the savepoint
+// after the row (UndoStep), and the row stays in the open transaction; a
+// failure that may pass on another try reports done false, and the caller
+// commits the row and runs the step again as any other (transact). A
+// panic in work rolls the whole transaction back, the row with it.
+func (r *flowRun[TTx]) first(ctx context.Context, what string, work func(ctx context.Context, tx TTx) error, end func(ctx context.Context, tx TTx, f dialects.Fence) error) (done bool, err error) {
+	if !r.fresh {
+		return false, nil
+	}
+	r.fresh = false
+	tx := r.tx
+	returned := false
+	defer func() {
+		if !returned {
+			r.s.driver.Rollback(tx)
+			r.take()
+		}
+	}()
+	err = work(ctx, tx)
+	if err == nil {
+		err = ctx.Err()
+	}
+	returned = true
+	if err == nil {
+		tx, fence, _, _ := r.take()
+		return true, r.ended(end(ctx, tx, fence), what)
+	}
+	if uerr := r.fd.(dialects.FlowBeginner[TTx]).UndoStep(context.WithoutCancel(ctx), tx); uerr != nil {
+		// The row goes with the transaction: the flow never began.
+		r.s.driver.Rollback(tx)
+		r.take()
+		return true, err
+	}
+	if ctx.Err() == nil && r.s.driver.Classify(err) == dialects.Retry {
+		return false, nil
+	}
+	return true, err
 }
 
 // retryable is what once returns when its transaction rolled back and may
@@ -591,43 +678,12 @@ func (r *flowRun[TTx]) ended(err error, what string) error {
 	return fmt.Errorf("idempotency: flow %q, %s: %w", r.flow, what, err)
 }
 
-// record records rows (a call's value) in a fenced transaction of their
-// own: in one exchange where the driver can (dialects.FlowPipeliner), and
-// retried as transact's are.
-func (r *flowRun[TTx]) record(ctx context.Context, what string, rows []dialects.StepRow, lazy bool) error {
-	p, ok := r.fd.(dialects.FlowPipeliner)
-	if !ok {
-		return r.transact(ctx, what, nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
-			return r.fd.RecordStep(ctx, tx, r.k, f, rows, r.lease)
-		})
-	}
-	for retries := 0; ; retries++ {
-		fenced, err := p.RecordSteps(ctx, r.k, dialects.Fence{Token: r.token, Mark: rand.Int64()}, rows, r.lease, lazy)
-		switch {
-		case err == nil && !fenced:
-			return fmt.Errorf("%w: flow %q, key %q, token %d: %s", ErrFlowTakenOver, r.flow, r.k.Key, r.token, what)
-		case err == nil:
-			r.durable = r.durable || !lazy
-			return nil
-		case ctx.Err() != nil && !errors.As(err, new(*dialects.CommitError)):
-			return ctx.Err()
-		}
-		err = r.ended(err, what)
-		var again retryable
-		if !errors.As(err, &again) {
-			if c := r.s.driver.Classify(err); !errors.As(err, new(*dialects.CommitError)) && (c == dialects.Busy || c == dialects.Lost) {
-				again = retryable{err} // nothing committed: begin again
-			} else {
-				return err
-			}
-		}
-		if retries >= r.s.cfg.maxRetries {
-			return fmt.Errorf("idempotency: flow %q, %s: gave up after %d retries: %w", r.flow, what, retries, again.err)
-		}
-		if err := sleep(ctx, backoff(retries+1)); err != nil {
-			return err
-		}
-	}
+// record records rows (the values of calls) in a fenced transaction of
+// their own, retried as transact's are.
+func (r *flowRun[TTx]) record(ctx context.Context, what string, rows []dialects.StepRow) error {
+	return r.transact(ctx, what, nil, func(ctx context.Context, tx TTx, f dialects.Fence) error {
+		return r.fd.RecordStep(ctx, tx, r.k, f, rows, r.lease)
+	})
 }
 
 // work runs w in tx, and rolls tx back when w fails or panics.
@@ -675,4 +731,11 @@ func (s *TxStore[TTx]) flowEvent(ctx context.Context, e FlowEvent) {
 	if h := s.cfg.hooks.Flow; h != nil {
 		h(ctx, e)
 	}
+}
+
+// openTx is a transaction that BeginFlow left open, with the fence of the
+// new row it holds.
+type openTx[TTx any] struct {
+	tx    TTx
+	fence dialects.Fence
 }

@@ -190,6 +190,6 @@ func (f *Flow[P, T, TTx]) resume(ctx context.Context, s *TxStore[TTx], fd dialec
 		_ = fd.ReleaseFlow(context.WithoutCancel(ctx), k, row.Token, err.Error())
 		return fmt.Errorf("idempotency: flow %q: read its steps: %w", f.name, err)
 	}
-	_, err = f.body(ctx, s, fd, k, row.Fingerprint, row.Token, params, steps)
+	_, err = f.body(ctx, s, fd, k, row.Fingerprint, row.Token, params, steps, nil)
 	return err
 }

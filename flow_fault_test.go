@@ -354,6 +354,16 @@ func faultCase(t *testing.T, b testdb.Backend, point string, fig *killFigures) {
 		fig.kills++
 	}
 
+	// The pgx store begins a flow in the transaction of its first step:
+	// killed before that commits, the owner leaves nothing, as a Do would,
+	// and nothing reached the provider; the client's retry runs it anew.
+	unstarted := faultDriver(b) == "pgxstore" && (point == "step-before-commit" || point == "step-after-commit")
+	if unstarted {
+		if n := count(t, db, `SELECT COUNT(*) FROM idempotency_flows`) + count(t, db, `SELECT COUNT(*) FROM fault_rows`); n != 0 {
+			t.Errorf("%d rows left by a flow killed before its first commit; want none", n)
+		}
+	}
+
 	cctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- rig.complete(cctx) }()
@@ -385,6 +395,13 @@ func faultCase(t *testing.T, b testdb.Backend, point string, fig *killFigures) {
 		}
 	}
 
+	resumes := int64(1)
+	if unstarted {
+		resumes = 0
+		if r, err := rig.run(ctx, "k", "r"); err != nil || r.Replayed || !strings.HasPrefix(r.Value, "auth-") {
+			t.Errorf("the retry of a flow that never began: %+v, %v; want it run anew", r, err)
+		}
+	}
 	r, err := rig.run(ctx, "k", "r")
 	if err != nil || !r.Replayed || !strings.HasPrefix(r.Value, "auth-") {
 		t.Errorf("after the completer: %+v, %v; want its value replayed", r, err)
@@ -393,9 +410,9 @@ func faultCase(t *testing.T, b testdb.Backend, point string, fig *killFigures) {
 	receipts := count(t, db, `SELECT COUNT(*) FROM fault_rows WHERE ref = 'r/receipt'`)
 	charges := count(t, db, `SELECT COUNT(*) FROM provider_charges WHERE ref = 'r'`)
 	calls := count(t, db, `SELECT COUNT(*) FROM provider_calls`)
-	if orders != 1 || receipts != 1 || charges != 1 || ev.resumed.Load() != 1 || ev.gaveUp.Load() != 0 {
-		t.Errorf("%d order rows, %d receipt rows, %d provider charges, %d resumes, %d give-ups; want 1, 1, 1, 1, 0",
-			orders, receipts, charges, ev.resumed.Load(), ev.gaveUp.Load())
+	if orders != 1 || receipts != 1 || charges != 1 || ev.resumed.Load() != resumes || ev.gaveUp.Load() != 0 {
+		t.Errorf("%d order rows, %d receipt rows, %d provider charges, %d resumes, %d give-ups; want 1, 1, 1, %d, 0",
+			orders, receipts, charges, ev.resumed.Load(), ev.gaveUp.Load(), resumes)
 	}
 	if r.Value != "auth-"+charged(t, db, "r") {
 		t.Errorf("the flow answered %q; the provider's charge is %q", r.Value, charged(t, db, "r"))

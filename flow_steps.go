@@ -61,11 +61,7 @@ func Step[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, t
 	)
 	r := s.run
 	what := "step " + quoteName(name)
-	// The step before, left open, commits first.
-	if err := r.commit(s.ctx, what); err != nil {
-		return zero, err
-	}
-	err = r.transact(s.ctx, what, func(ctx context.Context, tx TTx) error {
+	work := func(ctx context.Context, tx TTx) error {
 		v, err := fn(ctx, tx)
 		if err != nil {
 			return err
@@ -74,24 +70,36 @@ func Step[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, t
 			return fmt.Errorf("idempotency: flow %q, step %q: %w", r.flow, name, err)
 		}
 		return nil
-	}, func(ctx context.Context, tx TTx, f dialects.Fence) error {
-		row := []dialects.StepRow{{Seq: s.n, Name: name, Value: value}}
+	}
+	// The values of the calls since the last step are recorded with it.
+	rows := func() []dialects.StepRow {
+		return append(r.held, dialects.StepRow{Seq: s.n, Name: name, Value: value})
+	}
+	end := func(ctx context.Context, tx TTx, f dialects.Fence) error {
 		if !r.leaveOpen {
-			return r.fd.RecordStep(ctx, tx, r.k, f, row, r.lease)
+			return r.fd.RecordStep(ctx, tx, r.k, f, rows(), r.lease)
 		}
-		// Left open: it commits with its record when the flow goes on,
+		// Left open: it commits with its records when the flow goes on,
 		// or stores the flow's value when it ends.
-		r.open, r.tx, r.fence, r.pending = true, tx, f, row
+		r.open, r.tx, r.fence, r.pending = true, tx, f, rows()
 		return nil
-	})
+	}
+	done, err = r.first(s.ctx, what, work, end)
+	if !done && err == nil {
+		// The step before, left open, commits first.
+		if err := r.commit(s.ctx, what); err != nil {
+			return zero, err
+		}
+		err = r.transact(s.ctx, what, work, end)
+	}
 	if err != nil {
 		return zero, err
 	}
+	r.held = nil
 	if r.open {
 		// Reported when it commits (flowRun.commit, or the flow's end).
 		s.used[name] = true
 		s.n++
-		r.openName = name
 		return fresh, nil
 	}
 	s.recordedNow(name, false)
@@ -104,6 +112,12 @@ func Step[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, t
 // its key, and the flow's and the call's names, the same on every run. A
 // call recorded by an earlier run returns its recorded value without
 // running fn.
+//
+// Where steps leave their transactions open (Postgres, SQLite) the value
+// is recorded in the transaction of the next step, with its writes, or
+// when the flow stops; on MySQL, MariaDB and TiDB at once, in a
+// transaction of its own. Either way nothing that depends on the value
+// commits without its record.
 //
 // fn may run more than once for one key: when this run dies, or loses the
 // flow to another owner, after fn returned and before its value was
@@ -122,16 +136,10 @@ func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, k
 		return v, err
 	}
 	r := s.run
-	// The step before, left open, commits before the call is made.
+	// The step before, left open, commits before the call is made (and
+	// with it the flow's row, when the flow began with it).
 	if err := r.commit(s.ctx, "call "+quoteName(name)); err != nil {
 		return zero, err
-	}
-	// The flow's row reaches the disk before the flow reaches another
-	// system, so that a completer finds it after any crash.
-	if !r.durable {
-		if err := r.record(s.ctx, "call "+quoteName(name), nil, false); err != nil {
-			return zero, err
-		}
 	}
 	v, err = fn(s.ctx, DownstreamKey(r.k.Scope, r.k.Key, r.flow+"/"+name))
 	if err != nil {
@@ -141,11 +149,18 @@ func Call[V, TTx any](s *Steps[TTx], name string, fn func(ctx context.Context, k
 	if err != nil {
 		return zero, fmt.Errorf("idempotency: flow %q, call %q: %w", r.flow, name, err)
 	}
-	// Its commit need not wait for the disk (the pgx store does not wait;
-	// the database/sql drivers ignore the hint): whatever depends on the value
-	// commits after it, and a crash that loses it makes the call again,
-	// with the same key, as a crash before it does.
-	if err := r.record(s.ctx, "call "+quoteName(name), []dialects.StepRow{{Seq: s.n, Name: name, Value: value}}, true); err != nil {
+	row := dialects.StepRow{Seq: s.n, Name: name, Value: value}
+	if r.leaveOpen {
+		// Recorded with the next step, in its transaction, or when the
+		// flow stops; a flow that ends here has no use for it. Whatever
+		// depends on the value commits with it, and a crash that loses it
+		// makes the call again, with the same key.
+		r.held = append(r.held, row)
+		s.used[name] = true
+		s.n++
+		return fresh, nil
+	}
+	if err := r.record(s.ctx, "call "+quoteName(name), []dialects.StepRow{row}); err != nil {
 		return zero, err
 	}
 	s.recordedNow(name, false)

@@ -79,30 +79,39 @@ type StepFinisher interface {
 	FinishInStep() bool
 }
 
-// FlowPipeliner is implemented by a FlowDriver that sends statements of a
-// flow which do not wait on each other in one exchange with the database
-// (the pgx store): the engine uses it where a driver has it.
-type FlowPipeliner interface {
-	// LookupFlow is Driver.Lookup and ReadFlow in one exchange: the key's
-	// live record, if any, and its flow row, if any.
-	LookupFlow(ctx context.Context, k Key) (rec Record, recorded bool, row FlowRow, running bool, err error)
-	// StartFlow is InsertFlow, then Driver.Lookup, in one exchange: the
-	// insert, and the key's live record, which a flow that ended between
-	// a read and the insert left. The insert's commit need not wait for
-	// the disk: the engine makes it durable (with the first step's
-	// commit, or an empty RecordSteps) before the flow reaches another
-	// system, and until then a crash of the database that loses it loses
-	// nothing else of the flow.
-	StartFlow(ctx context.Context, k Key, f FlowRow, lease time.Duration) (started bool, rec Record, recorded bool, err error)
-	// RecordSteps is BeginStep and RecordStep, with no work between
-	// them, in one exchange: it fences a transaction, records steps and
-	// commits; false (and nothing recorded) when no row carries f.Token.
-	// A failed COMMIT, or a connection that broke once the statements were
-	// sent, is a *CommitError. With lazy set the commit need not wait for
-	// the disk: a later commit that waits makes it durable, and a crash
-	// of the database before that loses only the records (a call's
-	// value: the call is made again with the same key).
-	RecordSteps(ctx context.Context, k Key, f Fence, steps []StepRow, lease time.Duration, lazy bool) (bool, error)
+// FlowBeginner is implemented by a FlowDriver that begins a new flow in
+// the transaction of its first step (the pgx store): one exchange reads
+// the key's record and its flow's row and, where there is neither, inserts
+// the row, fenced, in a transaction it leaves open for the first step. A
+// flow then costs no transaction of its own to start, and its row commits
+// with its first step, or not at all; until then, callers with the same
+// key find it Held (a lock its transaction holds) and wait, holding no
+// connection.
+type FlowBeginner[TTx any] interface {
+	// BeginFlow reads the key's live record and its flow row and, where
+	// there is neither, begins a transaction, takes the key's lock without
+	// waiting, inserts row with token 1 and f's mark, and leaves the
+	// transaction open (Started), so that it runs the first step (or
+	// commits through RecordStep before a Call). Without Started, nothing
+	// stays open.
+	BeginFlow(ctx context.Context, k Key, row FlowRow, lease time.Duration, f Fence) (TTx, FlowStart, error)
+	// UndoStep rolls back what fn wrote in a transaction of BeginFlow's
+	// (after a failed first step), keeping the flow's row in it.
+	UndoStep(ctx context.Context, tx TTx) error
+}
+
+// FlowStart is what BeginFlow found.
+type FlowStart struct {
+	Record   Record // the key's live record, if Recorded
+	Recorded bool
+	Row      FlowRow // the key's flow row, if Running
+	Running  bool
+	// Started: neither was there, and the transaction BeginFlow left open
+	// holds the new row.
+	Started bool
+	// Held: neither was there, and another caller's transaction holds the
+	// key's lock: it is starting the flow (or running Do with the key).
+	Held bool
 }
 
 // Fence is what a step's transaction writes on its flow's row: the
@@ -172,14 +181,29 @@ type FlowStatements struct {
 	// Touch (lease, scope, key, token, mark) extends the lease of the row
 	// that carries token and mark: one row affected, or none.
 	Touch string
-	// TouchOrFail is Touch as a statement that fails where Touch would
-	// affect no row, for clients that pipeline the statements after it
-	// (an error, unlike a row count, stops them); "" if the dialect has
+	// RecordOrFail (lease, scope, key, token, mark, seqs, names, values)
+	// is Touch and Record in one statement, for clients that pipeline the
+	// statements after it (pgx): it records the steps given as three
+	// arrays where Touch finds its row, and fails with a division by zero
+	// where it does not (an error, unlike a row count, stops what follows
+	// it); "" if the dialect has none.
+	RecordOrFail string
+	// FinishOrFail (scope, key, token, mark, fingerprint, value, failed,
+	// ttl) deletes the row that carries token and mark and the flow's
+	// steps, and inserts the key's record, in one statement that fails
+	// with a division by zero where there is no such row (see
+	// RecordOrFail; DeleteExpiredKey goes first); "" if the dialect has
 	// none.
-	TouchOrFail string
-	// FenceOrFail is Fence as a statement that fails where Fence would
-	// affect no row (see TouchOrFail); "" if the dialect has none.
-	FenceOrFail string
+	FinishOrFail string
+	// Begin (scope, key, lock, flow, fingerprint, params, lease, mark)
+	// reads the key's live record and its flow's row and, where there is
+	// neither and the key's lock (lock) comes free without waiting, inserts
+	// the row with token 1 and mark as its fence; it answers started,
+	// locked (NULL when there was a record or a row), the record's
+	// fingerprint, value and failed (NULL without one), and the row's
+	// columns as Read answers them (NULL without one). For drivers that
+	// implement FlowBeginner; "" if the dialect has none.
+	Begin string
 	// Steps (scope, key): seq, name, value, by seq.
 	Steps string
 	// Record (scope, key, seq, name, value) inserts a step.

@@ -18,103 +18,72 @@ import (
 // the flow tables as they share the key table. A step's transaction is
 // pipelined as Do's is: [BEGIN, fence] before fn, and [check the fence
 // and extend the lease, record, COMMIT] after it; the last step's
-// transaction stores the flow's value in place of its record.
+// transaction stores the flow's value in place of its record. A new flow
+// begins in its first step's transaction (BeginFlow).
 var (
-	_ dialects.FlowDriver[pgx.Tx] = (*driver)(nil)
-	_ dialects.StepFinisher       = (*driver)(nil)
-	_ dialects.FlowPipeliner      = (*driver)(nil)
+	_ dialects.FlowDriver[pgx.Tx]   = (*driver)(nil)
+	_ dialects.StepFinisher         = (*driver)(nil)
+	_ dialects.FlowBeginner[pgx.Tx] = (*driver)(nil)
 )
 
-// LookupFlow sends the key's lookup and the flow's read as one pipeline.
-func (d *driver) LookupFlow(ctx context.Context, k dialects.Key) (rec dialects.Record, recorded bool, row dialects.FlowRow, running bool, err error) {
-	row = dialects.FlowRow{Scope: k.Scope, Key: k.Key}
-	b := &pgx.Batch{}
-	b.Queue(d.sql.Lookup, k.Scope, k.Key)
-	b.Queue(d.flows.Read, k.Scope, k.Key)
-	br := d.pool.SendBatch(ctx, b)
-	defer func() {
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	if rec, recorded, err = lookup(br.QueryRow()); err != nil {
-		return rec, false, row, false, err
-	}
-	err = br.QueryRow().Scan(&row.Flow, &row.Fingerprint, &row.Params, &row.Token, &row.Resumes, &row.LastError, &row.Expired)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return rec, recorded, row, false, nil
-	}
-	return rec, recorded, row, err == nil, err
-}
+// savepoint is where UndoStep goes back to in a transaction of
+// BeginFlow's: after the flow's row, before the first step's writes.
+const savepoint = "idempotency_flow_started"
 
-// StartFlow sends the flow's insert and the key's lookup as one pipeline;
-// each commits on its own, in order.
-func (d *driver) StartFlow(ctx context.Context, k dialects.Key, r dialects.FlowRow, lease time.Duration) (started bool, rec dialects.Record, recorded bool, err error) {
-	b := &pgx.Batch{}
-	b.Queue("begin")
-	b.Queue(lazyCommit)
-	b.Queue(d.flows.Insert, k.Scope, k.Key, r.Flow, r.Fingerprint, r.Params, d.units(lease))
-	b.Queue("commit")
-	b.Queue(d.sql.Lookup, k.Scope, k.Key)
+// BeginFlow sends BEGIN, the Begin statement and a savepoint as one
+// pipeline. Unless it started the flow, it rolls back (a second exchange)
+// and reports what it read.
+func (d *driver) BeginFlow(ctx context.Context, k dialects.Key, row dialects.FlowRow, lease time.Duration, f dialects.Fence) (pgx.Tx, dialects.FlowStart, error) {
+	st := dialects.FlowStart{Row: dialects.FlowRow{Scope: k.Scope, Key: k.Key}}
 	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
-		return false, rec, false, fmt.Errorf("acquire a connection: %w", err)
+		return nil, st, fmt.Errorf("acquire a connection: %w", err)
 	}
-	t := newCallTx(nil, conn)
-	t.end()
-	defer t.close()
-	br := conn.Conn().SendBatch(ctx, b)
-	defer func() {
-		if cerr := br.Close(); err == nil {
-			err = cerr
-		}
-	}()
-	var tag pgconn.CommandTag
-	for i := range 4 {
-		res, err := br.Exec()
-		if err != nil {
-			return false, rec, false, err
-		}
-		if i == 2 {
-			tag = res
-		}
-	}
-	rec, recorded, err = lookup(br.QueryRow())
-	return tag.RowsAffected() == 1, rec, recorded, err
-}
-
-// lazyCommit lets a transaction's COMMIT return before its WAL reaches
-// the disk; a later commit that waits flushes it too (the WAL is flushed
-// in order).
-const lazyCommit = "set local synchronous_commit to off"
-
-// RecordSteps sends BEGIN, the fence (FenceOrFail, whose error stops what
-// follows it), the records and COMMIT as one pipeline.
-func (d *driver) RecordSteps(ctx context.Context, k dialects.Key, f dialects.Fence, steps []dialects.StepRow, lease time.Duration, lazy bool) (bool, error) {
-	conn, err := d.pool.Acquire(ctx)
-	if err != nil {
-		return false, fmt.Errorf("acquire a connection: %w", err)
-	}
-	t := newCallTx(nil, conn)
-	t.end()
-	defer t.close()
+	var (
+		locked             *bool
+		recFailed, expired *bool
+		token              *int64
+		resumes            *int
+		flow, lastError    *string
+	)
 	b := &pgx.Batch{}
 	b.BeginTx(d.opts)
-	first := 1
-	if lazy {
-		b.Queue(lazyCommit)
-		first++
+	b.Queue(d.flows.Begin, k.Scope, k.Key, k.Lock, row.Flow, row.Fingerprint, row.Params, d.units(lease), f.Mark).QueryRow(func(r pgx.Row) error {
+		return r.Scan(&st.Started, &locked, &st.Record.Fingerprint, &st.Record.Value, &recFailed,
+			&flow, &st.Row.Fingerprint, &st.Row.Params, &token, &resumes, &lastError, &expired)
+	})
+	b.Queue("savepoint " + savepoint)
+	br := conn.Conn().SendBatch(ctx, b)
+	err = br.Close()
+	t := newCallTx(br.Tx(), conn)
+	if err != nil || !st.Started {
+		t.end()
+		t.close() // rolls back
+		if err != nil {
+			return nil, st, fmt.Errorf("begin the flow: %w", err)
+		}
+		st.Recorded = st.Record.Fingerprint != nil
+		st.Record.Failed = recFailed != nil && *recFailed
+		if st.Running = flow != nil; st.Running {
+			st.Row.Flow, st.Row.Token, st.Row.Resumes, st.Row.LastError, st.Row.Expired = *flow, *token, *resumes, *lastError, *expired
+		}
+		st.Held = locked != nil && !*locked
+		return nil, st, nil
 	}
-	b.Queue(d.flows.FenceOrFail, d.units(lease), f.Mark, k.Scope, k.Key, f.Token)
-	for _, step := range steps {
-		b.Queue(d.flows.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value)
+	return t, st, nil
+}
+
+// UndoStep rolls back to the savepoint BeginFlow made.
+func (d *driver) UndoStep(ctx context.Context, tx pgx.Tx) error {
+	t, ok := tx.(*callTx)
+	if !ok {
+		return fmt.Errorf("pgxstore: UndoStep: a %T, not a transaction of the store's", tx)
 	}
-	i, err := sendCommit(ctx, conn, b)
-	var pgErr *pgconn.PgError
-	if i == first && errors.As(err, &pgErr) && pgErr.Code == "22012" {
-		return false, nil // another owner has the flow
+	if t.ended.Load() {
+		return pgx.ErrTxClosed
 	}
-	return err == nil, err
+	_, err := t.tx.Exec(ctx, "rollback to savepoint "+savepoint)
+	return err
 }
 
 // sendCommit queues COMMIT after b's statements, sends them as one
@@ -232,35 +201,34 @@ func (d *driver) BeginStep(ctx context.Context, k dialects.Key, f dialects.Fence
 	return t, true, nil
 }
 
-// RecordStep sends the lease's extension, the step's record and COMMIT as
-// one pipeline. The extension (TouchOrFail) fails where the row lacks the
-// transaction's mark, and an error stops what follows it, the COMMIT
-// included.
+// RecordStep sends the lease's extension with the steps' records
+// (RecordOrFail) and COMMIT as one pipeline. The statement fails where the
+// row lacks the transaction's mark, and an error stops what follows it,
+// the COMMIT included.
 func (d *driver) RecordStep(ctx context.Context, tx pgx.Tx, k dialects.Key, f dialects.Fence, steps []dialects.StepRow, lease time.Duration) error {
 	return d.commitWith(ctx, tx, "RecordStep", func(b *pgx.Batch) {
-		b.Queue(d.flows.TouchOrFail, d.units(lease), k.Scope, k.Key, f.Token, f.Mark)
-		for _, step := range steps {
-			b.Queue(d.flows.Record, k.Scope, k.Key, step.Seq, step.Name, step.Value)
+		seqs, names, values := make([]int32, len(steps)), make([]string, len(steps)), make([][]byte, len(steps))
+		for i, step := range steps {
+			seqs[i], names[i], values[i] = int32(step.Seq), step.Name, step.Value
 		}
+		b.Queue(d.flows.RecordOrFail, d.units(lease), k.Scope, k.Key, f.Token, f.Mark, seqs, names, values)
 	})
 }
 
-// FinishFlow sends the mark's check, the key's record, the deletion of the
-// flow's rows and COMMIT as one pipeline.
+// FinishFlow sends the deletion of an expired record of the key, then the
+// mark's check with the flow's end (FinishOrFail: the key's record, the
+// deletion of the flow's rows) and COMMIT, as one pipeline.
 func (d *driver) FinishFlow(ctx context.Context, tx pgx.Tx, k dialects.Key, f dialects.Fence, rec dialects.Record, ttl time.Duration) error {
 	return d.commitWith(ctx, tx, "FinishFlow", func(b *pgx.Batch) {
-		b.Queue(d.flows.TouchOrFail, 0, k.Scope, k.Key, f.Token, f.Mark)
 		b.Queue(d.flows.DeleteExpiredKey, k.Scope, k.Key)
-		b.Queue(d.flows.InsertKey, k.Scope, k.Key, rec.Fingerprint, rec.Value, rec.Failed, d.units(ttl))
-		b.Queue(d.flows.DeleteSteps, k.Scope, k.Key)
-		b.Queue(d.flows.DeleteFlow, k.Scope, k.Key, f.Token)
+		b.Queue(d.flows.FinishOrFail, k.Scope, k.Key, f.Token, f.Mark, rec.Fingerprint, rec.Value, rec.Failed, d.units(ttl))
 	})
 }
 
 // commitWith sends the statements queue adds, then COMMIT, in one
-// pipeline (sendCommit). The first statement is TouchOrFail, whose
-// division by zero says that the transaction is not the one BeginStep
-// fenced.
+// pipeline (sendCommit). One of them is RecordOrFail or FinishOrFail,
+// whose division by zero says that the transaction is not the one
+// BeginStep fenced.
 func (d *driver) commitWith(ctx context.Context, tx pgx.Tx, op string, queue func(b *pgx.Batch)) error {
 	t, err := ending(tx, op)
 	if err != nil {
@@ -272,9 +240,9 @@ func (d *driver) commitWith(ctx context.Context, tx pgx.Tx, op string, queue fun
 	}
 	b := &pgx.Batch{}
 	queue(b)
-	i, err := sendCommit(ctx, t.conn, b)
+	_, err = sendCommit(ctx, t.conn, b)
 	var pgErr *pgconn.PgError
-	if i == 0 && errors.As(err, &pgErr) && pgErr.Code == "22012" {
+	if errors.As(err, &pgErr) && pgErr.Code == "22012" && !errors.As(err, new(*dialects.CommitError)) {
 		return fmt.Errorf("%w (fn ended it, or an error inside fn was not returned); nothing was recorded", dialects.ErrTransactionEnded)
 	}
 	return err

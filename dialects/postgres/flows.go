@@ -39,13 +39,50 @@ WHERE scope = $1 AND key = $2 AND token = $3 AND ` + due + ` FOR UPDATE SKIP LOC
 		TakeOver: `UPDATE ` + flows + ` SET token = token + 1, resumes = resumes + 1, lease_until = ` + until + `
 WHERE scope = $2 AND key = $3 AND token = $4 AND ` + due,
 		Fence: fence,
-		// A division by zero where Fence would find no row.
-		FenceOrFail: `WITH fenced AS (` + fence + ` RETURNING 1)
-SELECT 1 / (SELECT count(*) FROM fenced)`,
+		// The record and the row are read with the statement's snapshot;
+		// the lock is tried only where both are missing, and the insert
+		// made only where the lock was taken. A row committed after the
+		// snapshot makes the insert do nothing (started is 0), and the
+		// caller reads again.
+		Begin: `WITH rec AS (
+	SELECT fingerprint, value, failed FROM ` + table + `
+	WHERE scope = $1 AND key = $2 AND expires_at > now()
+), cur AS (
+	SELECT flow, fingerprint, params, token, resumes, COALESCE(last_error, '') AS last_error, ` + due + ` AS expired
+	FROM ` + flows + ` WHERE scope = $1 AND key = $2
+), lock AS (
+	SELECT pg_try_advisory_xact_lock($3) AS locked
+	WHERE NOT EXISTS (SELECT FROM rec) AND NOT EXISTS (SELECT FROM cur)
+), ins AS (
+	INSERT INTO ` + flows + ` (scope, key, flow, fingerprint, params, token, fence, lease_until, resumes, created_at)
+	SELECT $1, $2, $4, $5, $6, 1, $8, clock_timestamp() + $7::float8 * interval '1 microsecond', 0, now()
+	FROM lock WHERE locked
+	ON CONFLICT (scope, key) DO NOTHING
+	RETURNING 1
+)
+SELECT (SELECT count(*) FROM ins) = 1, (SELECT locked FROM lock),
+	rec.fingerprint, rec.value, rec.failed,
+	cur.flow, cur.fingerprint, cur.params, cur.token, cur.resumes, cur.last_error, cur.expired
+FROM (VALUES (1)) AS one (x) LEFT JOIN rec ON true LEFT JOIN cur ON true`,
 		Touch: touch,
 		// A division by zero where Touch would find no row.
-		TouchOrFail: `WITH touched AS (` + touch + ` RETURNING 1)
+		RecordOrFail: `WITH touched AS (` + touch + ` RETURNING 1), recorded AS (
+	INSERT INTO ` + steps + ` (scope, key, seq, name, value, created_at)
+	SELECT $2, $3, r.seq, r.name, r.value, now()
+	FROM touched, unnest($6::integer[], $7::text[], $8::bytea[]) AS r (seq, name, value)
+)
 SELECT 1 / (SELECT count(*) FROM touched)`,
+		// The record is a plain insert: a live record of the key (written
+		// by Do with the same key) fails it rather than being overwritten.
+		FinishOrFail: `WITH done AS (
+	DELETE FROM ` + flows + ` WHERE scope = $1 AND key = $2 AND token = $3 AND fence = $4 RETURNING 1
+), steps AS (
+	DELETE FROM ` + steps + ` WHERE scope = $1 AND key = $2 AND EXISTS (SELECT FROM done)
+), record AS (
+	INSERT INTO ` + table + ` (scope, key, fingerprint, value, failed, created_at, expires_at)
+	SELECT $1, $2, $5, $6, $7, now(), clock_timestamp() + $8::float8 * interval '1 microsecond' FROM done
+)
+SELECT 1 / (SELECT count(*) FROM done)`,
 		Steps:  `SELECT seq, name, value FROM ` + steps + ` WHERE scope = $1 AND key = $2 ORDER BY seq`,
 		Record: `INSERT INTO ` + steps + ` (scope, key, seq, name, value, created_at) VALUES ($1, $2, $3, $4, $5, now())`,
 		Release: `UPDATE ` + flows + ` SET lease_until = LEAST(lease_until, clock_timestamp()), last_error = $1

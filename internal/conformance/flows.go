@@ -383,11 +383,15 @@ func testFlowTakeoverFencesStaleOwner[TTx any](t *testing.T, e *suite[TTx]) {
 	if c.orders.Load() != 1 || e.charges(t, "s1/order") != 1 || e.charges(t, "s1/receipt") != 1 {
 		t.Errorf("order ran %d; %d order rows, %d receipt rows; want 1 each", c.orders.Load(), e.charges(t, "s1/order"), e.charges(t, "s1/receipt"))
 	}
-	if keys != 1 || asked != 1 || charged != 1 {
-		t.Errorf("provider asked %d times under %d keys, charged %d; want 1 under 1 (the call was recorded before the pause), 1", asked, keys, charged)
+	// The call is recorded with the next step where steps leave their
+	// transactions open (Postgres, SQLite), and the owner was held before
+	// that step: the retry asks again, under the same key, and the
+	// provider answers as the first time. Elsewhere it was recorded before.
+	if keys != 1 || asked < 1 || asked > 2 || charged != 1 {
+		t.Errorf("provider asked %d times under %d keys, charged %d; want once or twice under 1 key, charged once", asked, keys, charged)
 	}
-	if ev.count(idempotency.FlowTakenOver) != 1 || ev.count(idempotency.FlowStepReplayed) != 2 {
-		t.Errorf("events: %v; want 1 takeover, 2 steps replayed", ev.n)
+	if ev.count(idempotency.FlowTakenOver) != 1 || ev.count(idempotency.FlowStepReplayed) != int(3-asked) {
+		t.Errorf("events: %v; want 1 takeover, %d steps replayed", ev.n, 3-asked)
 	}
 	// The stale owner's Step ran no fn, or rolled it back: one receipt row.
 	again, err := c.flow.Run(ctx, s, "s1", o)
