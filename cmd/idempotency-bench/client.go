@@ -27,6 +27,12 @@ type client interface {
 	// run calls idempotency.Run for key; fn inserts the business row and
 	// then works for work. readFirst picks the WithReadFirst store.
 	run(ctx context.Context, readFirst bool, key string, work time.Duration, fnRuns *atomic.Int64) (idempotency.Result[receipt], error)
+	// byHand is what a flow of two steps and a call does, written by
+	// hand: a bare transaction, the call, another bare transaction.
+	byHand(ctx context.Context, key string) error
+	// flow runs that flow for key: a step that inserts a business row,
+	// the call, a step that inserts another.
+	flow(ctx context.Context, key string) (idempotency.Result[receipt], error)
 	// conns sets the pool to c connections.
 	conns(c int)
 	// rows counts the business rows of key.
@@ -51,6 +57,45 @@ type calls[TTx any] struct {
 	exec             func(ctx context.Context, tx TTx, query string, args ...any) error
 	commit           func(ctx context.Context, tx TTx) error
 	rollback         func(ctx context.Context, tx TTx)
+	flows            *idempotency.Flow[string, receipt, TTx]
+}
+
+// call is the flow workloads' call to another system: it does nothing, so
+// that what is measured is what a flow adds to the same work by hand.
+func call(_ context.Context, key string) (receipt, error) {
+	return receipt{Ref: key, Amount: params.Amount}, nil
+}
+
+func (c *calls[TTx]) byHand(ctx context.Context, key string) error {
+	if err := c.bare(ctx, key+"/a"); err != nil {
+		return err
+	}
+	if _, err := call(ctx, key); err != nil {
+		return err
+	}
+	return c.bare(ctx, key+"/b")
+}
+
+func (c *calls[TTx]) flow(ctx context.Context, key string) (idempotency.Result[receipt], error) {
+	if c.flows == nil {
+		c.flows = idempotency.NewFlow("bench", func(ctx context.Context, s *idempotency.Steps[TTx], key string) (receipt, error) {
+			write := func(ref string) func(ctx context.Context, tx TTx) (bool, error) {
+				return func(ctx context.Context, tx TTx) (bool, error) {
+					return true, c.exec(ctx, tx, c.b.business, ref, params.Amount)
+				}
+			}
+			if _, err := idempotency.Step(s, "a", write(key+"/a")); err != nil {
+				return receipt{}, err
+			}
+			r, err := idempotency.Call(s, "call", call)
+			if err != nil {
+				return receipt{}, err
+			}
+			_, err = idempotency.Step(s, "b", write(key+"/b"))
+			return r, err
+		})
+	}
+	return c.flows.Run(ctx, c.store, key, key)
 }
 
 // inTx runs statements in a transaction of the client's own and commits.

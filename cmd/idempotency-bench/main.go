@@ -285,7 +285,7 @@ func (r *runner) countTrips(ctx context.Context, w *bench) (map[string]float64, 
 	if err != nil {
 		return nil, err
 	}
-	pw.replay = w.replay
+	pw.replay, pw.flows = w.replay, w.flows
 	const n = 50
 	out := map[string]float64{}
 	for _, name := range workloads {

@@ -72,10 +72,13 @@ const (
 	freshBound                   // fresh Do ops/s / bound (bare + one INSERT) ops/s
 	replayBare                   // replay Do p50 / bare p50
 	replayReadFirst              // replay Do (ReadFirst) p50 / bare p50
+	flowByHand                   // flow ops/s / the same work by hand ops/s
+	flowReplay                   // replay flow p50 / replay Do p50
 )
 
 func (q ratio) String() string {
-	return [...]string{"fresh / bare", "fresh / bound", "replay p50 / bare p50", "ReadFirst replay p50 / bare p50"}[q]
+	return [...]string{"fresh / bare", "fresh / bound", "replay p50 / bare p50", "ReadFirst replay p50 / bare p50",
+		"flow / by hand", "flow replay p50 / Do replay p50"}[q]
 }
 
 // of computes the ratio from a backend's medians at one concurrency; 0
@@ -89,6 +92,10 @@ func (q ratio) of(get func(workload string) sample) float64 {
 		return throughput(get(wFresh), get(wFloor))
 	case replayBare:
 		return latency(get(wReplay), bare)
+	case flowByHand:
+		return throughput(get(wFlow), get(wByHand))
+	case flowReplay:
+		return latency(get(wFlowReplay), get(wReplay))
 	default:
 		return latency(get(wReplayLook), bare)
 	}
@@ -123,6 +130,9 @@ var goals = []goal{
 	{13, "mysql+interpolateParams", 16, replayBare, false, 0.60, 1.33},
 	{13, "sqlite", 1, freshBound, true, 0.93, 0.86},
 	{13, "sqlite", 1, replayBare, false, 0.20, 0.22},
+	{21, "pgxstore", 1, flowByHand, true, 0.70, 0},
+	{21, "pgxstore", 16, flowByHand, true, 0.70, 0},
+	{21, "pgxstore", 1, flowReplay, false, 1.00, 0},
 }
 
 func (r *runner) print(benches []*bench) {
@@ -234,8 +244,8 @@ func verdict(ok bool) string {
 func (r *runner) printRatios(benches []*bench) {
 	out := r.out
 	fmt.Fprintf(out, "\n### Ratios (medians)\n\n")
-	fmt.Fprintln(out, "| backend | c | fresh / bare | bound / bare | fresh / bound | trip ceiling / bound | ReadFirst fresh / bare | replay p50 / bare p50 | ReadFirst replay p50 / bare p50 | replay among fresh calls (1 in 10) p50 / bare p50 | bench CPU/op fresh, bound | server CPU/op fresh, bound |")
-	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(out, "| backend | c | fresh / bare | bound / bare | fresh / bound | trip ceiling / bound | ReadFirst fresh / bare | replay p50 / bare p50 | ReadFirst replay p50 / bare p50 | replay among fresh calls (1 in 10) p50 / bare p50 | flow / by hand | flow replay p50 / Do replay p50 | bench CPU/op fresh, bound | server CPU/op fresh, bound |")
+	fmt.Fprintln(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, w := range benches {
 		for _, c := range r.conc[w.b.name] {
 			get := r.medians(w.b.name, c)
@@ -255,9 +265,10 @@ func (r *runner) printRatios(benches []*bench) {
 			if w.b.serverCPU != nil {
 				server = us(fresh.serverCPU) + ", " + us(bound.serverCPU)
 			}
-			fmt.Fprintf(out, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w.b.name, c,
+			fmt.Fprintf(out, "| %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", w.b.name, c,
 				per(fresh, bare), per(bound, bare), per(fresh, bound), per(get(wCeiling), bound), per(get(wFreshLookup), bare),
-				lat(wReplay), lat(wReplayLook), lat(wReplayMixed), us(fresh.cpu)+", "+us(bound.cpu), server)
+				lat(wReplay), lat(wReplayLook), lat(wReplayMixed), cell(flowByHand.of(get)), cell(flowReplay.of(get)),
+				us(fresh.cpu)+", "+us(bound.cpu), server)
 		}
 	}
 }
@@ -288,7 +299,7 @@ func (r *runner) printGoals(benches []*bench) {
 	if len(rows) == 0 {
 		return
 	}
-	fmt.Fprintf(r.out, "\n### Goals of the performance issues (12 and 13)\n\n")
+	fmt.Fprintf(r.out, "\n### Goals of the performance issues (12, 13 and 21)\n\n")
 	fmt.Fprintln(r.out, "| issue | backend | c | ratio | goal | when opened | now | |")
 	fmt.Fprintln(r.out, "|---:|---|---:|---|---:|---:|---:|---|")
 	for _, row := range rows {

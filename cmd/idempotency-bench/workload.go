@@ -26,9 +26,12 @@ const (
 	wReplay      = "replay Do"
 	wReplayLook  = "replay Do (ReadFirst)"
 	wReplayMixed = "replay Do (1 in 10)"
+	wByHand      = "by hand: 2 tx + call"
+	wFlow        = "flow: 2 steps + call"
+	wFlowReplay  = "replay flow"
 )
 
-var workloads = []string{wBare, wFloor, wCeiling, wFresh, wFreshLookup, wReplay, wReplayLook, wReplayMixed}
+var workloads = []string{wBare, wFloor, wCeiling, wFresh, wFreshLookup, wReplay, wReplayLook, wReplayMixed, wByHand, wFlow, wFlowReplay}
 
 // errUntimed is what an op returns when it succeeded but its latency is not
 // the workload's: the fresh calls between the replays of wReplayMixed.
@@ -55,6 +58,7 @@ type bench struct {
 	prefix string
 	seq    atomic.Int64
 	replay []string // committed keys
+	flows  []string // keys of finished flows
 	fp     []byte
 }
 
@@ -78,6 +82,11 @@ func (w *bench) seed(ctx context.Context, n int) error {
 			return err
 		}
 		w.replay = append(w.replay, k)
+		k = w.newKey()
+		if _, err := w.c.flow(ctx, k); err != nil {
+			return err
+		}
+		w.flows = append(w.flows, k)
 	}
 	return nil
 }
@@ -117,6 +126,26 @@ func (w *bench) op(name string) func(ctx context.Context, i int) error {
 	case wFresh, wFreshLookup:
 		return func(ctx context.Context, i int) error {
 			_, err := w.c.run(ctx, name == wFreshLookup, w.newKey(), 0, nil)
+			return err
+		}
+	case wByHand:
+		return func(ctx context.Context, i int) error { return w.c.byHand(ctx, w.newKey()) }
+	case wFlow:
+		return func(ctx context.Context, i int) error {
+			key := w.newKey()
+			r, err := w.c.flow(ctx, key)
+			if err == nil && r.Replayed {
+				err = fmt.Errorf("the new flow %s was replayed", key)
+			}
+			return err
+		}
+	case wFlowReplay:
+		return func(ctx context.Context, i int) error {
+			key := w.flows[i%len(w.flows)]
+			r, err := w.c.flow(ctx, key)
+			if err == nil && !r.Replayed {
+				err = fmt.Errorf("the flow %s was not replayed", key)
+			}
 			return err
 		}
 	case wReplay:
