@@ -133,13 +133,13 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 			return res, fmt.Errorf("idempotency: flow %q, key %q: gave up after %d attempts that each found the flow changed under them", f.name, k.Key, restarts)
 		}
 		if fb, ok := fd.(dialects.FlowBeginner[TTx]); ok {
-			// A store whose calls read first (WithReadFirst, or mostly
-			// replays of late) reads the key's record alone first, as Do
-			// does: a replay then costs one statement.
-			if s.reads.first() {
+			// While most flows of late replayed (or with WithReadFirst),
+			// read the key's record alone first, as Do does: a replay then
+			// costs one statement.
+			if s.flowReads.first() {
 				rec, ok, err := s.driver.Lookup(ctx, k)
 				if err == nil && ok {
-					s.reads.saw(true)
+					s.flowReads.saw(true)
 					return f.replay(rec, fp, k)
 				}
 			}
@@ -154,11 +154,11 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 				}
 				return res, s.flowError(ctx, "read or start the flow", err)
 			case st.Started:
-				s.reads.saw(false)
+				s.flowReads.saw(false)
 				s.flowEvent(ctx, FlowEvent{Kind: FlowStarted, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: 1})
 				return f.body(ctx, s, fd, k, fp, 1, params, nil, &openTx[TTx]{tx: tx, fence: fence})
 			case st.Recorded:
-				s.reads.saw(true)
+				s.flowReads.saw(true)
 				return f.replay(st.Record, fp, k)
 			case st.Running:
 				row = st.Row

@@ -18,6 +18,8 @@ type TxStore[TTx any] struct {
 	cfg    *config
 	scope  string
 	reads  *reads // shared by the store's scopes
+	// flowReads is reads for flows (flow.go).
+	flowReads *reads
 }
 
 // Store is the store for database/sql through sqlx: its calls run fn with a
@@ -81,7 +83,14 @@ func newStore[TTx any](d dialects.Driver[TTx], cfg *config) *TxStore[TTx] {
 	case cfg.readFirst == nil && chooses:
 		policy = r.ReadFirst()
 	}
-	return &TxStore[TTx]{driver: d, cfg: cfg, reads: &reads{policy: policy}}
+	// Flows read first adaptively unless WithReadFirst says otherwise: a
+	// read costs a fresh flow little beside its steps, and spares a
+	// replay the flow's start.
+	flowPolicy := dialects.ReadFirstAdaptive
+	if cfg.readFirst != nil {
+		flowPolicy = policy
+	}
+	return &TxStore[TTx]{driver: d, cfg: cfg, reads: &reads{policy: policy}, flowReads: &reads{policy: flowPolicy}}
 }
 
 func (c *config) driverConfig() dialects.Config {

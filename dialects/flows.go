@@ -181,19 +181,25 @@ type FlowStatements struct {
 	// Touch (lease, scope, key, token, mark) extends the lease of the row
 	// that carries token and mark: one row affected, or none.
 	Touch string
+	// The statements for clients that pipeline (pgx), where they differ
+	// from the others: the mark is the transaction's, not the row's, and
+	// a check fails with a division by zero rather than affecting no row
+	// (an error, unlike a row count, stops the statements sent after it).
+	// "" where the dialect has none.
+	//
+	// LockFence (scope, key, token, mark) locks the row that carries token
+	// and marks the transaction: one row, or none when another owner has
+	// the flow.
+	LockFence string
 	// RecordOrFail (lease, scope, key, token, mark, seqs, names, values)
-	// is Touch and Record in one statement, for clients that pipeline the
-	// statements after it (pgx): it records the steps given as three
-	// arrays where Touch finds its row, and fails with a division by zero
-	// where it does not (an error, unlike a row count, stops what follows
-	// it); "" if the dialect has none.
+	// records the steps given as three arrays, and extends the lease when
+	// less than half of it is left, in a transaction that carries the
+	// mark; it fails in one that does not.
 	RecordOrFail string
 	// FinishOrFail (scope, key, token, mark, fingerprint, value, failed,
-	// ttl) deletes the row that carries token and mark and the flow's
-	// steps, and inserts the key's record, in one statement that fails
-	// with a division by zero where there is no such row (see
-	// RecordOrFail; DeleteExpiredKey goes first); "" if the dialect has
-	// none.
+	// ttl) deletes the row that carries token and the flow's steps, and
+	// inserts the key's record, in a transaction that carries the mark;
+	// it fails in one that does not (DeleteExpiredKey goes first).
 	FinishOrFail string
 	// Begin (scope, key, lock, flow, fingerprint, params, lease, mark)
 	// reads the key's live record and its flow's row and, where there is

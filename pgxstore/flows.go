@@ -174,23 +174,26 @@ func (d *driver) FlowSteps(ctx context.Context, k dialects.Key) ([]dialects.Step
 	})
 }
 
-// BeginStep sends BEGIN and the fence as one pipeline.
-func (d *driver) BeginStep(ctx context.Context, k dialects.Key, f dialects.Fence, lease time.Duration) (pgx.Tx, bool, error) {
+// BeginStep sends BEGIN and the fence (LockFence: the row locked, the
+// transaction marked) as one pipeline.
+func (d *driver) BeginStep(ctx context.Context, k dialects.Key, f dialects.Fence, _ time.Duration) (pgx.Tx, bool, error) {
 	conn, err := d.pool.Acquire(ctx)
 	if err != nil {
 		return nil, false, fmt.Errorf("acquire a connection: %w", err)
 	}
-	var fenced int64
+	fenced := false
 	b := &pgx.Batch{}
 	b.BeginTx(d.opts)
-	b.Queue(d.flows.Fence, d.units(lease), f.Mark, k.Scope, k.Key, f.Token).Exec(func(tag pgconn.CommandTag) error {
-		fenced = tag.RowsAffected()
-		return nil
+	b.Queue(d.flows.LockFence, k.Scope, k.Key, f.Token, f.Mark).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			fenced = true
+		}
+		return rows.Err()
 	})
 	br := conn.Conn().SendBatch(ctx, b)
 	err = br.Close()
 	t := newCallTx(br.Tx(), conn)
-	if err != nil || fenced != 1 {
+	if err != nil || !fenced {
 		t.end()
 		t.close()
 		if err != nil {

@@ -164,6 +164,7 @@ func (b *backend) setup(ctx context.Context, tmp string) error {
 	var table string
 	switch b.kind {
 	case "postgres":
+		b.serverCPU = postgresCPU(b.driver, b.dsn)
 		table = `CREATE TABLE bench_orders (id bigserial PRIMARY KEY, ref text NOT NULL, amount bigint NOT NULL)`
 		b.business = `INSERT INTO bench_orders (ref, amount) VALUES ($1, $2)`
 		b.countRows = `SELECT COUNT(*) FROM bench_orders WHERE ref = $1`
@@ -217,4 +218,39 @@ func mysqlCPU(ctx context.Context, db *sqlx.DB) func() time.Duration {
 		return nil
 	}
 	return procCPU(pid)
+}
+
+// postgresCPU reads the CPU time of the Postgres processes that work for
+// the bench's database: its connections (and autovacuum's), and the
+// server's background processes (WAL writer, checkpointer), where the
+// server runs on this machine; nil where it does not. Other databases'
+// connections on the same server are not counted.
+func postgresCPU(driver, dsn string) func() time.Duration {
+	db, err := sqlx.Open(driver, dsn)
+	if err != nil {
+		return nil
+	}
+	db.SetMaxOpenConns(1)
+	pids := func() []int {
+		var ps []int
+		if err := db.Select(&ps, `SELECT pid FROM pg_stat_activity
+WHERE datname = current_database() OR backend_type NOT IN ('client backend', 'autovacuum worker')`); err != nil {
+			return nil
+		}
+		return ps
+	}
+	ps := pids()
+	if len(ps) == 0 || procCPU(ps[0]) == nil {
+		_ = db.Close()
+		return nil
+	}
+	return func() time.Duration {
+		var sum time.Duration
+		for _, pid := range pids() {
+			if f := procCPU(pid); f != nil {
+				sum += f()
+			}
+		}
+		return sum
+	}
 }

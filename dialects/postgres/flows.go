@@ -12,6 +12,16 @@ var _ dialects.FlowDialect = (*Dialect)(nil)
 // table.
 func (d *Dialect) FlowStatements() dialects.FlowStatements { return d.flows }
 
+// FlowMark is the transaction-local setting that the statements for
+// pipelining clients (LockFence, and Begin where it starts a flow) set to
+// the step's mark, and RecordOrFail and FinishOrFail check.
+const FlowMark = "idempotency.flow_fence"
+
+// marked is true in a transaction marked with the mark in parameter p.
+func marked(p string) string {
+	return `coalesce(current_setting('` + FlowMark + `', true), '') = ` + p + `::bigint::text`
+}
+
 // FlowSQL returns the statements of flows for the tables that go with the
 // key table named table (dialects.FlowTables), shared by the database/sql
 // dialect and the pgx store. Leases are in microseconds, and count from
@@ -55,8 +65,8 @@ WHERE scope = $2 AND key = $3 AND token = $4 AND ` + due,
 	WHERE NOT EXISTS (SELECT FROM rec) AND NOT EXISTS (SELECT FROM cur)
 ), ins AS (
 	INSERT INTO ` + flows + ` (scope, key, flow, fingerprint, params, token, fence, lease_until, resumes, created_at)
-	SELECT $1, $2, $4, $5, $6, 1, $8, clock_timestamp() + $7::float8 * interval '1 microsecond', 0, now()
-	FROM lock WHERE locked
+	SELECT $1, $2, $4, $5, $6, 1, $8::bigint, clock_timestamp() + $7::float8 * interval '1 microsecond', 0, now()
+	FROM lock WHERE locked AND set_config('` + FlowMark + `', $8::bigint::text, true) IS NOT NULL
 	ON CONFLICT (scope, key) DO NOTHING
 	RETURNING 1
 )
@@ -65,17 +75,32 @@ SELECT (SELECT count(*) FROM ins) = 1, (SELECT locked FROM lock),
 	cur.flow, cur.fingerprint, cur.params, cur.token, cur.resumes, cur.last_error, cur.expired
 FROM (VALUES (1)) AS one (x) LEFT JOIN rec ON true LEFT JOIN cur ON true`,
 		Touch: touch,
-		// A division by zero where Touch would find no row.
-		RecordOrFail: `WITH touched AS (` + touch + ` RETURNING 1), recorded AS (
+		// The pipelining statements mark the transaction, not the row:
+		// locking the row writes no new version of it, and a setting made
+		// with set_config(..., true) ends with its transaction, so a
+		// statement that runs after fn ended the transaction finds no mark.
+		LockFence: `SELECT set_config('` + FlowMark + `', $4::bigint::text, true)
+FROM ` + flows + ` WHERE scope = $1 AND key = $2 AND token = $3 FOR UPDATE`,
+		// A division by zero where the transaction lacks the mark. The
+		// lease is extended only when less than half of it is left.
+		RecordOrFail: `WITH mine AS (
+	SELECT ` + marked("$5") + ` AS ok
+), extended AS (
+	UPDATE ` + flows + ` SET lease_until = clock_timestamp() + $1::float8 * interval '1 microsecond'
+	WHERE scope = $2 AND key = $3 AND token = $4 AND (SELECT ok FROM mine)
+	AND lease_until < clock_timestamp() + $1::float8 / 2 * interval '1 microsecond'
+), recorded AS (
 	INSERT INTO ` + steps + ` (scope, key, seq, name, value, created_at)
 	SELECT $2, $3, r.seq, r.name, r.value, now()
-	FROM touched, unnest($6::integer[], $7::text[], $8::bytea[]) AS r (seq, name, value)
+	FROM unnest($6::integer[], $7::text[], $8::bytea[]) AS r (seq, name, value)
+	WHERE (SELECT ok FROM mine)
 )
-SELECT 1 / (SELECT count(*) FROM touched)`,
+SELECT 1 / (CASE WHEN (SELECT ok FROM mine) THEN 1 ELSE 0 END)`,
 		// The record is a plain insert: a live record of the key (written
 		// by Do with the same key) fails it rather than being overwritten.
 		FinishOrFail: `WITH done AS (
-	DELETE FROM ` + flows + ` WHERE scope = $1 AND key = $2 AND token = $3 AND fence = $4 RETURNING 1
+	DELETE FROM ` + flows + ` WHERE scope = $1 AND key = $2 AND token = $3 AND ` + marked("$4") + `
+	RETURNING 1
 ), steps AS (
 	DELETE FROM ` + steps + ` WHERE scope = $1 AND key = $2 AND EXISTS (SELECT FROM done)
 ), record AS (

@@ -564,27 +564,45 @@ func testFlowStepRetriesConflicts[TTx any](t *testing.T, e *suite[TTx]) {
 // nothing, and says so with ErrTransactionEnded; the flow stays
 // resumable.
 func testFlowStepEndedUnderFn[TTx any](t *testing.T, e *suite[TTx]) {
-	s := e.store(t)
-	var runs atomic.Int64
-	f := idempotency.NewFlow("ended", func(ctx context.Context, st *idempotency.Steps[TTx], ref string) (int64, error) {
-		return idempotency.Step(st, "write", func(ctx context.Context, tx TTx) (int64, error) {
-			if runs.Add(1) == 1 {
-				if err := e.env.ExecTx(ctx, tx, "ROLLBACK"); err != nil {
-					return 0, err
+	// First: the step that begins the flow (on the pgx store, in the
+	// transaction that holds the flow's new row). Second: a step after
+	// one that was recorded.
+	for _, second := range []bool{false, true} {
+		name := map[bool]string{false: "first", true: "second"}[second]
+		t.Run(name, func(t *testing.T) {
+			s := e.store(t)
+			var runs atomic.Int64
+			f := idempotency.NewFlow("ended", func(ctx context.Context, st *idempotency.Steps[TTx], ref string) (int64, error) {
+				if second {
+					if _, err := idempotency.Step(st, "before", func(ctx context.Context, tx TTx) (int, error) { return 1, nil }); err != nil {
+						return 0, err
+					}
 				}
+				return idempotency.Step(st, "write", func(ctx context.Context, tx TTx) (int64, error) {
+					if runs.Add(1) == 1 {
+						if err := e.env.ExecTx(ctx, tx, "ROLLBACK"); err != nil {
+							return 0, err
+						}
+					}
+					return 7, nil
+				})
+			})
+			key := "e-" + name
+			_, err := f.Do(ctx, s, key, key)
+			if !errors.Is(err, idempotency.ErrTransactionEnded) {
+				t.Fatalf("got %v; want ErrTransactionEnded", err)
 			}
-			return 7, nil
+			want := 0
+			if second {
+				want = 1 // "before"
+			}
+			if _, steps := flowRows(t, e); steps != want {
+				t.Errorf("%d steps recorded; want %d", steps, want)
+			}
+			if v, err := f.Do(ctx, s, key, key); err != nil || v != 7 || runs.Load() != 2 {
+				t.Errorf("the retry: %v, %v after %d runs; want 7 after 2", v, err, runs.Load())
+			}
 		})
-	})
-	_, err := f.Do(ctx, s, "e1", "e1")
-	if !errors.Is(err, idempotency.ErrTransactionEnded) {
-		t.Fatalf("got %v; want ErrTransactionEnded", err)
-	}
-	if _, steps := flowRows(t, e); steps != 0 {
-		t.Errorf("%d steps recorded; want none", steps)
-	}
-	if v, err := f.Do(ctx, s, "e1", "e1"); err != nil || v != 7 || runs.Load() != 2 {
-		t.Errorf("the retry: %v, %v after %d runs; want 7 after 2", v, err, runs.Load())
 	}
 }
 
