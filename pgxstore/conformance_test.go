@@ -16,9 +16,21 @@ import (
 // harness is the pgx store as the conformance suite and benchmark reach it.
 var harness = conformance.Harness[pgx.Tx]{Name: "pgx-native", Kind: "postgres", Open: openEnv}
 
+// bouncedHarness is the pgx store through PgBouncer in transaction pooling,
+// with default_query_exec_mode=exec (testdb.PgBouncer), migrated directly.
+var bouncedHarness = conformance.Harness[pgx.Tx]{Name: "pgx-native-pgbouncer", Kind: "postgres", Open: func(t testing.TB) conformance.Env[pgx.Tx] {
+	return openEnvOn(t, bounced)
+}}
+
+// bounced is the pgx backend of testdb.PgBouncer.
+var bounced = testdb.PgBouncer()[1]
+
 // TestConformance runs the behaviour suite every driver passes on the pgx
-// store.
-func TestConformance(t *testing.T) { conformance.Run(t, harness) }
+// store, directly and through PgBouncer.
+func TestConformance(t *testing.T) {
+	conformance.Run(t, harness)
+	conformance.Run(t, bouncedHarness)
+}
 
 // env is a database reached through a pgxpool.Pool.
 type env struct {
@@ -30,11 +42,19 @@ var _ conformance.Env[pgx.Tx] = (*env)(nil)
 
 // openEnv returns a fresh schema, migrated through Up, with the suite's
 // charges table.
-func openEnv(t testing.TB) conformance.Env[pgx.Tx] {
+func openEnv(t testing.TB) conformance.Env[pgx.Tx] { return openEnvOn(t, backend) }
+
+// openEnvOn is openEnv on backend b; where b reaches Postgres through
+// PgBouncer, Up runs on a pool of its own that reaches Postgres directly.
+func openEnvOn(t testing.TB, b testdb.Backend) conformance.Env[pgx.Tx] {
 	t.Helper()
-	dsn := backend.DSN(t)
+	dsn := b.DSN(t)
 	e := &env{pool: openPool(t, dsn, nil), dsn: dsn}
-	if err := Up(context.Background(), e.pool); err != nil {
+	up := e.pool
+	if direct := b.Direct(t, dsn); direct != dsn {
+		up = openPool(t, direct, nil)
+	}
+	if err := Up(context.Background(), up); err != nil {
 		t.Fatalf("Up: %v", err)
 	}
 	e.Exec(t, testdb.Charges)

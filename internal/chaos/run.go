@@ -28,9 +28,13 @@ const WorkerEnv = "IDEMPOTENCY_CHAOS_WORKER"
 
 // Plan is one chaos run against one database.
 type Plan struct {
-	Name       string
-	Drivers    []string      // database/sql drivers (or PgxStore), one per worker in turn
-	DSN        string        // direct DSN; the checker always uses it
+	Name    string
+	Drivers []string // database/sql drivers (or PgxStore), one per worker in turn
+	DSN     string   // direct DSN; the checker always uses it
+	// PgBouncer: DSN reaches Postgres through PgBouncer in transaction
+	// pooling, and each worker sends its statements in one exchange
+	// each (bouncedDSN).
+	PgBouncer  bool
 	Isolations []string      // isolation levels, one per worker in turn ("" = default)
 	Procs      int           // worker processes alive at once
 	Goroutines int           // goroutines per worker
@@ -180,6 +184,7 @@ func Run(ctx context.Context, p Plan) (*Figures, error) {
 			Wait:       p.Wait,
 			Faults:     p.Faults,
 			Flows:      p.Flows,
+			PgBouncer:  p.PgBouncer,
 		}
 		if len(p.Isolations) > 0 {
 			cfg.Isolation = p.Isolations[id%len(p.Isolations)]

@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -62,7 +63,8 @@ type WorkerConfig struct {
 	Isolation  string        `json:"isolation"` // "", "read committed", "repeatable read", "serializable"
 	Wait       time.Duration `json:"wait"`
 	Faults     Faults        `json:"faults"`
-	Flows      bool          `json:"flows"` // run the flow workload beside Do's (see runFlows)
+	Flows      bool          `json:"flows"`     // run the flow workload beside Do's (see runFlows)
+	PgBouncer  bool          `json:"pgbouncer"` // DSN goes through PgBouncer (see bouncedDSN)
 }
 
 // Faults says which faults a run injects.
@@ -195,6 +197,12 @@ func RunWorker(ctx context.Context, cfg WorkerConfig) error {
 		}
 	}
 	opts = append(opts, idempotency.WithHooks(hooks))
+	if cfg.PgBouncer {
+		var err error
+		if cfg.DSN, err = bouncedDSN(cfg.Driver, cfg.DSN); err != nil {
+			return err
+		}
+	}
 	if cfg.Driver == PgxStore {
 		return runPgx(ctx, cfg, lg, opts)
 	}
@@ -218,6 +226,29 @@ func RunWorker(ctx context.Context, cfg WorkerConfig) error {
 	return nil
 }
 
+// bouncedDSN sets, in a Postgres URL that reaches PgBouncer in transaction
+// pooling, the mode in which driver sends each statement with its
+// parameters in one exchange: PgBouncer 1.18 may hand the session's server
+// connection to another client between two exchanges outside a
+// transaction, and a statement parsed in the first would be gone in the
+// second.
+func bouncedDSN(driver, dsn string) (string, error) {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", fmt.Errorf("a PgBouncer DSN: %w", err)
+	}
+	q := u.Query()
+	q.Del("binary_parameters")
+	q.Del("default_query_exec_mode")
+	if driver == "postgres" {
+		q.Set("binary_parameters", "yes")
+	} else {
+		q.Set("default_query_exec_mode", "exec")
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
+
 // PgxStore is the driver name that makes a worker call through the pgx
 // store on a pgxpool.Pool instead of database/sql.
 const PgxStore = "pgxstore"
@@ -233,7 +264,7 @@ func runPgx(ctx context.Context, cfg WorkerConfig, lg *logFile, opts []idempoten
 	}
 	pc.MaxConns = int32(cfg.Goroutines + 4)
 	pc.MaxConnLifetime = 30 * time.Second
-	if cfg.ID%2 == 0 {
+	if cfg.ID%2 == 0 && !cfg.PgBouncer {
 		pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)

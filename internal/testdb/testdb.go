@@ -13,6 +13,7 @@ package testdb
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -64,6 +65,20 @@ func Backends() []Backend {
 	}
 }
 
+// PgBouncer lists the backends that reach PostgreSQL through PgBouncer in
+// transaction pooling (IDEMPOTENCY_PGBOUNCER_DSN, which bash .ci/pgbouncer
+// starts): lib/pq with binary_parameters=yes, and pgx with
+// default_query_exec_mode=exec, the settings a PgBouncer older than 1.21
+// needs (it keeps no prepared statement from one exchange to the next
+// outside a transaction). Their databases are made, and migrated, on PostgreSQL
+// directly: the migrations' session lock needs a session of its own.
+func PgBouncer() []Backend {
+	return []Backend{
+		{Name: "postgres-pgbouncer", Driver: "postgres", Kind: "postgres", Server: "pgbouncer"},
+		{Name: "pgx-pgbouncer", Driver: "pgx", Kind: "postgres", Server: "pgbouncer"},
+	}
+}
+
 // TiDB is the backend of TiDB in a transaction mode, "pessimistic" (its
 // default) or "optimistic".
 func TiDB(mode string) Backend {
@@ -83,7 +98,8 @@ func (b Backend) Optimistic() bool { return b.TxnMode == "optimistic" }
 // SQLite, which needs none.
 func (b Backend) Env() string { return scratch.EnvDSN[b.server()] }
 
-// server is the server b runs on: "postgres", "mysql" or "tidb".
+// server is the server b runs on: "postgres", "mysql", "tidb" or
+// "pgbouncer".
 func (b Backend) server() string {
 	if b.Server != "" {
 		return b.Server
@@ -101,12 +117,31 @@ func (b Backend) Open(t testing.TB) *sqlx.DB {
 func (b Backend) OpenDSN(t testing.TB, dsn string) *sqlx.DB {
 	t.Helper()
 	db := b.Connect(t, dsn)
+	direct := db
+	if b.Server == "pgbouncer" {
+		direct = b.Connect(t, b.Direct(t, dsn))
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err := migrations.Up(ctx, db); err != nil {
+	if err := migrations.Up(ctx, direct); err != nil {
 		t.Fatalf("migrate %s: %v", b.Name, err)
 	}
 	return db
+}
+
+// Direct returns dsn pointed at the PostgreSQL server itself where it
+// reaches it through PgBouncer (for migrations), and dsn otherwise.
+func (b Backend) Direct(t testing.TB, dsn string) string {
+	t.Helper()
+	if b.Server != "pgbouncer" {
+		return dsn
+	}
+	addr, err := scratch.Addr("postgres", serverDSN(t, "postgres"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	direct, _ := Rehost(t, "postgres", dsn, addr)
+	return direct
 }
 
 // OpenEmpty is Open without the migrations.
@@ -155,6 +190,9 @@ func (b Backend) DSN(t testing.TB) string {
 	case "sqlite":
 		return SQLiteDSN(filepath.Join(t.TempDir(), "test.db"))
 	case "postgres", "mysql":
+		if b.Server == "pgbouncer" {
+			return b.pgbouncerDSN(t)
+		}
 		return b.scratchDSN(t, serverDSN(t, b.server()))
 	}
 	t.Fatalf("unknown backend %q", b.Name)
@@ -172,7 +210,7 @@ type container struct {
 	err  error
 }
 
-var containers = map[string]*container{"postgres": {}, "mysql": {}, "tidb": {}}
+var containers = map[string]*container{"postgres": {}, "mysql": {}, "tidb": {}, "pgbouncer": {}}
 
 func serverDSN(t testing.TB, server string) string {
 	t.Helper()
@@ -197,9 +235,10 @@ func serverDSN(t testing.TB, server string) string {
 }
 
 var exampleDSN = map[string]string{
-	"postgres": "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
-	"mysql":    "root@tcp(127.0.0.1:3306)/test",
-	"tidb":     "root@tcp(127.0.0.1:4000)/test, which bash .ci/tidb builds, starts and prints",
+	"postgres":  "postgres://postgres@127.0.0.1:5432/test?sslmode=disable",
+	"mysql":     "root@tcp(127.0.0.1:3306)/test",
+	"tidb":      "root@tcp(127.0.0.1:4000)/test, which bash .ci/tidb builds, starts and prints",
+	"pgbouncer": "postgres://postgres@127.0.0.1:6432/test?sslmode=disable, which bash .ci/pgbouncer installs, starts and prints",
 }
 
 // start starts a server; tests of this package replace it.
@@ -219,6 +258,8 @@ func startContainer(server string) (dsn string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	switch server {
+	case "pgbouncer":
+		return "", errors.New("no container is started for PgBouncer")
 	case "postgres":
 		c, err := tcpostgres.Run(ctx, "postgres:16-alpine", tcpostgres.WithDatabase("test"),
 			tcpostgres.WithUsername("postgres"), tcpostgres.WithPassword("postgres"), tcpostgres.BasicWaitStrategies())
@@ -278,6 +319,30 @@ func (b Backend) scratchDSN(t testing.TB, server string) string {
 		scratch.TiDBTxnMode(cfg, b.TxnMode)
 	}
 	return cfg.FormatDSN()
+}
+
+// pgbouncerDSN creates a database on PostgreSQL, for this test only, and
+// returns a DSN that reaches it through PgBouncer.
+func (b Backend) pgbouncerDSN(t testing.TB) string {
+	t.Helper()
+	addr, err := scratch.Addr("postgres", serverDSN(t, "pgbouncer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn, _ := Rehost(t, "postgres", b.scratchDSN(t, serverDSN(t, "postgres")), addr)
+	// Each driver sends a statement with its parameters in one exchange:
+	// between two exchanges outside a transaction, PgBouncer may hand the
+	// session's server connection to another client, and an unnamed
+	// statement parsed in the first is gone in the second (lib/pq by
+	// default parses, then binds).
+	params := map[string]string{"binary_parameters": "yes"}
+	if b.Driver == "pgx" {
+		params = map[string]string{"default_query_exec_mode": "exec"}
+	}
+	if dsn, err = scratch.PostgresParams(dsn, params); err != nil {
+		t.Fatal(err)
+	}
+	return dsn
 }
 
 // Rehost returns dsn with its server address replaced by addr, and the

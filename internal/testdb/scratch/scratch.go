@@ -25,8 +25,10 @@ import (
 )
 
 // EnvDSN names the environment variable with each server's DSN:
-// "postgres", "mysql" or "tidb".
-var EnvDSN = map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN", "tidb": "IDEMPOTENCY_TIDB_DSN"}
+// "postgres", "mysql", "tidb", or "pgbouncer" (PgBouncer in transaction
+// pooling, in front of the "postgres" server).
+var EnvDSN = map[string]string{"postgres": "IDEMPOTENCY_POSTGRES_DSN", "mysql": "IDEMPOTENCY_MYSQL_DSN", "tidb": "IDEMPOTENCY_TIDB_DSN",
+	"pgbouncer": "IDEMPOTENCY_PGBOUNCER_DSN"}
 
 // TiDBTxnMode makes every connection that cfg opens run in TiDB's
 // transaction mode ("pessimistic" or "optimistic"), whatever the server's
