@@ -85,7 +85,7 @@ func (i *interceptor[TTx]) intercept(ctx context.Context, req any, info *grpc.Un
 	}
 	key, err := callKey(ctx, msg, i.cfg.requestKey)
 	switch {
-	case errors.Is(err, errNoKey) && !i.cfg.requireKey:
+	case errors.Is(err, protocodec.ErrNoKey) && !i.cfg.requireKey:
 		return i.withoutKey(ctx, req, info, handler)
 	case err != nil:
 		return nil, i.fail(ctx, info, err)
@@ -111,7 +111,7 @@ func (i *interceptor[TTx]) intercept(ctx context.Context, req any, info *grpc.Un
 		}
 		m, ok := reply.(proto.Message)
 		if !ok || m == nil || !m.ProtoReflect().IsValid() {
-			return nil, fmt.Errorf("%w: %T is not a message", errReply, reply)
+			return nil, fmt.Errorf("%w: %T is not a message", protocodec.ErrReplyNotStorable, reply)
 		}
 		return m, nil
 	})
@@ -137,15 +137,15 @@ func (i *interceptor[TTx]) handlerFailed(err error) error {
 	if isFinal {
 		st = finalStatus(final)
 	}
-	payload, err := proto.MarshalOptions{Deterministic: true}.Marshal(st.Proto())
-	if err != nil {
-		return fmt.Errorf("%w: its status: %w", errReply, err)
-	}
 	code := "grpc:" + st.Code().String()
 	if isFinal && final.Code != "" {
 		code = final.Code
 	}
-	return &idempotency.FinalError{Code: code, Err: st.Err(), Payload: payload}
+	f, err := protocodec.StoreStatus(st.Proto(), code, st.Err())
+	if err != nil {
+		return fmt.Errorf("%w: its status: %w", protocodec.ErrReplyNotStorable, err)
+	}
+	return f
 }
 
 // fail is the error the client gets for err.
@@ -191,7 +191,7 @@ func (i *interceptor[TTx]) withoutKey(ctx context.Context, req any, info *grpc.U
 	return nil, i.fail(ctx, info, err)
 }
 
-// callKey is the call's key, from its metadata or its request; errNoKey
+// callKey is the call's key, from its metadata or its request; protocodec.ErrNoKey
 // when it has none.
 func callKey(ctx context.Context, req proto.Message, fromRequest func(proto.Message) string) (string, error) {
 	values := metadata.ValueFromIncomingContext(ctx, KeyMetadata)
@@ -216,7 +216,7 @@ func callKey(ctx context.Context, req proto.Message, fromRequest func(proto.Mess
 		key = fromReq
 	}
 	if key == "" {
-		return "", errNoKey
+		return "", protocodec.ErrNoKey
 	}
 	if err := idempotency.ValidateKey(key); err != nil {
 		return "", err

@@ -15,6 +15,7 @@ import (
 
 	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/grpcadapter/internal/testpb"
+	"github.com/exactlyonce/idempotency/protocodec"
 )
 
 // TestReplayIsTheSameMessage: a retry gets the first reply, as the
@@ -62,7 +63,7 @@ func TestOtherRequestSameKey(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := f.client.CreatePayment(withKey("k"), create("a", "card", 200))
-		wantCode(t, "another amount under the key", err, codes.FailedPrecondition, ReasonKeyReused)
+		wantCode(t, "another amount under the key", err, codes.FailedPrecondition, protocodec.ReasonKeyReused)
 		if f.calls.Load() != 1 || f.charges("a") != 1 {
 			t.Fatalf("the handler ran %d times; want 1", f.calls.Load())
 		}
@@ -87,17 +88,17 @@ func TestKeyInRequestField(t *testing.T) {
 			t.Fatalf("the same key in metadata: %v, %v (replayed %v); want the field's reply replayed", again, err, header.Get(ReplayedMetadata))
 		}
 		_, err = f.client.CreatePayment(withKey("req-2"), req)
-		wantCode(t, "two different keys", err, codes.InvalidArgument, ReasonKeyInvalid)
+		wantCode(t, "two different keys", err, codes.InvalidArgument, protocodec.ReasonKeyInvalid)
 
 		bad := create("bad", "card", 1)
 		bad.RequestId = strings.Repeat("x", 256)
 		_, err = f.client.CreatePayment(context.Background(), bad)
-		wantCode(t, "a key of 256 bytes in the field", err, codes.InvalidArgument, ReasonKeyInvalid)
+		wantCode(t, "a key of 256 bytes in the field", err, codes.InvalidArgument, protocodec.ReasonKeyInvalid)
 		_, err = f.client.CreatePayment(withKey(strings.Repeat("y", 300)), create("bad", "card", 1))
-		wantCode(t, "a key of 300 bytes in metadata", err, codes.InvalidArgument, ReasonKeyInvalid)
+		wantCode(t, "a key of 300 bytes in metadata", err, codes.InvalidArgument, protocodec.ReasonKeyInvalid)
 		ctx := metadata.AppendToOutgoingContext(withKey("one"), KeyMetadata, "two")
 		_, err = f.client.CreatePayment(ctx, create("bad", "card", 1))
-		wantCode(t, "two keys in metadata", err, codes.InvalidArgument, ReasonKeyInvalid)
+		wantCode(t, "two keys in metadata", err, codes.InvalidArgument, protocodec.ReasonKeyInvalid)
 		if f.calls.Load() != 1 || f.keys() != 1 || f.charges("bad") != 0 {
 			t.Fatalf("%d runs, %d keys, %d charges of bad keys; want 1, 1, 0", f.calls.Load(), f.keys(), f.charges("bad"))
 		}
@@ -203,7 +204,7 @@ func TestInProgress(t *testing.T) {
 		var trailer metadata.MD
 		_, err := f.client.CreatePayment(withKey("held"), create("h", "card", 1), grpc.Trailer(&trailer))
 		close(release)
-		wantCode(t, "a twin of a running call", err, codes.Unavailable, ReasonInProgress)
+		wantCode(t, "a twin of a running call", err, codes.Unavailable, protocodec.ReasonInProgress)
 		var hint bool
 		for _, det := range status.Convert(err).Details() {
 			if ri, ok := det.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().AsDuration() > 0 {
@@ -254,9 +255,9 @@ func TestWithoutKey(t *testing.T) {
 
 		strict := d.serve(t, nil, []Option{WithKeyRequired(), WithScope(func(context.Context) string { return "" })}, nil)
 		_, err = strict.client.CreatePayment(context.Background(), create("m", "card", 1))
-		wantCode(t, "no key, under WithKeyRequired", err, codes.InvalidArgument, ReasonKeyMissing)
+		wantCode(t, "no key, under WithKeyRequired", err, codes.InvalidArgument, protocodec.ReasonKeyMissing)
 		_, err = strict.client.CreatePayment(withKey("k"), create("m", "card", 1))
-		wantCode(t, "a scope function that returns \"\"", err, codes.Internal, ReasonScopeInvalid)
+		wantCode(t, "a scope function that returns \"\"", err, codes.Internal, protocodec.ReasonScopeInvalid)
 		if strict.calls.Load() != 0 {
 			t.Fatalf("the handler ran %d times; want 0", strict.calls.Load())
 		}

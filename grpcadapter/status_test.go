@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/exactlyonce/idempotency"
+	"github.com/exactlyonce/idempotency/protocodec"
 )
 
 // TestStatusFor checks every row of StatusFor's table.
@@ -23,17 +24,17 @@ func TestStatusFor(t *testing.T) {
 		code   codes.Code
 		reason string
 	}{
-		{wrap(idempotency.ErrInvalidKey), codes.InvalidArgument, ReasonKeyInvalid},
-		{errNoKey, codes.InvalidArgument, ReasonKeyMissing},
-		{wrap(idempotency.ErrParamsMismatch), codes.FailedPrecondition, ReasonKeyReused},
-		{wrap(idempotency.ErrInProgress), codes.Unavailable, ReasonInProgress},
-		{wrap(idempotency.ErrOutcomeUnknown), codes.Unavailable, ReasonOutcomeUnknown},
-		{errors.New("idempotency: connection refused"), codes.Unavailable, ReasonStoreFailed},
-		{wrap(idempotency.ErrTransactionEnded), codes.Internal, ReasonTransactionEnded},
-		{wrap(idempotency.ErrInvalidScope), codes.Internal, ReasonScopeInvalid},
-		{wrap(idempotency.ErrBadParams), codes.Internal, ReasonFingerprintFailed},
-		{fmt.Errorf("%w: nil", errReply), codes.Internal, ReasonReplyNotStorable},
-		{idempotency.FinalCode("card_declined", errors.New("declined")), codes.FailedPrecondition, ReasonFinalFailure},
+		{wrap(idempotency.ErrInvalidKey), codes.InvalidArgument, protocodec.ReasonKeyInvalid},
+		{protocodec.ErrNoKey, codes.InvalidArgument, protocodec.ReasonKeyMissing},
+		{wrap(idempotency.ErrParamsMismatch), codes.FailedPrecondition, protocodec.ReasonKeyReused},
+		{wrap(idempotency.ErrInProgress), codes.Unavailable, protocodec.ReasonInProgress},
+		{wrap(idempotency.ErrOutcomeUnknown), codes.Unavailable, protocodec.ReasonOutcomeUnknown},
+		{errors.New("idempotency: connection refused"), codes.Unavailable, protocodec.ReasonStoreFailed},
+		{wrap(idempotency.ErrTransactionEnded), codes.Internal, protocodec.ReasonTransactionEnded},
+		{wrap(idempotency.ErrInvalidScope), codes.Internal, protocodec.ReasonScopeInvalid},
+		{wrap(idempotency.ErrBadParams), codes.Internal, protocodec.ReasonFingerprintFailed},
+		{fmt.Errorf("%w: nil", protocodec.ErrReplyNotStorable), codes.Internal, protocodec.ReasonReplyNotStorable},
+		{idempotency.FinalCode("card_declined", errors.New("declined")), codes.FailedPrecondition, protocodec.ReasonFinalFailure},
 		{wrap(context.DeadlineExceeded), codes.DeadlineExceeded, ""},
 		{wrap(context.Canceled), codes.Canceled, ""},
 	} {

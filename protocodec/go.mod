@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/exactlyonce/idempotency v0.0.0-00010101000000-000000000000
 	github.com/jmoiron/sqlx v1.4.0
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20261005182115-fad411399dd8
 	google.golang.org/protobuf v1.36.12
 )
 
