@@ -189,9 +189,9 @@ func testFaults(t *testing.T, b testdb.Backend) {
 
 	var refs, rows, keys, twice int
 	for q, n := range map[string]*int{
-		`SELECT COUNT(DISTINCT ref) FROM charges`: &refs,
-		`SELECT COUNT(*) FROM charges`:            &rows,
-		`SELECT COUNT(*) FROM idempotency_keys`:   &keys,
+		`SELECT COUNT(DISTINCT ref) FROM charges`:                                              &refs,
+		`SELECT COUNT(*) FROM charges`:                                                         &rows,
+		`SELECT COUNT(*) FROM idempotency_keys`:                                                &keys,
 		`SELECT COUNT(*) FROM (SELECT ref FROM charges GROUP BY ref HAVING COUNT(*) > 1) AS d`: &twice,
 	} {
 		if err := db.Get(n, q); err != nil {
