@@ -76,8 +76,9 @@ func ClientRetries(attempts int, maxBackoff time.Duration) ClientOption {
 // procedure a fresh Idempotency-Key, unless it has one already (set
 // req.Header() to choose it) or its request carries its own
 // (ClientRequestKey), and retries it with that key (ClientRetries). The
-// key is made once per call, for every protocol. It panics if an option
-// is invalid.
+// key is made once per call, for every protocol, and set on the request's
+// header: sending the same *connect.Request again (a retry of your own)
+// sends the same key. It panics if an option is invalid.
 func NewClientInterceptor(opts ...ClientOption) connect.Interceptor {
 	c := &clientConfig{procedures: DefaultProcedures, attempts: 4, maxBackoff: 2 * time.Second}
 	for _, opt := range opts {
