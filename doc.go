@@ -22,8 +22,8 @@ Create the key table once (see package migrations), then wrap the operation:
 			return insertCharge(ctx, tx, req)
 		})
 
-The first call with a key runs fn and stores its value as JSON with a
-fingerprint of req. Later calls with the key return the stored value without
+The first call with a key runs fn and stores its value as JSON (or in the
+encoding of another Codec: WithCodec) with a fingerprint of req. Later calls with the key return the stored value without
 running fn, or ErrParamsMismatch when req differs. Run does the same and also
 reports whether the value was replayed.
 

@@ -85,9 +85,13 @@ func (invalidScope) Unwrap() error { return ErrInvalidKey }
 //
 // On the first call Err is fn's own error; on a replay it is an error with
 // the same message. Match final failures by Code, which survives storage.
+// Payload is stored with them, byte for byte, whatever the store's Codec:
+// what a retry needs beside the message to answer as the first call did
+// (the gRPC adapter keeps a status with its details in it).
 type FinalError struct {
-	Code string // optional, machine-readable: "card_declined"
-	Err  error
+	Code    string // optional, machine-readable: "card_declined"
+	Err     error
+	Payload []byte // optional, stored and replayed as it is
 }
 
 // Final marks err as final: see FinalError. Final(nil) is nil.
@@ -122,6 +126,7 @@ func (e *FinalError) Unwrap() error { return e.Err }
 type storedFailure struct {
 	Code    string `json:"code,omitempty"`
 	Message string `json:"message"`
+	Payload []byte `json:"payload,omitempty"`
 }
 
 func (e *FinalError) encode() ([]byte, error) {
@@ -129,7 +134,7 @@ func (e *FinalError) encode() ([]byte, error) {
 	if e.Err != nil {
 		msg = e.Err.Error()
 	}
-	return json.Marshal(storedFailure{Code: e.Code, Message: msg})
+	return json.Marshal(storedFailure{Code: e.Code, Message: msg, Payload: e.Payload})
 }
 
 func decodeFailure(b []byte) error {
@@ -137,5 +142,5 @@ func decodeFailure(b []byte) error {
 	if err := json.Unmarshal(b, &f); err != nil {
 		return fmt.Errorf("idempotency: stored failure cannot be decoded: %w", err)
 	}
-	return &FinalError{Code: f.Code, Err: errors.New(f.Message)}
+	return &FinalError{Code: f.Code, Err: errors.New(f.Message), Payload: f.Payload}
 }

@@ -17,6 +17,7 @@ type TxStore[TTx any] struct {
 	driver dialects.Driver[TTx]
 	cfg    *config
 	scope  string
+	codec  Codec  // WithCodec's, for this store's calls; nil: cfg's
 	reads  *reads // shared by the store's scopes
 	// flowReads is reads for flows (flow.go).
 	flowReads *reads

@@ -22,6 +22,7 @@ type config struct {
 	logger     *slog.Logger
 	hooks      Hooks
 	readFirst  *bool       // nil: the driver's default
+	codec      Codec       // nil: JSON
 	prune      pruneConfig // RunPruner's
 	flow       flowConfig  // flows' (flow.go)
 }

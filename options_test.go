@@ -38,6 +38,7 @@ func TestNewRejectsBadOptions(t *testing.T) {
 		{"prune batch 0", db, []idempotency.Option{idempotency.WithPruneBatch(0)}, "idempotency: WithPruneBatch(0): want 1 to 1000000"},
 		{"nil logger", db, []idempotency.Option{idempotency.WithLogger(nil)}, "idempotency: WithLogger(nil): want a logger"},
 		{"nil dialect", db, []idempotency.Option{idempotency.WithDialect(nil)}, "idempotency: WithDialect(nil): want a dialect"},
+		{"nil codec", db, []idempotency.Option{idempotency.WithCodec(nil)}, "idempotency: WithCodec(nil): want a codec (idempotency.JSON is the default)"},
 		{"dialect and table", db, []idempotency.Option{idempotency.WithDialect(postgres.New("keys")), idempotency.WithTable("billing.keys")},
 			`idempotency: WithDialect and WithTable("billing.keys") together: the dialect has its own table; build it for that one (as postgres.New("billing.keys") does) and leave WithTable out`},
 	}

@@ -3,7 +3,6 @@ package idempotency
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -28,7 +27,8 @@ type Result[T any] struct {
 // that also records the key and fn's value, and returns the value.
 //
 // A call whose key already committed does not run fn: it returns the stored
-// value (decoded from JSON, as the first call's value was too) when params
+// value (decoded by the store's Codec, JSON by default, as the first call's
+// value was too) when params
 // match, and ErrParamsMismatch when they do not. A call whose twin is still
 // running waits for it (WithWait), then replays its value, or runs fn if the
 // twin rolled back. When fn returns an error, everything rolls back and the
@@ -182,6 +182,7 @@ func call[T, TTx any](ctx context.Context, s *TxStore[TTx], outer *TTx, key stri
 	var (
 		final *FinalError
 		fresh T // fn's value as a replay will see it
+		codec = s.valueCodec()
 	)
 	work := func(ctx context.Context, tx TTx) ([]byte, bool, error) {
 		v, err := fn(ctx, tx)
@@ -192,17 +193,17 @@ func call[T, TTx any](ctx context.Context, s *TxStore[TTx], outer *TTx, key stri
 			}
 			return nil, false, err
 		}
-		b, err := json.Marshal(v)
+		b, err := encode(codec, v)
 		if err != nil {
-			return nil, false, fmt.Errorf("idempotency: fn's value cannot be encoded as JSON (nothing was committed): %w", err)
+			return nil, false, fmt.Errorf("idempotency: fn's value cannot be encoded as %s (nothing was committed): %w", codecName(codec), err)
 		}
-		// Decode before anything is saved: a value whose JSON does not
+		// Decode before anything is saved: a value whose encoding does not
 		// decode into T would commit and then fail every call, retries
 		// included. Decoding also gives the first answer a replay's shape.
 		var zero T
 		fresh = zero
-		if err := json.Unmarshal(b, &fresh); err != nil {
-			return nil, false, fmt.Errorf("idempotency: fn's value encodes to JSON that cannot be decoded back into %T, so it could never be replayed (nothing was committed): %w", fresh, err)
+		if err := decode(codec, b, &fresh); err != nil {
+			return nil, false, fmt.Errorf("idempotency: fn's value encodes to %s that cannot be decoded back into %T, so it could never be replayed (nothing was committed): %w", codecName(codec), fresh, err)
 		}
 		return b, false, nil
 	}
@@ -220,8 +221,8 @@ func call[T, TTx any](ctx context.Context, s *TxStore[TTx], outer *TTx, key stri
 		res.Value = fresh
 		return res, nil
 	}
-	if err := json.Unmarshal(rec.Value, &res.Value); err != nil {
-		return res, fmt.Errorf("idempotency: stored value cannot be decoded into %T: %w", res.Value, err)
+	if err := decode(codec, rec.Value, &res.Value); err != nil {
+		return res, fmt.Errorf("idempotency: stored value cannot be decoded (%s) into %T: %w", codecName(codec), res.Value, err)
 	}
 	return res, nil
 }

@@ -131,6 +131,12 @@ func tests[TTx any]() []test[TTx] {
 		{name: "BadInputWritesNothing", run: testBadInputWritesNothing[TTx]},
 		{name: "ScopesAreIsolated", run: testScopesAreIsolated[TTx]},
 		{name: "ValueThatDoesNotDecode", run: testValueThatDoesNotDecode[TTx]},
+
+		// codec.go
+		{name: "CodecCarriesBytes", run: testCodecCarriesBytes[TTx]},
+		{name: "CodecPerCall", run: testCodecPerCall[TTx]},
+		{name: "CodecThatCannotDecode", run: testCodecThatCannotDecode[TTx]},
+		{name: "FinalFailureCarriesPayload", run: testFinalFailureCarriesPayload[TTx]},
 		{name: "ReadFirst", serial: true, run: testReadFirst[TTx]},
 		{name: "DefaultReadFirst", kinds: []string{"mysql", "sqlite"},
 			why:   "Postgres claims first by default, and its claim reads a committed key without waiting for its row",
