@@ -33,6 +33,10 @@ type backend struct {
 	// txnMode is TiDB's tidb_txn_mode for every connection; "" on every
 	// server but TiDB.
 	txnMode string
+	// bouncer: the calls reach PostgreSQL through PgBouncer in transaction
+	// pooling (IDEMPOTENCY_PGBOUNCER_DSN), with the settings
+	// docs/scale-out.md gives; the setup reaches it directly.
+	bouncer bool
 
 	// The statements each workload sends besides the core's own.
 	business  string // the business row: (ref, amount)
@@ -68,6 +72,10 @@ func variants(name, settings string) ([]backend, error) {
 		// a pgxpool.Pool and the pgx store, against pgx's own bare
 		// transaction.
 		out = append(out, backend{name: "pgxstore", driver: "pgx", kind: "postgres", native: true})
+	case "pgxstore+pgbouncer":
+		out = append(out, backend{name: name, driver: "pgx", kind: "postgres", native: true, bouncer: true})
+	case "postgres+pgbouncer":
+		out = append(out, backend{name: name, driver: "postgres", kind: "postgres", bouncer: true})
 	case "postgres", "pq":
 		if plain {
 			out = append(out, backend{name: "postgres", driver: "postgres", kind: "postgres"})
@@ -94,7 +102,7 @@ func variants(name, settings string) ([]backend, error) {
 			out = append(out, base)
 		}
 	default:
-		return nil, fmt.Errorf("unknown backend %q: use sqlite, pgx, pgxstore, postgres, mysql, tidb or tidb-optimistic", name)
+		return nil, fmt.Errorf("unknown backend %q: use sqlite, pgx, pgxstore, postgres, mysql, tidb, tidb-optimistic, pgxstore+pgbouncer or postgres+pgbouncer", name)
 	}
 	return out, nil
 }
@@ -192,7 +200,32 @@ VALUES (?, ?, ?, ?, 0, ` + sqlite.NowMillis + `, ` + sqlite.NowMillis + ` + 8640
 	if _, err := db.ExecContext(ctx, table); err != nil {
 		return fmt.Errorf("%s: create bench_orders: %w", b.name, err)
 	}
+	if b.bouncer {
+		return b.throughPgBouncer()
+	}
 	return nil
+}
+
+// throughPgBouncer points b's DSN at PgBouncer, with the setting that
+// sends each statement in one exchange (docs/scale-out.md).
+func (b *backend) throughPgBouncer() error {
+	bouncer := os.Getenv(scratch.EnvDSN["pgbouncer"])
+	if bouncer == "" {
+		return fmt.Errorf("%s: set %s", b.name, scratch.EnvDSN["pgbouncer"])
+	}
+	addr, err := scratch.Addr("postgres", bouncer)
+	if err != nil {
+		return err
+	}
+	if b.dsn, err = scratch.Rehost("postgres", b.dsn, addr); err != nil {
+		return err
+	}
+	param := map[string]string{"default_query_exec_mode": "exec"}
+	if b.driver == "postgres" {
+		param = map[string]string{"binary_parameters": "yes"}
+	}
+	b.dsn, err = scratch.PostgresParams(b.dsn, param)
+	return err
 }
 
 // withAddr points the backend's DSN at addr (host:port), for the counting
