@@ -190,6 +190,7 @@ func tests[TTx any]() []test[TTx] {
 		{name: "FlowTwinDuringStep", run: testFlowTwinDuringStep[TTx]},
 		{name: "FlowAtEveryIsolation", run: testFlowAtEveryIsolation[TTx]},
 		{name: "FlowStepEndedUnderFn", run: testFlowStepEndedUnderFn[TTx]},
+		{name: "FlowFirstStepFails", run: testFlowFirstStepFails[TTx]},
 		{name: "FlowStepRetriesConflicts", kinds: []string{"postgres"},
 			why: "Postgres raises a serialization failure on demand (RAISE ... USING ERRCODE)", run: testFlowStepRetriesConflicts[TTx]},
 		{name: "FlowTakeoverFencesStaleOwner", serial: true, run: testFlowTakeoverFencesStaleOwner[TTx]},

@@ -606,6 +606,72 @@ func testFlowStepEndedUnderFn[TTx any](t *testing.T, e *suite[TTx]) {
 	}
 }
 
+// testFlowFirstStepFails: the first step of a new flow (on the pgx store,
+// run in the transaction that holds the flow's new row) fails: with an
+// error, its write rolls back and the flow stays resumable; with a final
+// error, the failure is stored; with a panic, the panic goes on and a
+// retry runs the flow. Each time a retry ends with one business row.
+func testFlowFirstStepFails[TTx any](t *testing.T, e *suite[TTx]) {
+	errDown := errors.New("the step failed")
+	for _, how := range []string{"error", "final", "panic"} {
+		t.Run(how, func(t *testing.T) {
+			s := e.store(t)
+			var runs atomic.Int64
+			f := idempotency.NewFlow("first-"+how, func(ctx context.Context, st *idempotency.Steps[TTx], ref string) (int, error) {
+				return idempotency.Step(st, "write", func(ctx context.Context, tx TTx) (int, error) {
+					if err := e.env.Charge(ctx, tx, ref, 1); err != nil {
+						return 0, err
+					}
+					if runs.Add(1) > 1 {
+						return 3, nil
+					}
+					switch how {
+					case "final":
+						return 0, idempotency.FinalCode("refused", errDown)
+					case "panic":
+						panic("the step panicked")
+					}
+					return 0, errDown
+				})
+			})
+			key := "first-" + how
+			func() {
+				defer func() {
+					if r := recover(); (r != nil) != (how == "panic") {
+						t.Errorf("recovered %v; want a panic only when fn panics", r)
+					}
+				}()
+				_, err := f.Do(ctx, s, key, key)
+				var fe *idempotency.FinalError
+				if !errors.Is(err, errDown) || (how == "final") != errors.As(err, &fe) {
+					t.Errorf("first run: %v; want the step's error", err)
+				}
+			}()
+			if n := e.charges(t, key); n != 0 {
+				t.Errorf("%d business rows after the failed step; want 0", n)
+			}
+			if flows, steps := flowRows(t, e); how == "error" && (flows != 1 || steps != 0) {
+				t.Errorf("after the step's error: %d flow rows, %d steps; want the flow's row, resumable, and no step", flows, steps)
+			}
+			v, err := f.Do(ctx, s, key, key)
+			switch how {
+			case "final":
+				var fe *idempotency.FinalError
+				if !errors.As(err, &fe) || fe.Code != "refused" || runs.Load() != 1 || e.charges(t, key) != 0 {
+					t.Errorf("retry: %v, %v after %d runs, %d rows; want the stored failure, 1 run, no row", v, err, runs.Load(), e.charges(t, key))
+				}
+			default:
+				if err != nil || v != 3 || runs.Load() != 2 || e.charges(t, key) != 1 {
+					t.Errorf("retry: %v, %v after %d runs, %d rows; want 3 after 2 runs, 1 row", v, err, runs.Load(), e.charges(t, key))
+				}
+			}
+			if flows, steps := flowRows(t, e); flows != 0 || steps != 0 {
+				t.Errorf("%d flow rows, %d steps at the end; want none", flows, steps)
+			}
+		})
+	}
+}
+
 // testFlowTwinDuringStep: a twin that arrives while the owner's step is
 // under way (its transaction holds the flow's row) neither waits for the
 // step nor holds a connection for it: with no wait it is ErrInProgress at
