@@ -100,6 +100,11 @@ func variants(name, settings string) ([]backend, error) {
 		if rec {
 			base.name += "+interpolateParams"
 			out = append(out, base)
+			if name != "mysql" || settings == "both" {
+				// MySQL 8's and TiDB's claim in one round trip.
+				base.name += "+multiStatements"
+				out = append(out, base)
+			}
 		}
 	default:
 		return nil, fmt.Errorf("unknown backend %q: use sqlite, pgx, pgxstore, postgres, mysql, tidb, tidb-optimistic, pgxstore+pgbouncer or postgres+pgbouncer", name)
@@ -149,7 +154,8 @@ func (b *backend) setup(ctx context.Context, tmp string) error {
 		case b.kind == "mysql":
 			var cfg *mysql.Config
 			if cfg, err = mysql.ParseDSN(sc.DSN); err == nil {
-				cfg.InterpolateParams = strings.HasSuffix(b.name, "+interpolateParams")
+				cfg.InterpolateParams = strings.Contains(b.name, "+interpolateParams")
+				cfg.MultiStatements = strings.Contains(b.name, "+multiStatements")
 				if b.txnMode != "" {
 					scratch.TiDBTxnMode(cfg, b.txnMode)
 				}

@@ -94,6 +94,10 @@ type Dialect struct {
 	flavor atomic.Int32
 
 	flows dialects.FlowStatements // see flows.go
+
+	// multi says whether the claim's statements go in one query
+	// (claimOnce): multiUnknown until the first claim on MySQL 8 or TiDB.
+	multi atomic.Int32
 }
 
 var (
@@ -175,14 +179,16 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 		return 0, none, err
 	}
 	args := []any{k.Scope, k.Key, fingerprint, d.pad.size(), (ttl + slack(ttl)).Microseconds()}
-	var res sql.Result
+	var inserted int64
 	switch flavor {
 	case flavorMariaDB:
-		res, err = tx.ExecContext(ctx, d.claimMariaDB, args...)
+		if _, err = tx.ExecContext(ctx, d.claimMariaDB, args...); err == nil {
+			inserted = 1
+		}
 	case flavorTiDB:
-		res, err = d.claimBounded(ctx, tx, d.insertIgnore, args)
+		inserted, err = d.claimBounded(ctx, tx, d.insertIgnore, args)
 	default:
-		res, err = d.claimBounded(ctx, tx, d.insert, args)
+		inserted, err = d.claimBounded(ctx, tx, d.insert, args)
 	}
 	var me *mysql.MySQLError
 	if errors.As(err, &me) {
@@ -196,42 +202,141 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 	if err != nil {
 		return 0, none, err
 	}
-	if flavor == flavorTiDB {
-		// INSERT IGNORE reports a committed row that holds the key by
-		// inserting nothing.
-		n, err := res.RowsAffected()
-		if err != nil {
-			return 0, none, fmt.Errorf("rows affected: %w", err)
-		}
-		if n == 0 {
-			return dialects.Taken, none, nil
-		}
+	if inserted == 0 {
+		// INSERT IGNORE (TiDB) reports a committed row that holds the key
+		// by inserting nothing.
+		return dialects.Taken, none, nil
 	}
 	return dialects.Claimed, none, nil
 }
 
 // claimBounded runs insert (the claim) with its lock wait bounded by
 // setting the session's to a second and putting it back, for MySQL 8 and
-// TiDB, which cannot bound one statement's (MariaDB's SET STATEMENT). The
-// three statements run to the end whatever ctx does (the INSERT waits a
-// second at most): a connection goes back to the pool only with the
-// session's own setting.
-func (d *Dialect) claimBounded(ctx context.Context, tx dialects.Querier, insert string, args []any) (sql.Result, error) {
+// TiDB, which cannot bound one statement's (MariaDB's SET STATEMENT), and
+// reports how many rows it inserted. Where the DSN lets the driver send
+// several statements at once (multiStatements=true with
+// interpolateParams=true), the three go in one round trip (claimOnce);
+// otherwise in three. The statements run to the end whatever ctx does
+// (the INSERT waits a second at most): a connection goes back to the pool
+// only with the session's own setting.
+func (d *Dialect) claimBounded(ctx context.Context, tx dialects.Querier, insert string, args []any) (int64, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return 0, err
 	}
 	ctx = context.WithoutCancel(ctx)
-	if _, err := tx.ExecContext(ctx,
-		"SET @idempotency_lock_wait = @@SESSION.innodb_lock_wait_timeout, SESSION innodb_lock_wait_timeout = 1"); err != nil {
-		return nil, err
+	if d.multi.Load() != multiNo {
+		if n, err, sent := d.claimOnce(ctx, tx, insert, args); sent {
+			return n, err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, setLockWait); err != nil {
+		return 0, err
 	}
 	res, err := tx.ExecContext(ctx, insert, args...)
 	// Restoring a session variable writes no data, so it is safe even after
 	// a claim error.
-	if _, rerr := tx.ExecContext(ctx, "SET SESSION innodb_lock_wait_timeout = @idempotency_lock_wait"); err == nil {
+	if _, rerr := tx.ExecContext(ctx, restoreLockWait); err == nil {
 		err = rerr
 	}
-	return res, err
+	if err != nil {
+		return 0, err
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, fmt.Errorf("rows affected: %w", err)
+	}
+	return n, nil
+}
+
+const (
+	// setLockWait keeps the session's lock wait and sets it to a second.
+	setLockWait = "SET @idempotency_lock_wait = @@SESSION.innodb_lock_wait_timeout, SESSION innodb_lock_wait_timeout = 1"
+	// restoreLockWait puts it back (to itself, where setLockWait never ran).
+	restoreLockWait = "SET SESSION innodb_lock_wait_timeout = COALESCE(@idempotency_lock_wait, @@SESSION.innodb_lock_wait_timeout)"
+)
+
+// Whether the driver sends several statements in one query (d.multi).
+const (
+	multiUnknown int32 = iota
+	multiYes
+	multiNo
+)
+
+// claimOnce sends setLockWait, insert, a read of its row count and
+// restoreLockWait as one query, and reports whether it could (sent). The
+// server stops at the first statement that fails: after a failed insert
+// (a twin's lock, a duplicate) the setting is put back in a second round
+// trip. The first claim of a store finds out whether the DSN allows
+// several statements; where it does not (the server refuses the query, or
+// the driver does, as a syntax error or as a query it cannot prepare),
+// every claim takes three round trips.
+func (d *Dialect) claimOnce(ctx context.Context, tx dialects.Querier, insert string, args []any) (n int64, err error, sent bool) {
+	rows, err := tx.QueryContext(ctx, setLockWait+"; "+insert+"; SELECT ROW_COUNT(); "+restoreLockWait, args...)
+	if err == nil {
+		n, err = rowCount(rows)
+	}
+	if err == nil {
+		d.multi.Store(multiYes)
+		return n, nil, true
+	}
+	if d.multi.Load() == multiUnknown && !claimError(err) {
+		// Not one query after all: the session's setting was not changed,
+		// or is put back here.
+		if _, rerr := tx.ExecContext(ctx, restoreLockWait); rerr != nil {
+			return 0, rerr, true
+		}
+		d.multi.Store(multiNo)
+		return 0, nil, false
+	}
+	d.multi.CompareAndSwap(multiUnknown, multiYes)
+	if _, rerr := tx.ExecContext(ctx, restoreLockWait); rerr != nil {
+		return 0, errors.Join(err, rerr), true
+	}
+	return 0, err, true
+}
+
+// rowCount reads the one row of the query's result sets that has one (the
+// SELECT ROW_COUNT() among the SETs and the INSERT), and reads the rest,
+// so that an error of a later statement is seen.
+func rowCount(rows *sql.Rows) (n int64, err error) {
+	defer func() {
+		if cerr := rows.Close(); err == nil {
+			err = cerr
+		}
+	}()
+	found := false
+	for {
+		for rows.Next() {
+			if err := rows.Scan(&n); err != nil {
+				return 0, err
+			}
+			found = true
+		}
+		if err := rows.Err(); err != nil {
+			return 0, err
+		}
+		if !rows.NextResultSet() {
+			break
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	if !found {
+		return 0, errors.New("the claim's query returned no row count")
+	}
+	return n, nil
+}
+
+// claimError reports whether err is an error the claim's INSERT itself
+// gives (a duplicate key, a lock wait), as opposed to a query the server
+// or the driver would not run at all.
+func claimError(err error) bool {
+	var me *mysql.MySQLError
+	if !errors.As(err, &me) {
+		return false
+	}
+	return me.Number == 1062 || me.Number == 1205 || me.Number == 3572 || tidbLockWaitTimeout(me)
 }
 
 func (d *Dialect) detect(ctx context.Context, q dialects.Querier) (int32, error) {
