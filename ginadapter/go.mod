@@ -6,6 +6,7 @@ require (
 	github.com/exactlyonce/idempotency v0.0.0-00010101000000-000000000000
 	github.com/gin-gonic/gin v1.12.0
 	github.com/jmoiron/sqlx v1.4.0
+	modernc.org/sqlite v1.61.1
 )
 
 require (
@@ -106,7 +107,6 @@ require (
 	modernc.org/libc v1.79.0 // indirect
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.12.1 // indirect
-	modernc.org/sqlite v1.61.1 // indirect
 )
 
 replace github.com/exactlyonce/idempotency => ../
