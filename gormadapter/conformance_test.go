@@ -1,0 +1,16 @@
+package gormadapter_test
+
+import (
+	"testing"
+
+	"github.com/exactlyonce/idempotency/internal/conformance"
+)
+
+// TestConformance runs the behaviour suite every driver passes through
+// GORM (see gormEnv): on SQLite, Postgres (lib/pq and pgx stdlib) and
+// MySQL or MariaDB.
+func TestConformance(t *testing.T) {
+	for _, b := range backends() {
+		conformance.Run(t, harness(b))
+	}
+}
