@@ -458,6 +458,10 @@ func (f *Flow[P, T, TTx]) end(ctx context.Context, st *Steps[TTx], params P) (re
 	if inStep {
 		r.recorded(ctx, rows)
 	}
+	// The calls since the last step: the flow's end stands for their
+	// records.
+	r.recorded(ctx, r.held)
+	r.held = nil
 	e := FlowEvent{Kind: FlowFinished, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: r.token}
 	if final != nil {
 		e.Err = final
