@@ -251,8 +251,8 @@ func (d *Dialect) claimBounded(ctx context.Context, tx dialects.Querier, insert 
 const (
 	// setLockWait keeps the session's lock wait and sets it to a second.
 	setLockWait = "SET @idempotency_lock_wait = @@SESSION.innodb_lock_wait_timeout, SESSION innodb_lock_wait_timeout = 1"
-	// restoreLockWait puts it back (to itself, where setLockWait never ran).
-	restoreLockWait = "SET SESSION innodb_lock_wait_timeout = COALESCE(@idempotency_lock_wait, @@SESSION.innodb_lock_wait_timeout)"
+	// restoreLockWait puts it back.
+	restoreLockWait = "SET SESSION innodb_lock_wait_timeout = @idempotency_lock_wait"
 )
 
 // Whether the driver sends several statements in one query (d.multi).
@@ -267,9 +267,8 @@ const (
 // server stops at the first statement that fails: after a failed insert
 // (a twin's lock, a duplicate) the setting is put back in a second round
 // trip. The first claim of a store finds out whether the DSN allows
-// several statements; where it does not (the server refuses the query, or
-// the driver does, as a syntax error or as a query it cannot prepare),
-// every claim takes three round trips.
+// several statements; where it does not (refused), every claim takes
+// three round trips.
 func (d *Dialect) claimOnce(ctx context.Context, tx dialects.Querier, insert string, args []any) (n int64, err error, sent bool) {
 	rows, err := tx.QueryContext(ctx, setLockWait+"; "+insert+"; SELECT ROW_COUNT(); "+restoreLockWait, args...)
 	if err == nil {
@@ -279,12 +278,9 @@ func (d *Dialect) claimOnce(ctx context.Context, tx dialects.Querier, insert str
 		d.multi.Store(multiYes)
 		return n, nil, true
 	}
-	if d.multi.Load() == multiUnknown && !claimError(err) {
-		// Not one query after all: the session's setting was not changed,
-		// or is put back here.
-		if _, rerr := tx.ExecContext(ctx, restoreLockWait); rerr != nil {
-			return 0, rerr, true
-		}
+	if refused(err) {
+		// Not one query after all, and nothing of it ran (claims that began
+		// at once may each find out).
 		d.multi.Store(multiNo)
 		return 0, nil, false
 	}
@@ -328,15 +324,21 @@ func rowCount(rows *sql.Rows) (n int64, err error) {
 	return n, nil
 }
 
-// claimError reports whether err is an error the claim's INSERT itself
-// gives (a duplicate key, a lock wait), as opposed to a query the server
-// or the driver would not run at all.
-func claimError(err error) bool {
+// refused reports whether err says that the server would not run a query
+// of several statements at all. Without multiStatements, MySQL parses them
+// as one (a syntax error, 1064) and TiDB refuses them (8130); without
+// interpolateParams the driver asks the server to prepare them, which MySQL
+// refuses as a syntax error and TiDB with 8115.
+func refused(err error) bool {
 	var me *mysql.MySQLError
 	if !errors.As(err, &me) {
 		return false
 	}
-	return me.Number == 1062 || me.Number == 1205 || me.Number == 3572 || tidbLockWaitTimeout(me)
+	switch me.Number {
+	case 1064, 8115, 8130:
+		return true
+	}
+	return false
 }
 
 func (d *Dialect) detect(ctx context.Context, q dialects.Querier) (int32, error) {

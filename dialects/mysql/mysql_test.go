@@ -12,6 +12,7 @@ import (
 
 	"github.com/exactlyonce/idempotency/dialects"
 	"github.com/exactlyonce/idempotency/dialects/mysql"
+	"github.com/exactlyonce/idempotency/internal/faultproxy"
 	"github.com/exactlyonce/idempotency/internal/testdb"
 )
 
@@ -20,10 +21,28 @@ import (
 // which accepts the same statements. A twin's row reports Held; the
 // session's own lock wait survives on the pooled connection, even when the
 // call's context ends while the claim waits.
+//
+// With multiStatements=true and interpolateParams=true in the DSN the claim
+// sends its three statements as one query: a fresh claim is one round trip
+// instead of three, and the session's setting is put back all the same.
 func TestMySQL8Claim(t *testing.T) {
+	for _, multi := range []bool{false, true} {
+		t.Run(map[bool]string{false: "plain", true: "multiStatements"}[multi], func(t *testing.T) { testMySQL8Claim(t, multi) })
+	}
+}
+
+func testMySQL8Claim(t *testing.T, multi bool) {
 	ctx := context.Background()
 	b := testdb.Backend{Name: "mysql", Driver: "mysql", Kind: "mysql"}
 	dsn := b.DSN(t)
+	if multi {
+		cfg, err := gomysql.ParseDSN(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.MultiStatements, cfg.InterpolateParams = true, true
+		dsn = cfg.FormatDSN()
+	}
 	db, other := b.OpenDSN(t, dsn), b.Connect(t, dsn)
 	db.SetMaxOpenConns(1) // every statement of db on one connection
 	if _, err := db.Exec(`SET SESSION innodb_lock_wait_timeout = 37`); err != nil {
@@ -71,6 +90,37 @@ func TestMySQL8Claim(t *testing.T) {
 	_ = tx.Rollback()
 	if err != nil || c != dialects.Taken {
 		t.Fatalf("a claim after the twin committed: %v, %v; want Taken", c, err)
+	}
+
+	// A fresh claim, its round trips counted at the wire.
+	proxied, target := testdb.Rehost(t, "mysql", dsn, "127.0.0.1:0")
+	p, err := faultproxy.Start(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	proxied, _ = testdb.Rehost(t, "mysql", proxied, p.Addr())
+	counted := b.Connect(t, proxied)
+	counted.SetMaxOpenConns(1)
+	if _, err := counted.Exec(`SET SESSION innodb_lock_wait_timeout = 37`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err = counted.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := p.Trips()
+	c, _, err = d.Claim(ctx, tx, dialects.Key{Scope: "s", Key: "fresh"}, fp, time.Hour)
+	trips := p.Trips() - before
+	_ = tx.Rollback()
+	// Plain: SET, the INSERT prepared then executed (no
+	// interpolateParams), SET.
+	want := map[bool]int64{false: 4, true: 1}[multi]
+	if err != nil || c != dialects.Claimed || trips != want {
+		t.Errorf("a fresh claim: %v, %v in %d round trips; want Claimed in %d", c, err, trips, want)
+	}
+	if err := counted.Get(&wait, `SELECT @@SESSION.innodb_lock_wait_timeout`); err != nil || wait != 37 {
+		t.Errorf("the session's innodb_lock_wait_timeout is %d (%v) after a fresh claim, want its own 37", wait, err)
 	}
 }
 
