@@ -55,9 +55,12 @@
 //
 // # TiDB
 //
-// TiDB, recognised by its VERSION(), gets the MySQL 8 claim with INSERT
-// IGNORE, which checks the key at once in both of its transaction modes;
-// its own error numbers are classified too. See tidb.go.
+// On MySQL 8 and TiDB the claim is an INSERT ... ON DUPLICATE KEY UPDATE
+// that takes an expired row's place, so that no DELETE, which neither can
+// keep from waiting the server's lock wait, comes before it. TiDB,
+// recognised by its VERSION(), needs that form anyway: it checks the key at
+// once in both of its transaction modes. Its own error numbers are
+// classified too. See tidb.go.
 package mysql
 
 import (
@@ -78,7 +81,7 @@ import (
 // Dialect implements dialects.Dialect for MySQL 8, MariaDB 10.5+ and TiDB.
 type Dialect struct {
 	insert, claimMariaDB, save, lookup, deleteExpired, prune string
-	insertIgnore                                             string // TiDB's claim
+	upsert                                                   string // MySQL 8's and TiDB's claim
 	deleteExpiredMariaDB                                     string // with no lock wait
 	saveMariaDB, saveTiDB                                    string // only inside a transaction
 
@@ -140,7 +143,16 @@ expires_at = GREATEST(expires_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
 WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND failed = ` + claimed
 	return &Dialect{
 		insert:       insert,
-		insertIgnore: `INSERT IGNORE` + strings.TrimPrefix(insert, `INSERT`),
+		// MySQL 8's and TiDB's claim takes an expired row's place (the
+		// assignments run in order, so expires_at goes last): one row
+		// affected for a new row, two for an expired one replaced, none
+		// where a live row holds the key. There is no DELETE to wait on.
+		upsert: insert + `
+ON DUPLICATE KEY UPDATE fingerprint = IF(expires_at <= UTC_TIMESTAMP(6), VALUES(fingerprint), fingerprint),
+value = IF(expires_at <= UTC_TIMESTAMP(6), VALUES(value), value),
+failed = IF(expires_at <= UTC_TIMESTAMP(6), VALUES(failed), failed),
+created_at = IF(expires_at <= UTC_TIMESTAMP(6), VALUES(created_at), created_at),
+expires_at = IF(expires_at <= UTC_TIMESTAMP(6), VALUES(expires_at), expires_at)`,
 		claimMariaDB: noLockWait + insert,
 		save:         save,
 		// MariaDB says whether a transaction is open: after fn's own
@@ -185,10 +197,8 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 		if _, err = tx.ExecContext(ctx, d.claimMariaDB, args...); err == nil {
 			inserted = 1
 		}
-	case flavorTiDB:
-		inserted, err = d.claimBounded(ctx, tx, d.insertIgnore, args)
-	default:
-		inserted, err = d.claimBounded(ctx, tx, d.insert, args)
+	default: // MySQL 8, TiDB
+		inserted, err = d.claimBounded(ctx, tx, d.upsert, args)
 	}
 	var me *mysql.MySQLError
 	if errors.As(err, &me) {
@@ -203,8 +213,8 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 		return 0, none, err
 	}
 	if inserted == 0 {
-		// INSERT IGNORE (TiDB) reports a committed row that holds the key
-		// by inserting nothing.
+		// The upsert (MySQL 8, TiDB) reports a live committed row that
+		// holds the key by changing nothing.
 		return dialects.Taken, none, nil
 	}
 	return dialects.Claimed, none, nil
@@ -492,8 +502,10 @@ func (p *padding) saw(n int) {
 // A twin may hold the key with a row of its own by then (it deleted the
 // expired row first and claimed again), and the delete waits for that row's
 // lock. On MariaDB it does not wait: a lock-wait timeout (1205) comes at
-// once, and the engine waits for the twin within WithWait. MySQL 8 and TiDB
-// cannot bound one statement's lock wait, and wait the server's.
+// once, and the engine waits for the twin within WithWait. On MySQL 8 and
+// TiDB the claim itself replaces an expired row, so the delete runs only
+// where a row expired between the claim and the read, and waits the
+// server's lock wait (neither can bound one statement's).
 func (d *Dialect) DeleteExpired(ctx context.Context, q dialects.Querier, k dialects.Key) error {
 	query := d.deleteExpired
 	if d.flavor.Load() == flavorMariaDB { // known: a claim came first

@@ -92,6 +92,25 @@ func testMySQL8Claim(t *testing.T, multi bool) {
 		t.Fatalf("a claim after the twin committed: %v, %v; want Taken", c, err)
 	}
 
+	// Once the row has expired, the claim takes its place, with no DELETE
+	// first (and nothing to wait for).
+	if _, err := db.Exec(`UPDATE idempotency_keys SET expires_at = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err = db.BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err = d.Claim(ctx, tx, k, fp, time.Hour)
+	var live int
+	if err == nil {
+		err = tx.Get(&live, `SELECT COUNT(*) FROM idempotency_keys WHERE expires_at > UTC_TIMESTAMP(6) AND failed = 2`)
+	}
+	_ = tx.Rollback()
+	if err != nil || c != dialects.Claimed || live != 1 {
+		t.Fatalf("a claim over the expired row: %v, %v, %d claimed rows in its transaction; want Claimed in the row's place", c, err, live)
+	}
+
 	// A fresh claim, its round trips counted at the wire.
 	proxied, target := testdb.Rehost(t, "mysql", dsn, "127.0.0.1:0")
 	p, err := faultproxy.Start(target)

@@ -14,13 +14,13 @@ package mysql
 //   - Optimistic: nothing is locked before COMMIT, and a plain INSERT
 //     checks the key lazily, at COMMIT (unless tidb_constraint_check_in_place
 //     is ON): a replay would run fn and fail its COMMIT with a duplicate
-//     key. INSERT IGNORE always checks in place, in the transaction's
-//     snapshot, in both modes (it has to know which rows to skip), so the
-//     claim is an INSERT IGNORE, and no row inserted means the key is taken.
-//     A twin that is still running is invisible: each twin runs fn, the
-//     first to COMMIT wins, and the others fail at COMMIT with a write
-//     conflict (9007), which is retried, and their next claim replays the
-//     winner.
+//     key. An INSERT ... ON DUPLICATE KEY UPDATE has to read the row it
+//     would update, so it checks in place, in the transaction's snapshot,
+//     in both modes; the claim is one (it also takes an expired row's
+//     place), and no row changed means the key is taken. A twin that is
+//     still running is invisible: each twin runs fn, the first to COMMIT
+//     wins, and the others fail at COMMIT with a write conflict (9007),
+//     which is retried, and their next claim replays the winner.
 //
 // # Optimistic mode and twins
 //
@@ -52,7 +52,7 @@ package mysql
 // (docs.pingcap.com/tidb/stable/pessimistic-transaction,
 // /optimistic-transaction), its constraints page on when uniqueness is
 // checked (/constraints), its error codes (/error-codes), and, in its
-// source, pkg/executor/insert.go (INSERT IGNORE's in-place check) and
+// source, pkg/executor/insert.go (the in-place check of INSERT IGNORE and ON DUPLICATE KEY UPDATE) and
 // pkg/sessionctx/variable/sysvar.go (innodb_lock_wait_timeout's range).
 
 import (
