@@ -142,7 +142,7 @@ VALUES (?, ?, ?, REPEAT(' ', ?), ` + claimed + `, UTC_TIMESTAMP(6), UTC_TIMESTAM
 expires_at = GREATEST(expires_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
 WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND failed = ` + claimed
 	return &Dialect{
-		insert:       insert,
+		insert: insert,
 		// MySQL 8's and TiDB's claim takes an expired row's place (the
 		// assignments run in order, so expires_at goes last): one row
 		// affected for a new row, two for an expired one replaced, none
