@@ -38,8 +38,9 @@ type WebhookConfig struct {
 	// MaxBody is the largest body read, in bytes; a larger one is answered
 	// 413. The default is 1 MiB.
 	MaxBody int64
-	// Tolerance is how old a signature may be; older ones are answered
-	// 400, so a captured request cannot be replayed later. The default is
+	// Tolerance is how far a signature's timestamp may be from now;
+	// others are answered 400, so a captured request cannot be replayed
+	// later. The default is
 	// five minutes; a negative value turns the check off (for a scheme
 	// whose Verifier checks it).
 	Tolerance time.Duration
@@ -47,7 +48,8 @@ type WebhookConfig struct {
 	Now func() time.Time
 }
 
-// ErrStale reports a webhook signed longer ago than the tolerance.
+// ErrStale reports a webhook whose signature's timestamp is further from
+// now than the tolerance.
 var ErrStale = errors.New("inbox: the webhook's signature is too old")
 
 // Webhook returns an HTTP handler for a provider's signed events. It reads
@@ -116,8 +118,12 @@ func (h *webhook[TTx]) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	e, err := h.v.Verify(body, r.Header)
-	if err == nil && h.cfg.Tolerance > 0 && !e.SignedAt.IsZero() && h.cfg.Now().Sub(e.SignedAt) > h.cfg.Tolerance {
-		err = fmt.Errorf("%w: signed at %s, more than %s ago", ErrStale, e.SignedAt.UTC().Format(time.RFC3339), h.cfg.Tolerance)
+	if err == nil && h.cfg.Tolerance > 0 && !e.SignedAt.IsZero() {
+		// Both ways: a timestamp far in the future would stay fresh for
+		// as long as an attacker liked.
+		if age := h.cfg.Now().Sub(e.SignedAt); age > h.cfg.Tolerance || age < -h.cfg.Tolerance {
+			err = fmt.Errorf("%w: signed at %s, more than %s from now", ErrStale, e.SignedAt.UTC().Format(time.RFC3339), h.cfg.Tolerance)
+		}
 	}
 	if err == nil && e.ID == "" {
 		err = errors.New("inbox: the verified event has no id")

@@ -91,6 +91,7 @@ func TestWebhook(t *testing.T) {
 	}
 	now := strconv.FormatInt(time.Now().Unix(), 10)
 	old := strconv.FormatInt(time.Now().Add(-time.Hour).Unix(), 10)
+	future := strconv.FormatInt(time.Now().Add(time.Hour).Unix(), 10)
 	body := `{"id":"evt_1"}`
 
 	for _, c := range []struct{ name, body, sig string }{
@@ -98,6 +99,7 @@ func TestWebhook(t *testing.T) {
 		{"no signature", body, ""},
 		{"body changed after signing", `{"id":"evt_2"}`, now + "." + sign(secret, now, []byte(body))},
 		{"stale timestamp", body, old + "." + sign(secret, old, []byte(body))},
+		{"timestamp in the future", body, future + "." + sign(secret, future, []byte(body))},
 	} {
 		if code := post(c.body, c.sig); code != http.StatusBadRequest {
 			t.Errorf("%s: %d, want 400", c.name, code)
