@@ -37,7 +37,7 @@ type fixture struct {
 
 var streams atomic.Int64
 
-func setup(t *testing.T, ackWait time.Duration) *fixture {
+func setup(t testing.TB, ackWait time.Duration) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	nc, err := nats.Connect(testbroker.NATS(t))
@@ -79,7 +79,7 @@ func setup(t *testing.T, ackWait time.Duration) *fixture {
 	return &fixture{js: js, stream: name, consumer: cons, pool: pool, dsn: dsn, store: store}
 }
 
-func (f *fixture) publish(t *testing.T, header, id, body string) {
+func (f *fixture) publish(t testing.TB, header, id, body string) {
 	t.Helper()
 	msg := nats.NewMsg(f.stream + ".credit")
 	msg.Data = []byte(body)
@@ -148,7 +148,7 @@ func (f *fixture) rows(t *testing.T) map[string]int {
 	return got
 }
 
-func newInbox(t *testing.T, s *idempotency.TxStore[pgx.Tx], opts ...inbox.Option) *inbox.Inbox[pgx.Tx] {
+func newInbox(t testing.TB, s *idempotency.TxStore[pgx.Tx], opts ...inbox.Option) *inbox.Inbox[pgx.Tx] {
 	t.Helper()
 	opts = append([]inbox.Option{inbox.WithBackoff(func(int) time.Duration { return 50 * time.Millisecond })}, opts...)
 	in, err := inbox.New(s, opts...)
