@@ -34,7 +34,7 @@ type fixture struct {
 
 var queues atomic.Int64
 
-func setup(t *testing.T) *fixture {
+func setup(t testing.TB) *fixture {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := amqp.Dial(testbroker.RabbitMQ(t))
@@ -87,7 +87,7 @@ func setup(t *testing.T) *fixture {
 	return f
 }
 
-func (f *fixture) publish(t *testing.T, id, body string) {
+func (f *fixture) publish(t testing.TB, id, body string) {
 	t.Helper()
 	if err := f.ch.PublishWithContext(context.Background(), "", f.queue, false, false,
 		amqp.Publishing{MessageId: id, Body: []byte(body)}); err != nil {
@@ -193,7 +193,7 @@ func credit(ctx context.Context, tx pgx.Tx, d amqp.Delivery) error {
 	return err
 }
 
-func newInbox(t *testing.T, s *idempotency.TxStore[pgx.Tx], opts ...inbox.Option) *inbox.Inbox[pgx.Tx] {
+func newInbox(t testing.TB, s *idempotency.TxStore[pgx.Tx], opts ...inbox.Option) *inbox.Inbox[pgx.Tx] {
 	t.Helper()
 	opts = append([]inbox.Option{inbox.WithBackoff(func(int) time.Duration { return 20 * time.Millisecond })}, opts...)
 	in, err := inbox.New(s, opts...)
