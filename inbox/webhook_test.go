@@ -122,4 +122,43 @@ func TestWebhook(t *testing.T) {
 	if n := count(`SELECT COUNT(*) FROM charges`); n != 1 {
 		t.Fatalf("%d charges, want 1", n)
 	}
+
+	small, err := inbox.Webhook(in, "provider", hmacVerifier(secret), inbox.WebhookConfig{MaxBody: 8},
+		func(context.Context, *sqlx.Tx, inbox.Event, []byte) error { t.Error("the handler ran"); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	for method, want := range map[string]int{http.MethodPost: http.StatusRequestEntityTooLarge, http.MethodGet: http.StatusMethodNotAllowed} {
+		w := httptest.NewRecorder()
+		small.ServeHTTP(w, httptest.NewRequest(method, "/hooks", bytes.NewBufferString(`{"id":"evt_big"}`)))
+		if w.Code != want {
+			t.Errorf("%s of a body over MaxBody: %d, want %d", method, w.Code, want)
+		}
+	}
+}
+
+func TestWebhookConfig(t *testing.T) {
+	t.Parallel()
+	db := testdb.Backends()[0].Open(t)
+	store, err := idempotency.New(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := inbox.New(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := func(context.Context, *sqlx.Tx, inbox.Event, []byte) error { return nil }
+	v := hmacVerifier([]byte("s"))
+	for name, build := range map[string]func() (http.Handler, error){
+		"nil inbox":    func() (http.Handler, error) { return inbox.Webhook[*sqlx.Tx](nil, "p", v, inbox.WebhookConfig{}, fn) },
+		"nil verifier": func() (http.Handler, error) { return inbox.Webhook(in, "p", nil, inbox.WebhookConfig{}, fn) },
+		"nil fn":       func() (http.Handler, error) { return inbox.Webhook(in, "p", v, inbox.WebhookConfig{}, nil) },
+		"empty source": func() (http.Handler, error) { return inbox.Webhook(in, "", v, inbox.WebhookConfig{}, fn) },
+		"negative max": func() (http.Handler, error) { return inbox.Webhook(in, "p", v, inbox.WebhookConfig{MaxBody: -1}, fn) },
+	} {
+		if _, err := build(); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
 }
