@@ -26,7 +26,7 @@ import (
 // two worker processes on the pgx store that are killed with SIGKILL
 // inside the handler and between COMMIT and the ack, whose database
 // connections are cut at COMMIT and whose NATS connections are cut
-// mid-stream, restarted until the stream is drained. Then every id must
+// every half second or so, restarted until the stream is drained. Then every id must
 // have exactly one row.
 func TestFaults(t *testing.T) {
 	if testing.Short() {
@@ -43,7 +43,7 @@ func TestFaults(t *testing.T) {
 	}
 	cfg := inboxfault.Config{
 		DSN: f.dsn, BrokerURL: testbroker.NATS(t), Name: f.stream, Dir: t.TempDir(),
-		KillBeforeCommit: 0.02, KillAfterCommit: 0.02, CutAtCommit: 0.03, CutBroker: 0.002,
+		KillBeforeCommit: 0.02, KillAfterCommit: 0.02, CutAtCommit: 0.03, CutBrokerEvery: 500 * time.Millisecond,
 	}
 	report := inboxfault.Supervise(t, cfg, 2, "TestFaultWorker", 3*time.Minute, func() bool {
 		info, err := f.consumer.Info(context.Background())

@@ -23,7 +23,7 @@ import (
 // to a quorum queue and consumes them with two worker processes on the
 // pgx store that are killed with SIGKILL inside the handler and between
 // COMMIT and the ack, whose database connections are cut at COMMIT and
-// whose AMQP connections are cut mid-stream, restarted until every id is
+// whose AMQP connections are cut every tenth of a second or so, restarted until every id is
 // applied and the queue is empty. Deliveries left unacknowledged by the
 // last workers come back, and a clean consumer must find them all
 // replays. Then every id must have exactly one row.
@@ -42,7 +42,7 @@ func TestFaults(t *testing.T) {
 	}
 	cfg := inboxfault.Config{
 		DSN: dsnOf(t, f), BrokerURL: testbroker.RabbitMQ(t), Name: f.queue, Dir: t.TempDir(),
-		KillBeforeCommit: 0.02, KillAfterCommit: 0.02, CutAtCommit: 0.03, CutBroker: 0.002,
+		KillBeforeCommit: 0.02, KillAfterCommit: 0.02, CutAtCommit: 0.03, CutBrokerEvery: 100 * time.Millisecond,
 	}
 	report := inboxfault.Supervise(t, cfg, 2, "TestFaultWorker", 3*time.Minute, func() bool {
 		q, err := f.ch.QueueDeclarePassive(f.queue, true, false, false, false, amqp.Table{"x-queue-type": "quorum", "x-dead-letter-exchange": f.queue + ".dlx"})

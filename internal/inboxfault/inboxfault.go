@@ -2,7 +2,7 @@
 // processes that consume a broker's messages through the inbox and die
 // (SIGKILL) before COMMIT and between COMMIT and the ack, with their
 // database and broker connections going through faultproxy, which cuts
-// them at COMMIT and mid-stream. The parent restarts workers until the
+// them at COMMIT and every so often. The parent restarts workers until the
 // broker has nothing left to deliver; the test then checks, from the
 // database alone, that every published id took effect exactly once.
 //
@@ -35,10 +35,10 @@ type Config struct {
 	Name           string // the stream or queue
 	Dir            string // where workers write their events and the proxies' stats
 
-	KillBeforeCommit float64 // per message, inside the handler
-	KillAfterCommit  float64 // per message, after COMMIT, before the ack
-	CutAtCommit      float64 // per COMMIT on the database connection
-	CutBroker        float64 // per chunk on the broker connection
+	KillBeforeCommit float64       // per message, inside the handler
+	KillAfterCommit  float64       // per message, after COMMIT, before the ack
+	CutAtCommit      float64       // per COMMIT on the database connection
+	CutBrokerEvery   time.Duration // how often the broker connection is cut at its next message
 }
 
 const envKey = "IDEMPOTENCY_INBOXFAULT_WORKER"
@@ -89,12 +89,22 @@ func (c Config) Proxies(ctx context.Context, db, broker string) (dbAddr, brokerA
 	if err != nil {
 		return "", "", err
 	}
-	pb.SetChaos(&faultproxy.Chaos{CutProb: c.CutBroker})
+	if c.CutBrokerEvery > 0 {
+		go func() {
+			// At the next message either side sends, once forwarded
+			// (an ack may reach the server, its answer not the client)
+			// and once not.
+			for i := 0; ctx.Err() == nil; i++ {
+				time.Sleep(c.CutBrokerEvery/2 + rand.N(c.CutBrokerEvery))
+				pb.Arm([]faultproxy.Mode{faultproxy.CutAfterNext, faultproxy.CutBeforeNext}[i%2])
+			}
+		}()
+	}
 	path := filepath.Join(c.Dir, fmt.Sprintf("stats.%d", os.Getpid()))
 	go func() {
 		for ctx.Err() == nil {
-			s, b := pdb.Stats(), pb.Stats()
-			line := fmt.Sprintf("%d %d %d\n", s.CommitCutsBefore, s.CommitCutsAfter, b.CutsMid)
+			s := pdb.Stats()
+			line := fmt.Sprintf("%d %d %d\n", s.CommitCutsBefore, s.CommitCutsAfter, pb.Cuts())
 			_ = os.WriteFile(path+".tmp", []byte(line), 0o644)
 			_ = os.Rename(path+".tmp", path)
 			time.Sleep(100 * time.Millisecond)
@@ -110,7 +120,7 @@ type Report struct {
 	KillsAfter       int // killed after COMMIT, before the ack
 	CommitCutsBefore int // database connections cut with COMMIT unsent
 	CommitCutsAfter  int // database connections cut after COMMIT, the answer lost
-	BrokerCuts       int // broker connections cut mid-stream
+	BrokerCuts       int // broker connections cut
 }
 
 func (r Report) String() string {
