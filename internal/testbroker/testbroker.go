@@ -49,7 +49,7 @@ func url(t testing.TB, broker string) string {
 		return u
 	}
 	c := containers[broker]
-	c.once.Do(func() { c.url, c.err = start(broker) })
+	c.once.Do(func() { c.url, c.err = startBroker(broker) })
 	if c.err != nil {
 		msg := fmt.Sprintf("no %s broker: set %s (for example %s) or run Docker for testcontainers: %v",
 			broker, Env[broker], example[broker], c.err)
@@ -61,7 +61,10 @@ func url(t testing.TB, broker string) string {
 	return c.url
 }
 
-func start(broker string) (u string, err error) {
+// startBroker starts a container; tests of this package replace it.
+var startBroker = startContainer
+
+func startContainer(broker string) (u string, err error) {
 	defer func() {
 		// testcontainers panics in some environments without Docker.
 		if r := recover(); r != nil {
