@@ -14,9 +14,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jmoiron/sqlx"
 	"github.com/stripe/stripe-go/v82"
 	"github.com/stripe/stripe-go/v82/webhook"
 
+	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/inbox"
 	"github.com/exactlyonce/idempotency/internal/testdb"
 	"github.com/exactlyonce/idempotency/pgxstore"
@@ -33,17 +35,24 @@ func signed(body []byte, secret string, at time.Time) string {
 	return webhook.GenerateTestSignedPayload(&webhook.UnsignedPayload{Payload: body, Secret: secret, Timestamp: at}).Header
 }
 
-// server runs the Stripe handler on the pgx store behind a real HTTP
-// server; dropNext makes the next answer get lost after the handler ran
-// (the connection is cut, as when a proxy times out).
+// server runs the Stripe handler on a store behind a real HTTP server;
+// dropNext makes the next answer get lost after the handler ran (the
+// connection is cut, as when a proxy times out).
 type server struct {
 	*httptest.Server
-	pool     *pgxpool.Pool
 	runs     atomic.Int32
 	dropNext atomic.Bool
+	count    func(t *testing.T, query string) int
 }
 
-func newServer(t *testing.T) *server {
+// store is a store with the payments table, and how to write and count.
+type store[TTx any] struct {
+	s      *idempotency.TxStore[TTx]
+	insert func(ctx context.Context, tx TTx, event string, amount int) error
+	count  func(t *testing.T, query string) int
+}
+
+func pgxStore(t *testing.T) store[pgx.Tx] {
 	t.Helper()
 	ctx := context.Background()
 	pool, err := pgxpool.New(ctx, testdb.Backend{Name: "pgx", Driver: "pgx", Kind: "postgres"}.DSN(t))
@@ -57,20 +66,61 @@ func newServer(t *testing.T) *server {
 	if _, err := pool.Exec(ctx, `CREATE TABLE payments (event text NOT NULL, amount integer NOT NULL)`); err != nil {
 		t.Fatal(err)
 	}
-	store, err := pgxstore.New(pool)
+	s, err := pgxstore.New(pool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := inbox.New(store)
+	return store[pgx.Tx]{
+		s: s,
+		insert: func(ctx context.Context, tx pgx.Tx, event string, amount int) error {
+			_, err := tx.Exec(ctx, `INSERT INTO payments (event, amount) VALUES ($1, $2)`, event, amount)
+			return err
+		},
+		count: func(t *testing.T, query string) int {
+			var n int
+			if err := pool.QueryRow(context.Background(), query).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		},
+	}
+}
+
+func sqlxStore(t *testing.T, b testdb.Backend) store[*sqlx.Tx] {
+	t.Helper()
+	db := b.Open(t)
+	db.MustExec(`CREATE TABLE payments (event VARCHAR(255) NOT NULL, amount INTEGER NOT NULL)`)
+	s, err := idempotency.New(db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{pool: pool}
-	h, err := stripeinbox.Handler(in, []string{"whsec_old", secret}, func(ctx context.Context, tx pgx.Tx, ev stripe.Event) error {
+	return store[*sqlx.Tx]{
+		s: s,
+		insert: func(ctx context.Context, tx *sqlx.Tx, event string, amount int) error {
+			_, err := tx.ExecContext(ctx, tx.Rebind(`INSERT INTO payments (event, amount) VALUES (?, ?)`), event, amount)
+			return err
+		},
+		count: func(t *testing.T, query string) int {
+			var n int
+			if err := db.Get(&n, query); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		},
+	}
+}
+
+func newServer[TTx any](t *testing.T, st store[TTx]) *server {
+	t.Helper()
+	in, err := inbox.New(st.s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &server{count: st.count}
+	h, err := stripeinbox.Handler(in, []string{"whsec_old", secret}, func(ctx context.Context, tx TTx, ev stripe.Event) error {
 		s.runs.Add(1)
 		time.Sleep(50 * time.Millisecond) // long enough for a concurrent twin to meet this one
-		_, err := tx.Exec(ctx, `INSERT INTO payments (event, amount) VALUES ($1, $2)`, ev.ID, int(ev.Data.Object["amount"].(float64)))
-		return err
+		return st.insert(ctx, tx, ev.ID, int(ev.Data.Object["amount"].(float64)))
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -84,6 +134,25 @@ func newServer(t *testing.T) *server {
 	}))
 	t.Cleanup(s.Close)
 	return s
+}
+
+// each runs test on the pgx store and on every database/sql backend but
+// TiDB (the stores' protocol is the same; TiDB's is the conformance
+// suite's).
+func each(t *testing.T, test func(t *testing.T, s *server)) {
+	t.Run("pgx-native", func(t *testing.T) {
+		t.Parallel()
+		test(t, newServer(t, pgxStore(t)))
+	})
+	for _, b := range testdb.Backends() {
+		if b.Server == "tidb" {
+			continue
+		}
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			test(t, newServer(t, sqlxStore(t, b)))
+		})
+	}
 }
 
 func (s *server) post(t *testing.T, body []byte, sig string) (int, error) {
@@ -104,21 +173,15 @@ func (s *server) post(t *testing.T, body []byte, sig string) (int, error) {
 	return resp.StatusCode, nil
 }
 
-func (s *server) count(t *testing.T, query string) int {
-	t.Helper()
-	var n int
-	if err := s.pool.QueryRow(context.Background(), query).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
 // TestOneEffect: an event delivered, redelivered after its answer was
 // lost, and delivered twice at once is applied once, and every delivery
 // that got an answer got 200.
 func TestOneEffect(t *testing.T) {
 	t.Parallel()
-	s := newServer(t)
+	each(t, testOneEffect)
+}
+
+func testOneEffect(t *testing.T, s *server) {
 	body := event("evt_1")
 
 	s.dropNext.Store(true)
@@ -155,7 +218,10 @@ func TestOneEffect(t *testing.T) {
 // not even a key.
 func TestRefused(t *testing.T) {
 	t.Parallel()
-	s := newServer(t)
+	each(t, testRefused)
+}
+
+func testRefused(t *testing.T, s *server) {
 	body := event("evt_3")
 	for _, c := range []struct {
 		name string
@@ -173,7 +239,7 @@ func TestRefused(t *testing.T) {
 			t.Errorf("%s: %d %v, want 400", c.name, code, err)
 		}
 	}
-	if n := s.count(t, `SELECT (SELECT COUNT(*) FROM payments) + (SELECT COUNT(*) FROM idempotency_keys)`); n != 0 || s.runs.Load() != 0 {
+	if n := s.count(t, `SELECT COUNT(*) FROM payments`) + s.count(t, `SELECT COUNT(*) FROM idempotency_keys`); n != 0 || s.runs.Load() != 0 {
 		t.Fatalf("refused webhooks: %d rows, %d runs; want none", n, s.runs.Load())
 	}
 	// The old secret, while it is rolled, still verifies.
