@@ -23,7 +23,7 @@ var bouncedHarness = conformance.Harness[pgx.Tx]{Name: "pgx-native-pgbouncer", K
 }}
 
 // bounced is the pgx backend of testdb.PgBouncer.
-var bounced = testdb.PgBouncer()[1]
+var bounced = testdb.PgBouncer()[0]
 
 // TestConformance runs the behaviour suite every driver passes on the pgx
 // store, directly and through PgBouncer.
@@ -36,6 +36,7 @@ func TestConformance(t *testing.T) {
 type env struct {
 	pool *pgxpool.Pool
 	dsn  string
+	edit func(*pgxpool.Config) // the pool's settings beside the DSN's
 }
 
 var _ conformance.Env[pgx.Tx] = (*env)(nil)
@@ -49,7 +50,11 @@ func openEnv(t testing.TB) conformance.Env[pgx.Tx] { return openEnvOn(t, backend
 func openEnvOn(t testing.TB, b testdb.Backend) conformance.Env[pgx.Tx] {
 	t.Helper()
 	dsn := b.DSN(t)
-	e := &env{pool: openPool(t, dsn, nil), dsn: dsn}
+	var edit func(*pgxpool.Config)
+	if b.Server == "pgbouncer" {
+		edit = func(c *pgxpool.Config) { testdb.NoCancelRequests(c.ConnConfig) }
+	}
+	e := &env{pool: openPool(t, dsn, edit), dsn: dsn, edit: edit}
 	up := e.pool
 	if direct := b.Direct(t, dsn); direct != dsn {
 		up = openPool(t, direct, nil)
@@ -123,9 +128,12 @@ func (e *env) Reopen(t testing.TB, p conformance.Pool) conformance.Env[pgx.Tx] {
 		}
 	}
 	pool := openPool(t, dsn, func(c *pgxpool.Config) {
+		if e.edit != nil {
+			e.edit(c)
+		}
 		if p.MaxConns > 0 {
 			c.MaxConns = int32(p.MaxConns)
 		}
 	})
-	return &env{pool: pool, dsn: dsn}
+	return &env{pool: pool, dsn: dsn, edit: e.edit}
 }

@@ -130,7 +130,7 @@ var backends = []backend{
 		phases: phasesServer, start: noTiDBRestarts, proxyDSN: proxyDSN("mysql")},
 	// Postgres through PgBouncer in transaction pooling, every client API:
 	// no restarts (PgBouncer points at the shared server).
-	{name: "postgres-pgbouncer", shared: testdb.PgBouncer()[1],
+	{name: "postgres-pgbouncer", shared: testdb.PgBouncer()[0],
 		drivers:    []string{"pgx", "postgres", chaos.PgxStore},
 		isolations: []string{"", "repeatable read", "serializable"}, wait: 300 * time.Millisecond,
 		phases: phasesBounced, proxyDSN: proxyDSN("postgres"), pgbouncer: true},

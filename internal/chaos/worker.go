@@ -26,6 +26,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
+	"github.com/jackc/pgx/v5/stdlib"
 	"hash/fnv"
 	"math/rand/v2"
 	"net/url"
@@ -207,9 +209,19 @@ func RunWorker(ctx context.Context, cfg WorkerConfig) error {
 		return runPgx(ctx, cfg, lg, opts)
 	}
 
-	db, err := sqlx.Open(cfg.Driver, cfg.DSN)
-	if err != nil {
-		return err
+	var db *sqlx.DB
+	if cfg.PgBouncer && cfg.Driver == "pgx" {
+		pc, err := pgx.ParseConfig(cfg.DSN)
+		if err != nil {
+			return err
+		}
+		scratch.NoCancelRequests(pc)
+		db = sqlx.NewDb(stdlib.OpenDB(*pc), "pgx")
+	} else {
+		var err error
+		if db, err = sqlx.Open(cfg.Driver, cfg.DSN); err != nil {
+			return err
+		}
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(cfg.Goroutines + 4)
@@ -263,6 +275,9 @@ func runPgx(ctx context.Context, cfg WorkerConfig, lg *logFile, opts []idempoten
 		return err
 	}
 	pc.MaxConns = int32(cfg.Goroutines + 4)
+	if cfg.PgBouncer {
+		scratch.NoCancelRequests(pc.ConnConfig)
+	}
 	pc.MaxConnLifetime = 30 * time.Second
 	if cfg.ID%2 == 0 && !cfg.PgBouncer {
 		pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe

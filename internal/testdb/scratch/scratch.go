@@ -15,6 +15,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"net"
 	"net/url"
 	"strings"
@@ -234,4 +237,14 @@ func redact(dsn string) string {
 // at each commit, FULL does.
 func SQLiteDSN(path, synchronous string) string {
 	return "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(" + synchronous + ")&_txlock=immediate"
+}
+
+// NoCancelRequests makes a pgx connection end a statement whose context
+// ended by closing the connection, as a deadline does, instead of sending
+// PostgreSQL a cancel request: through Debian's PgBouncer 1.18, some
+// cancel requests make PgBouncer exit (its issues 801 and 822).
+func NoCancelRequests(cfg *pgx.ConnConfig) {
+	cfg.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.DeadlineContextWatcherHandler{Conn: pc.Conn()}
+	}
 }
