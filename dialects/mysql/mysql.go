@@ -82,6 +82,7 @@ import (
 type Dialect struct {
 	insert, claimMariaDB, save, lookup, deleteExpired, prune string
 	upsert                                                   string // MySQL 8's and TiDB's claim
+	claimRead                                                string // its row count and the key's live row
 	deleteExpiredMariaDB                                     string // with no lock wait
 	saveMariaDB, saveTiDB                                    string // only inside a transaction
 
@@ -163,6 +164,9 @@ expires_at = IF(expires_at <= UTC_TIMESTAMP(6), VALUES(expires_at), expires_at)`
 		saveTiDB: save + ` AND @@tidb_current_ts <> 0`,
 		lookup: `SELECT fingerprint, value, failed FROM ` + table + `
 WHERE scope = ? AND ` + "`key`" + ` = ? AND expires_at > UTC_TIMESTAMP(6)`,
+		// After the upsert, in the same query: ROW_COUNT() is the upsert's.
+		claimRead: `SELECT ROW_COUNT(), k.fingerprint, k.value, k.failed FROM (SELECT 1) AS one
+LEFT JOIN ` + table + ` AS k ON k.scope = ? AND k.` + "`key`" + ` = ? AND k.expires_at > UTC_TIMESTAMP(6)`,
 		deleteExpired:        deleteExpired,
 		deleteExpiredMariaDB: noLockWait + deleteExpired,
 		prune:                `DELETE FROM ` + table + ` WHERE expires_at <= UTC_TIMESTAMP(6) ORDER BY expires_at LIMIT ?`,
@@ -178,7 +182,9 @@ func (d *Dialect) Name() string { return "mysql" }
 // the read), a replay that reads first one, and a fresh call that reads
 // first six instead of five; on MySQL 8 and TiDB, whose claim sets and
 // restores the lock wait around its INSERT, six, one, and eight instead of
-// seven. Reading first pays while more than a quarter of the calls replay.
+// seven, or, with the claim in one query (claimOnce), three, one and six
+// instead of five. Reading first pays while more than a quarter of the
+// calls replay.
 func (d *Dialect) ReadFirst() dialects.ReadFirst { return dialects.ReadFirstAdaptive }
 
 // Claim inserts the key's row with a placeholder for the value, without
@@ -191,14 +197,14 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 		return 0, none, err
 	}
 	args := []any{k.Scope, k.Key, fingerprint, d.pad.size(), (ttl + slack(ttl)).Microseconds()}
-	var inserted int64
+	var res claimResult
 	switch flavor {
 	case flavorMariaDB:
 		if _, err = tx.ExecContext(ctx, d.claimMariaDB, args...); err == nil {
-			inserted = 1
+			res.inserted = 1
 		}
 	default: // MySQL 8, TiDB
-		inserted, err = d.claimBounded(ctx, tx, d.upsert, args)
+		res, err = d.claimBounded(ctx, tx, d.upsert, args, k)
 	}
 	var me *mysql.MySQLError
 	if errors.As(err, &me) {
@@ -212,9 +218,14 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 	if err != nil {
 		return 0, none, err
 	}
-	if inserted == 0 {
+	if res.inserted == 0 {
 		// The upsert (MySQL 8, TiDB) reports a live committed row that
-		// holds the key by changing nothing.
+		// holds the key by changing nothing; in one query it also read it.
+		if res.found && res.failed != 2 {
+			res.rec.Failed = res.failed == 1
+			res.rec.Value = bytes.TrimRight(res.rec.Value, " ") // as Lookup
+			return dialects.Found, res.rec, nil
+		}
 		return dialects.Taken, none, nil
 	}
 	return dialects.Claimed, none, nil
@@ -229,33 +240,43 @@ func (d *Dialect) Claim(ctx context.Context, tx dialects.Querier, k dialects.Key
 // otherwise in three. The statements run to the end whatever ctx does
 // (the INSERT waits a second at most): a connection goes back to the pool
 // only with the session's own setting.
-func (d *Dialect) claimBounded(ctx context.Context, tx dialects.Querier, insert string, args []any) (int64, error) {
+func (d *Dialect) claimBounded(ctx context.Context, tx dialects.Querier, insert string, args []any, k dialects.Key) (claimResult, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return claimResult{}, err
 	}
 	ctx = context.WithoutCancel(ctx)
 	if d.multi.Load() != multiNo {
-		if n, err, sent := d.claimOnce(ctx, tx, insert, args); sent {
-			return n, err
+		if res, err, sent := d.claimOnce(ctx, tx, insert, args, k); sent {
+			return res, err
 		}
 	}
 	if _, err := tx.ExecContext(ctx, setLockWait); err != nil {
-		return 0, err
+		return claimResult{}, err
 	}
-	res, err := tx.ExecContext(ctx, insert, args...)
+	r, err := tx.ExecContext(ctx, insert, args...)
 	// Restoring a session variable writes no data, so it is safe even after
 	// a claim error.
 	if _, rerr := tx.ExecContext(ctx, restoreLockWait); err == nil {
 		err = rerr
 	}
 	if err != nil {
-		return 0, err
+		return claimResult{}, err
 	}
-	n, err := res.RowsAffected()
+	n, err := r.RowsAffected()
 	if err != nil {
-		return 0, fmt.Errorf("rows affected: %w", err)
+		return claimResult{}, fmt.Errorf("rows affected: %w", err)
 	}
-	return n, nil
+	return claimResult{inserted: n}, nil
+}
+
+// claimResult is what a claim on MySQL 8 or TiDB learnt: the rows its
+// upsert changed, and, when it changed none and read the key in the same
+// query, the live row that holds the key (found).
+type claimResult struct {
+	inserted int64
+	found    bool
+	rec      dialects.Record
+	failed   int
 }
 
 const (
@@ -272,66 +293,69 @@ const (
 	multiNo
 )
 
-// claimOnce sends setLockWait, insert, a read of its row count and
-// restoreLockWait as one query, and reports whether it could (sent). The
-// server stops at the first statement that fails: after a failed insert
-// (a twin's lock, a duplicate) the setting is put back in a second round
-// trip. The first claim of a store finds out whether the DSN allows
-// several statements; where it does not (refused), every claim takes
-// three round trips.
-func (d *Dialect) claimOnce(ctx context.Context, tx dialects.Querier, insert string, args []any) (n int64, err error, sent bool) {
-	rows, err := tx.QueryContext(ctx, setLockWait+"; "+insert+"; SELECT ROW_COUNT(); "+restoreLockWait, args...)
+// claimOnce sends setLockWait, insert, a read of its row count with the
+// key's live row (claimRead) and restoreLockWait as one query, and reports
+// whether it could (sent). A replay that claims first thus learns the
+// record in the same round trip. The server stops at the first statement
+// that fails: after a failed insert (a twin's lock) the setting is put
+// back in a second round trip. The first claim of a store finds out
+// whether the DSN allows several statements; where it does not (refused),
+// every claim takes three round trips.
+func (d *Dialect) claimOnce(ctx context.Context, tx dialects.Querier, insert string, args []any, k dialects.Key) (res claimResult, err error, sent bool) {
+	rows, err := tx.QueryContext(ctx, setLockWait+"; "+insert+"; "+d.claimRead+"; "+restoreLockWait,
+		append(args, k.Scope, k.Key)...)
 	if err == nil {
-		n, err = rowCount(rows)
+		res, err = scanClaim(rows)
 	}
 	if err == nil {
 		d.multi.Store(multiYes)
-		return n, nil, true
+		return res, nil, true
 	}
 	if refused(err) {
 		// Not one query after all, and nothing of it ran (claims that began
 		// at once may each find out).
 		d.multi.Store(multiNo)
-		return 0, nil, false
+		return claimResult{}, nil, false
 	}
 	d.multi.CompareAndSwap(multiUnknown, multiYes)
 	if _, rerr := tx.ExecContext(ctx, restoreLockWait); rerr != nil {
-		return 0, errors.Join(err, rerr), true
+		return claimResult{}, errors.Join(err, rerr), true
 	}
-	return 0, err, true
+	return claimResult{}, err, true
 }
 
-// rowCount reads the one row of the query's result sets that has one (the
-// SELECT ROW_COUNT() among the SETs and the INSERT), and reads the rest,
-// so that an error of a later statement is seen.
-func rowCount(rows *sql.Rows) (n int64, err error) {
+// scanClaim reads the one row of the query's result sets that has one
+// (claimRead's, among the SETs and the INSERT), and reads the rest, so
+// that an error of a later statement is seen.
+func scanClaim(rows *sql.Rows) (res claimResult, err error) {
 	defer func() {
 		if cerr := rows.Close(); err == nil {
 			err = cerr
 		}
 	}()
-	found := false
+	read := false
 	for {
 		for rows.Next() {
-			if err := rows.Scan(&n); err != nil {
-				return 0, err
+			var failed sql.NullInt64
+			if err := rows.Scan(&res.inserted, &res.rec.Fingerprint, &res.rec.Value, &failed); err != nil {
+				return claimResult{}, err
 			}
-			found = true
+			res.found, res.failed, read = failed.Valid, int(failed.Int64), true
 		}
 		if err := rows.Err(); err != nil {
-			return 0, err
+			return claimResult{}, err
 		}
 		if !rows.NextResultSet() {
 			break
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return 0, err
+		return claimResult{}, err
 	}
-	if !found {
-		return 0, errors.New("the claim's query returned no row count")
+	if !read {
+		return claimResult{}, errors.New("the claim's query returned no row count")
 	}
-	return n, nil
+	return res, nil
 }
 
 // refused reports whether err says that the server would not run a query
