@@ -109,6 +109,13 @@ func (e *SQLEnv) Hold(ctx context.Context) (func(), error) {
 	return func() { _ = c.Close() }, nil
 }
 
+// The MySQL driver logs every connection a proxy cuts, through a logger of
+// its package that it reads whenever it parses a DSN: set it before any
+// test runs (setting it from a test raced with others opening databases).
+func init() {
+	_ = mysql.SetLogger(log.New(io.Discard, "", 0))
+}
+
 // Reopen opens the database again, in a pool of its own.
 func (e *SQLEnv) Reopen(t testing.TB, p Pool) Env[*sqlx.Tx] {
 	t.Helper()
@@ -117,9 +124,6 @@ func (e *SQLEnv) Reopen(t testing.TB, p Pool) Env[*sqlx.Tx] {
 		var err error
 		if dsn, err = scratch.Rehost(e.Kind, dsn, p.Addr); err != nil {
 			t.Fatal(err)
-		}
-		if e.Kind == "mysql" {
-			_ = mysql.SetLogger(log.New(io.Discard, "", 0)) // the driver logs the connections a proxy cuts
 		}
 	}
 	db := e.Connect(t, dsn)
