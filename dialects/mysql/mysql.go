@@ -80,7 +80,7 @@ import (
 
 // Dialect implements dialects.Dialect for MySQL 8, MariaDB 10.5+ and TiDB.
 type Dialect struct {
-	insert, claimMariaDB, save, lookup, deleteExpired, prune string
+	claimMariaDB, save, lookup, deleteExpired, prune string
 	upsert                                                   string // MySQL 8's and TiDB's claim
 	claimRead                                                string // its row count and the key's live row
 	deleteExpiredMariaDB                                     string // with no lock wait
@@ -143,7 +143,6 @@ VALUES (?, ?, ?, REPEAT(' ', ?), ` + claimed + `, UTC_TIMESTAMP(6), UTC_TIMESTAM
 expires_at = GREATEST(expires_at, UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND)
 WHERE scope = ? AND ` + "`key`" + ` = ? AND fingerprint = ? AND failed = ` + claimed
 	return &Dialect{
-		insert: insert,
 		// MySQL 8's and TiDB's claim takes an expired row's place (the
 		// assignments run in order, so expires_at goes last): one row
 		// affected for a new row, two for an expired one replaced, none
