@@ -52,7 +52,7 @@ func openEnvOn(t testing.TB, b testdb.Backend) conformance.Env[pgx.Tx] {
 	dsn := b.DSN(t)
 	var edit func(*pgxpool.Config)
 	if b.Server == "pgbouncer" {
-		edit = func(c *pgxpool.Config) { testdb.NoCancelRequests(c.ConnConfig) }
+		edit = func(c *pgxpool.Config) { scratch.NoCancelRequests(c.ConnConfig) }
 	}
 	e := &env{pool: openPool(t, dsn, edit), dsn: dsn, edit: edit}
 	up := e.pool

@@ -226,11 +226,7 @@ func (b *backend) throughPgBouncer() error {
 	if b.dsn, err = scratch.Rehost("postgres", b.dsn, addr); err != nil {
 		return err
 	}
-	param := map[string]string{"default_query_exec_mode": "exec"}
-	if b.driver == "postgres" {
-		param = map[string]string{"binary_parameters": "yes"}
-	}
-	b.dsn, err = scratch.PostgresParams(b.dsn, param)
+	b.dsn, err = scratch.BouncedDSN(b.driver, b.dsn)
 	return err
 }
 

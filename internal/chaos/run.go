@@ -33,7 +33,7 @@ type Plan struct {
 	DSN     string   // direct DSN; the checker always uses it
 	// PgBouncer: DSN reaches Postgres through PgBouncer in transaction
 	// pooling, and each worker sends its statements in one exchange
-	// each (bouncedDSN).
+	// each (scratch.BouncedDSN).
 	PgBouncer  bool
 	Isolations []string      // isolation levels, one per worker in turn ("" = default)
 	Procs      int           // worker processes alive at once

@@ -30,7 +30,6 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 	"hash/fnv"
 	"math/rand/v2"
-	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -66,7 +65,7 @@ type WorkerConfig struct {
 	Wait       time.Duration `json:"wait"`
 	Faults     Faults        `json:"faults"`
 	Flows      bool          `json:"flows"`     // run the flow workload beside Do's (see runFlows)
-	PgBouncer  bool          `json:"pgbouncer"` // DSN goes through PgBouncer (see bouncedDSN)
+	PgBouncer  bool          `json:"pgbouncer"` // DSN goes through PgBouncer (see scratch.BouncedDSN)
 }
 
 // Faults says which faults a run injects.
@@ -201,7 +200,7 @@ func RunWorker(ctx context.Context, cfg WorkerConfig) error {
 	opts = append(opts, idempotency.WithHooks(hooks))
 	if cfg.PgBouncer {
 		var err error
-		if cfg.DSN, err = bouncedDSN(cfg.Driver, cfg.DSN); err != nil {
+		if cfg.DSN, err = scratch.BouncedDSN(cfg.Driver, cfg.DSN); err != nil {
 			return err
 		}
 	}
@@ -236,29 +235,6 @@ func RunWorker(ctx context.Context, cfg WorkerConfig) error {
 	}
 	runAll(ctx, cfg, s, lg, insert, sqlFlowOps(db))
 	return nil
-}
-
-// bouncedDSN sets, in a Postgres URL that reaches PgBouncer in transaction
-// pooling, the mode in which driver sends each statement with its
-// parameters in one exchange: PgBouncer 1.18 may hand the session's server
-// connection to another client between two exchanges outside a
-// transaction, and a statement parsed in the first would be gone in the
-// second.
-func bouncedDSN(driver, dsn string) (string, error) {
-	u, err := url.Parse(dsn)
-	if err != nil {
-		return "", fmt.Errorf("a PgBouncer DSN: %w", err)
-	}
-	q := u.Query()
-	q.Del("binary_parameters")
-	q.Del("default_query_exec_mode")
-	if driver == "postgres" {
-		q.Set("binary_parameters", "yes")
-	} else {
-		q.Set("default_query_exec_mode", "exec")
-	}
-	u.RawQuery = q.Encode()
-	return u.String(), nil
 }
 
 // PgxStore is the driver name that makes a worker call through the pgx

@@ -69,9 +69,8 @@ func Backends() []Backend {
 // PgBouncer lists the backends that reach PostgreSQL through PgBouncer in
 // transaction pooling (IDEMPOTENCY_PGBOUNCER_DSN, which bash .ci/pgbouncer
 // starts): pgx with default_query_exec_mode=exec, the setting a PgBouncer
-// older than 1.21 needs (it keeps no prepared statement from one exchange
-// to the next outside a transaction), and with no cancel requests
-// (NoCancelRequests). Their databases are made, and migrated, on
+// older than 1.21 needs (scratch.BouncedDSN), and with no cancel requests
+// (scratch.NoCancelRequests). Their databases are made, and migrated, on
 // PostgreSQL directly: the migrations' session lock needs a session of its
 // own.
 //
@@ -79,20 +78,12 @@ func Backends() []Backend {
 // statement's context ends, and Debian's PgBouncer 1.18 exits on some of
 // those (its issues 801 and 822: "bad client state: 0", "server in bad
 // state: 11"), which the conformance suite's cancelled contexts met in CI.
-// The chaos run, which cancels none, runs lib/pq through PgBouncer
-// (BouncedLibPQ).
+// The chaos run, which cancels none, runs lib/pq through PgBouncer too.
 func PgBouncer() []Backend {
 	return []Backend{
 		{Name: "pgx-pgbouncer", Driver: "pgx", Kind: "postgres", Server: "pgbouncer"},
 	}
 }
-
-// BouncedLibPQ is lib/pq through PgBouncer, with binary_parameters=yes
-// (see PgBouncer).
-var BouncedLibPQ = Backend{Name: "postgres-pgbouncer", Driver: "postgres", Kind: "postgres", Server: "pgbouncer"}
-
-// NoCancelRequests is scratch.NoCancelRequests: see PgBouncer.
-var NoCancelRequests = scratch.NoCancelRequests
 
 // TiDB is the backend of TiDB in a transaction mode, "pessimistic" (its
 // default) or "optimistic".
@@ -176,7 +167,7 @@ func (b Backend) Connect(t testing.TB, dsn string) *sqlx.DB {
 	if b.Server == "pgbouncer" && b.Driver == "pgx" {
 		var cfg *pgx.ConnConfig
 		if cfg, err = pgx.ParseConfig(dsn); err == nil {
-			NoCancelRequests(cfg)
+			scratch.NoCancelRequests(cfg)
 			db = sqlx.NewDb(stdlib.OpenDB(*cfg), "pgx")
 		}
 	} else {
@@ -357,16 +348,7 @@ func (b Backend) pgbouncerDSN(t testing.TB) string {
 		t.Fatal(err)
 	}
 	dsn, _ := Rehost(t, "postgres", b.scratchDSN(t, serverDSN(t, "postgres")), addr)
-	// Each driver sends a statement with its parameters in one exchange:
-	// between two exchanges outside a transaction, PgBouncer may hand the
-	// session's server connection to another client, and an unnamed
-	// statement parsed in the first is gone in the second (lib/pq by
-	// default parses, then binds).
-	params := map[string]string{"binary_parameters": "yes"}
-	if b.Driver == "pgx" {
-		params = map[string]string{"default_query_exec_mode": "exec"}
-	}
-	if dsn, err = scratch.PostgresParams(dsn, params); err != nil {
+	if dsn, err = scratch.BouncedDSN(b.Driver, dsn); err != nil {
 		t.Fatal(err)
 	}
 	return dsn

@@ -248,3 +248,27 @@ func NoCancelRequests(cfg *pgx.ConnConfig) {
 		return &pgconn.DeadlineContextWatcherHandler{Conn: pc.Conn()}
 	}
 }
+
+// BouncedDSN sets, in a Postgres URL that reaches PgBouncer in transaction
+// pooling, the mode in which driver ("postgres" for lib/pq; pgx otherwise)
+// sends each statement with its parameters in one exchange: PgBouncer
+// before 1.21 may hand the session's server connection to another client
+// between two exchanges outside a transaction, and a statement parsed in
+// the first would be gone in the second (lib/pq by default parses, then
+// binds; pgx prepares named statements).
+func BouncedDSN(driver, dsn string) (string, error) {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "", fmt.Errorf("scratch: a PgBouncer DSN: %w", err)
+	}
+	q := u.Query()
+	q.Del("binary_parameters")
+	q.Del("default_query_exec_mode")
+	if driver == "postgres" {
+		q.Set("binary_parameters", "yes")
+	} else {
+		q.Set("default_query_exec_mode", "exec")
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}
