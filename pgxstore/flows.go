@@ -35,10 +35,6 @@ const savepoint = "idempotency_flow_started"
 // and reports what it read.
 func (d *driver) BeginFlow(ctx context.Context, k dialects.Key, row dialects.FlowRow, lease time.Duration, f dialects.Fence) (pgx.Tx, dialects.FlowStart, error) {
 	st := dialects.FlowStart{Row: dialects.FlowRow{Scope: k.Scope, Key: k.Key}}
-	conn, err := d.pool.Acquire(ctx)
-	if err != nil {
-		return nil, st, fmt.Errorf("acquire a connection: %w", err)
-	}
 	var (
 		locked             *bool
 		recFailed, expired *bool
@@ -46,31 +42,49 @@ func (d *driver) BeginFlow(ctx context.Context, k dialects.Key, row dialects.Flo
 		resumes            *int
 		flow, lastError    *string
 	)
+	t, err := d.beginWith(ctx, func(b *pgx.Batch) {
+		b.Queue(d.flows.Begin, k.Scope, k.Key, k.Lock, row.Flow, row.Fingerprint, row.Params, d.units(lease), f.Mark).QueryRow(func(r pgx.Row) error {
+			return r.Scan(&st.Started, &locked, &st.Record.Fingerprint, &st.Record.Value, &recFailed,
+				&flow, &st.Row.Fingerprint, &st.Row.Params, &token, &resumes, &lastError, &expired)
+		})
+		b.Queue("savepoint " + savepoint)
+	}, func() bool { return st.Started })
+	if err != nil {
+		return nil, st, fmt.Errorf("begin the flow: %w", err)
+	}
+	if t != nil {
+		return t, st, nil
+	}
+	st.Recorded = st.Record.Fingerprint != nil
+	st.Record.Failed = recFailed != nil && *recFailed
+	if st.Running = flow != nil; st.Running {
+		st.Row.Flow, st.Row.Token, st.Row.Resumes, st.Row.LastError, st.Row.Expired = *flow, *token, *resumes, *lastError, *expired
+	}
+	st.Held = locked != nil && !*locked
+	return nil, st, nil
+}
+
+// beginWith acquires a connection and sends BEGIN and the statements queue
+// adds as one pipeline. When keep reports true afterwards, it returns the
+// open transaction; otherwise (and on an error) it rolls back, gives the
+// connection back, and returns a nil transaction.
+func (d *driver) beginWith(ctx context.Context, queue func(b *pgx.Batch), keep func() bool) (pgx.Tx, error) {
+	conn, err := d.pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("acquire a connection: %w", err)
+	}
 	b := &pgx.Batch{}
 	b.BeginTx(d.opts)
-	b.Queue(d.flows.Begin, k.Scope, k.Key, k.Lock, row.Flow, row.Fingerprint, row.Params, d.units(lease), f.Mark).QueryRow(func(r pgx.Row) error {
-		return r.Scan(&st.Started, &locked, &st.Record.Fingerprint, &st.Record.Value, &recFailed,
-			&flow, &st.Row.Fingerprint, &st.Row.Params, &token, &resumes, &lastError, &expired)
-	})
-	b.Queue("savepoint " + savepoint)
+	queue(b)
 	br := conn.Conn().SendBatch(ctx, b)
 	err = br.Close()
 	t := newCallTx(br.Tx(), conn)
-	if err != nil || !st.Started {
+	if err != nil || !keep() {
 		t.end()
 		t.close() // rolls back
-		if err != nil {
-			return nil, st, fmt.Errorf("begin the flow: %w", err)
-		}
-		st.Recorded = st.Record.Fingerprint != nil
-		st.Record.Failed = recFailed != nil && *recFailed
-		if st.Running = flow != nil; st.Running {
-			st.Row.Flow, st.Row.Token, st.Row.Resumes, st.Row.LastError, st.Row.Expired = *flow, *token, *resumes, *lastError, *expired
-		}
-		st.Held = locked != nil && !*locked
-		return nil, st, nil
+		return nil, err
 	}
-	return t, st, nil
+	return t, nil
 }
 
 // UndoStep rolls back to the savepoint BeginFlow made.
@@ -177,31 +191,19 @@ func (d *driver) FlowSteps(ctx context.Context, k dialects.Key) ([]dialects.Step
 // BeginStep sends BEGIN and the fence (LockFence: the row locked, the
 // transaction marked) as one pipeline.
 func (d *driver) BeginStep(ctx context.Context, k dialects.Key, f dialects.Fence, _ time.Duration) (pgx.Tx, bool, error) {
-	conn, err := d.pool.Acquire(ctx)
-	if err != nil {
-		return nil, false, fmt.Errorf("acquire a connection: %w", err)
-	}
 	fenced := false
-	b := &pgx.Batch{}
-	b.BeginTx(d.opts)
-	b.Queue(d.flows.LockFence, k.Scope, k.Key, f.Token, f.Mark).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			fenced = true
-		}
-		return rows.Err()
-	})
-	br := conn.Conn().SendBatch(ctx, b)
-	err = br.Close()
-	t := newCallTx(br.Tx(), conn)
-	if err != nil || !fenced {
-		t.end()
-		t.close()
-		if err != nil {
-			return nil, false, fmt.Errorf("begin and fence the flow: %w", err)
-		}
-		return nil, false, nil
+	t, err := d.beginWith(ctx, func(b *pgx.Batch) {
+		b.Queue(d.flows.LockFence, k.Scope, k.Key, f.Token, f.Mark).Query(func(rows pgx.Rows) error {
+			for rows.Next() {
+				fenced = true
+			}
+			return rows.Err()
+		})
+	}, func() bool { return fenced })
+	if err != nil {
+		return nil, false, fmt.Errorf("begin and fence the flow: %w", err)
 	}
-	return t, true, nil
+	return t, t != nil, nil
 }
 
 // RecordStep sends the lease's extension with the steps' records
