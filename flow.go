@@ -156,7 +156,7 @@ func (f *Flow[P, T, TTx]) Run(ctx context.Context, s *TxStore[TTx], key string, 
 			case st.Started:
 				s.flowReads.saw(false)
 				s.flowEvent(ctx, FlowEvent{Kind: FlowStarted, Flow: f.name, Scope: k.Scope, Key: k.Key, Token: 1})
-				return f.body(ctx, s, fd, k, fp, 1, params, nil, &openTx[TTx]{tx: tx, fence: fence})
+				return f.body(ctx, s, fd, k, fp, 1, params, nil, &openTx[TTx]{tx: tx, fence: fence, undo: fb.UndoStep})
 			case st.Recorded:
 				s.flowReads.saw(true)
 				return f.replay(st.Record, fp, k)
@@ -341,7 +341,7 @@ func (f *Flow[P, T, TTx]) body(ctx context.Context, s *TxStore[TTx], fd dialects
 		r.leaveOpen = sf.FinishInStep()
 	}
 	if begun != nil {
-		r.open, r.fresh, r.tx, r.fence = true, true, begun.tx, begun.fence
+		r.open, r.fresh, r.tx, r.fence, r.undo = true, true, begun.tx, begun.fence, begun.undo
 	}
 	finished := false
 	var st *Steps[TTx]
@@ -511,6 +511,7 @@ type flowRun[TTx any] struct {
 	// fresh: the open transaction is the one BeginFlow began, which holds
 	// the flow's new row and runs the first step.
 	fresh bool
+	undo  func(ctx context.Context, tx TTx) error // the fresh transaction's UndoStep
 	// held: the values of calls made since the open transaction, or the
 	// last, committed, where steps leave their transactions open; the
 	// next step's transaction records them with its own.
@@ -609,7 +610,7 @@ func (r *flowRun[TTx]) first(ctx context.Context, what string, work func(ctx con
 		tx, fence, _, _ := r.take()
 		return true, r.ended(end(ctx, tx, fence), what)
 	}
-	if uerr := r.fd.(dialects.FlowBeginner[TTx]).UndoStep(context.WithoutCancel(ctx), tx); uerr != nil {
+	if uerr := r.undo(context.WithoutCancel(ctx), tx); uerr != nil {
 		// The row goes with the transaction: the flow never began.
 		r.s.driver.Rollback(tx)
 		r.take()
@@ -742,4 +743,5 @@ func (s *TxStore[TTx]) flowEvent(ctx context.Context, e FlowEvent) {
 type openTx[TTx any] struct {
 	tx    TTx
 	fence dialects.Fence
+	undo  func(ctx context.Context, tx TTx) error // FlowBeginner.UndoStep
 }
