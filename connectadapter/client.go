@@ -2,18 +2,15 @@ package connectadapter
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/exactlyonce/idempotency/internal/uuid"
+	"github.com/exactlyonce/idempotency/protocodec/rpckey"
 )
 
 type clientConfig struct {
@@ -142,17 +139,9 @@ func (c *clientConfig) wait(err error, attempt int) time.Duration {
 			}
 		}
 	}
-	ceiling := min(100*time.Millisecond<<min(attempt-1, 10), c.maxBackoff)
-	return ceiling/2 + rand.N(ceiling/2+1)
+	return rpckey.Backoff(attempt, c.maxBackoff)
 }
 
 // NewKey returns a fresh random key: a UUIDv7 (RFC 9562), whose
 // time-ordered prefix keeps the key table's index compact.
-func NewKey() string {
-	var u [16]byte
-	binary.BigEndian.PutUint64(u[:8], uint64(time.Now().UnixMilli())<<16)
-	if _, err := crand.Read(u[6:]); err != nil {
-		panic(err) // crypto/rand does not fail on supported platforms
-	}
-	return uuid.Format(7, u)
-}
+func NewKey() string { return rpckey.NewKey() }
