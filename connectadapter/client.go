@@ -102,19 +102,12 @@ func (ci *clientInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc
 		if req.Header().Get(KeyHeader) == "" && !ownKey {
 			req.Header().Set(KeyHeader, NewKey())
 		}
-		for attempt := 1; ; attempt++ {
-			resp, err := next(ctx, req)
-			if err == nil || attempt >= c.attempts || connect.CodeOf(err) != connect.CodeUnavailable {
-				return resp, err
-			}
-			t := time.NewTimer(c.wait(err, attempt))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return resp, err
-			case <-t.C:
-			}
-		}
+		var resp connect.AnyResponse
+		err := rpckey.Retry(ctx, c.attempts,
+			func() (err error) { resp, err = next(ctx, req); return err },
+			func(err error) bool { return connect.CodeOf(err) == connect.CodeUnavailable },
+			c.wait)
+		return resp, err
 	}
 }
 

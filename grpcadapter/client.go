@@ -118,19 +118,10 @@ func UnaryClientInterceptor(opts ...ClientOption) grpc.UnaryClientInterceptor {
 		if !hasKey(ctx, req, c.requestKey) {
 			ctx = metadata.AppendToOutgoingContext(ctx, KeyMetadata, NewKey())
 		}
-		for attempt := 1; ; attempt++ {
-			err := invoker(ctx, method, req, reply, cc, callOpts...)
-			if err == nil || attempt >= c.attempts || status.Code(err) != codes.Unavailable {
-				return err
-			}
-			t := time.NewTimer(c.wait(err, attempt))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return err
-			case <-t.C:
-			}
-		}
+		return rpckey.Retry(ctx, c.attempts,
+			func() error { return invoker(ctx, method, req, reply, cc, callOpts...) },
+			func(err error) bool { return status.Code(err) == codes.Unavailable },
+			c.wait)
 	}
 }
 

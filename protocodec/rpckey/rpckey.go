@@ -1,12 +1,13 @@
 // Package rpckey holds what the gRPC and Connect adapters do alike with a
 // call's key and that needs neither framework: reading the key of a call,
-// a request's own key field, a fresh key, and the client's backoff. It is
+// a request's own key field, a fresh key, and the client's retries. It is
 // the adapters' plumbing, exported only because Go's internal rule would
 // keep it from them; use the adapters' own functions (RequestField,
 // NewKey) instead.
 package rpckey
 
 import (
+	"context"
 	crand "crypto/rand"
 	"encoding/binary"
 	"fmt"
@@ -78,6 +79,26 @@ func NewKey() string {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
 	return uuid.Format(7, u)
+}
+
+// Retry calls try up to attempts times in all while it fails with an
+// error that retryable accepts, waiting wait(err, attempt) after each
+// failed attempt, and stops when ctx ends; it returns the last attempt's
+// error.
+func Retry(ctx context.Context, attempts int, try func() error, retryable func(error) bool, wait func(err error, attempt int) time.Duration) error {
+	for attempt := 1; ; attempt++ {
+		err := try()
+		if err == nil || attempt >= attempts || !retryable(err) {
+			return err
+		}
+		t := time.NewTimer(wait(err, attempt))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
 }
 
 // Backoff is the client's pause before the attempt after attempt when the
