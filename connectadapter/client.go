@@ -78,14 +78,7 @@ func ClientRetries(attempts int, maxBackoff time.Duration) ClientOption {
 // sends the same key. It panics if an option is invalid.
 func NewClientInterceptor(opts ...ClientOption) connect.Interceptor {
 	c := &clientConfig{procedures: DefaultProcedures, attempts: 4, maxBackoff: 2 * time.Second}
-	for _, opt := range opts {
-		if opt == nil {
-			continue
-		}
-		if err := opt(c); err != nil {
-			panic(err)
-		}
-	}
+	rpckey.Apply(c, opts)
 	return &clientInterceptor{c}
 }
 

@@ -36,14 +36,7 @@ func newConfig(opts []Option) *config {
 		retryAfter: time.Second,
 		logger:     slog.New(slog.DiscardHandler),
 	}
-	for _, opt := range opts {
-		if opt == nil {
-			continue
-		}
-		if err := opt(c); err != nil {
-			panic(err)
-		}
-	}
+	rpckey.Apply(c, opts)
 	return c
 }
 

@@ -103,14 +103,7 @@ func ClientRetries(attempts int, maxBackoff time.Duration) ClientOption {
 // send the same one. It panics if an option is invalid.
 func UnaryClientInterceptor(opts ...ClientOption) grpc.UnaryClientInterceptor {
 	c := &clientConfig{methods: DefaultMethods, attempts: 1}
-	for _, opt := range opts {
-		if opt == nil {
-			continue
-		}
-		if err := opt(c); err != nil {
-			panic(err)
-		}
-	}
+	rpckey.Apply(c, opts)
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption) error {
 		if !c.methods(method) {
 			return invoker(ctx, method, req, reply, cc, callOpts...)

@@ -1,9 +1,9 @@
 // Package rpckey holds what the gRPC and Connect adapters do alike with a
 // call's key and that needs neither framework: reading the key of a call,
-// a request's own key field, a fresh key, and the client's retries. It is
-// the adapters' plumbing, exported only because Go's internal rule would
-// keep it from them; use the adapters' own functions (RequestField,
-// NewKey) instead.
+// a request's own key field, a fresh key, the client's retries, and
+// applying options. It is the adapters' plumbing, exported only because
+// Go's internal rule would keep it from them; use the adapters' own
+// functions (RequestField, NewKey) instead.
 package rpckey
 
 import (
@@ -79,6 +79,19 @@ func NewKey() string {
 		panic(err) // crypto/rand does not fail on supported platforms
 	}
 	return uuid.Format(7, u)
+}
+
+// Apply applies opts to c in order, skipping nil ones, and panics with
+// the error of a bad one, so that the mistake shows at start-up.
+func Apply[C any, O ~func(*C) error](c *C, opts []O) {
+	for _, opt := range opts {
+		if opt == nil {
+			continue
+		}
+		if err := opt(c); err != nil {
+			panic(err)
+		}
+	}
 }
 
 // Retry calls try up to attempts times in all while it fails with an
