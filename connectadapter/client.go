@@ -2,18 +2,15 @@ package connectadapter
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"connectrpc.com/connect"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/exactlyonce/idempotency/internal/uuid"
+	"github.com/exactlyonce/idempotency/protocodec/rpckey"
 )
 
 type clientConfig struct {
@@ -81,14 +78,7 @@ func ClientRetries(attempts int, maxBackoff time.Duration) ClientOption {
 // sends the same key. It panics if an option is invalid.
 func NewClientInterceptor(opts ...ClientOption) connect.Interceptor {
 	c := &clientConfig{procedures: DefaultProcedures, attempts: 4, maxBackoff: 2 * time.Second}
-	for _, opt := range opts {
-		if opt == nil {
-			continue
-		}
-		if err := opt(c); err != nil {
-			panic(err)
-		}
-	}
+	rpckey.Apply(c, opts)
 	return &clientInterceptor{c}
 }
 
@@ -105,19 +95,12 @@ func (ci *clientInterceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc
 		if req.Header().Get(KeyHeader) == "" && !ownKey {
 			req.Header().Set(KeyHeader, NewKey())
 		}
-		for attempt := 1; ; attempt++ {
-			resp, err := next(ctx, req)
-			if err == nil || attempt >= c.attempts || connect.CodeOf(err) != connect.CodeUnavailable {
-				return resp, err
-			}
-			t := time.NewTimer(c.wait(err, attempt))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return resp, err
-			case <-t.C:
-			}
-		}
+		var resp connect.AnyResponse
+		err := rpckey.Retry(ctx, c.attempts,
+			func() (err error) { resp, err = next(ctx, req); return err },
+			func(err error) bool { return connect.CodeOf(err) == connect.CodeUnavailable },
+			c.wait)
+		return resp, err
 	}
 }
 
@@ -142,17 +125,9 @@ func (c *clientConfig) wait(err error, attempt int) time.Duration {
 			}
 		}
 	}
-	ceiling := min(100*time.Millisecond<<min(attempt-1, 10), c.maxBackoff)
-	return ceiling/2 + rand.N(ceiling/2+1)
+	return rpckey.Backoff(attempt, c.maxBackoff)
 }
 
 // NewKey returns a fresh random key: a UUIDv7 (RFC 9562), whose
 // time-ordered prefix keeps the key table's index compact.
-func NewKey() string {
-	var u [16]byte
-	binary.BigEndian.PutUint64(u[:8], uint64(time.Now().UnixMilli())<<16)
-	if _, err := crand.Read(u[6:]); err != nil {
-		panic(err) // crypto/rand does not fail on supported platforms
-	}
-	return uuid.Format(7, u)
-}
+func NewKey() string { return rpckey.NewKey() }

@@ -33,8 +33,8 @@
 // A handler error whose code a retry would meet again (DefaultStoredCode;
 // WithStoredCodes), or that wraps an idempotency.FinalError, rolls back
 // the handler's writes and is stored with its details, and replayed. The
-// library's own errors map to codes by the table of grpcadapter.StatusFor,
-// which ErrorFor implements.
+// library's own errors map to codes by the one table of both adapters,
+// protocodec.Status, as ErrorFor answers them.
 //
 // # Client
 //

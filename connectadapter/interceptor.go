@@ -17,6 +17,7 @@ import (
 
 	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/protocodec"
+	"github.com/exactlyonce/idempotency/protocodec/rpckey"
 )
 
 // KeyHeader is the request header of an idempotency key; in the gRPC and
@@ -274,33 +275,7 @@ func (i *interceptor[TTx]) withoutKey(ctx context.Context, req connect.AnyReques
 // callKey is the call's key, from its header or its request;
 // protocodec.ErrNoKey when it has none.
 func callKey(req connect.AnyRequest, msg proto.Message, fromRequest func(proto.Message) string) (string, error) {
-	values := req.Header().Values(KeyHeader)
-	if len(values) > 1 {
-		return "", fmt.Errorf("%w: %d Idempotency-Key headers; send one", idempotency.ErrInvalidKey, len(values))
-	}
-	var fromHeader, fromReq string
-	if len(values) == 1 {
-		if fromHeader = values[0]; fromHeader == "" {
-			return "", fmt.Errorf("%w: the Idempotency-Key header is empty", idempotency.ErrInvalidKey)
-		}
-	}
-	if fromRequest != nil {
-		fromReq = fromRequest(msg)
-	}
-	key := fromHeader
-	switch {
-	case fromHeader != "" && fromReq != "" && fromHeader != fromReq:
-		return "", fmt.Errorf("%w: the Idempotency-Key header and the request's key differ; send one key, or the same in both", idempotency.ErrInvalidKey)
-	case key == "":
-		key = fromReq
-	}
-	if key == "" {
-		return "", protocodec.ErrNoKey
-	}
-	if err := idempotency.ValidateKey(key); err != nil {
-		return "", err
-	}
-	return key, nil
+	return rpckey.CallKey(req.Header().Values(KeyHeader), msg, fromRequest, "Idempotency-Key header", "Idempotency-Key headers")
 }
 
 // WrapStreamingClient passes client streams through.

@@ -2,11 +2,8 @@ package grpcadapter
 
 import (
 	"context"
-	crand "crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -16,7 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/exactlyonce/idempotency/internal/uuid"
+	"github.com/exactlyonce/idempotency/protocodec/rpckey"
 )
 
 // RetryServiceConfig is the service config we recommend for a client of
@@ -106,14 +103,7 @@ func ClientRetries(attempts int, maxBackoff time.Duration) ClientOption {
 // send the same one. It panics if an option is invalid.
 func UnaryClientInterceptor(opts ...ClientOption) grpc.UnaryClientInterceptor {
 	c := &clientConfig{methods: DefaultMethods, attempts: 1}
-	for _, opt := range opts {
-		if opt == nil {
-			continue
-		}
-		if err := opt(c); err != nil {
-			panic(err)
-		}
-	}
+	rpckey.Apply(c, opts)
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, callOpts ...grpc.CallOption) error {
 		if !c.methods(method) {
 			return invoker(ctx, method, req, reply, cc, callOpts...)
@@ -121,19 +111,10 @@ func UnaryClientInterceptor(opts ...ClientOption) grpc.UnaryClientInterceptor {
 		if !hasKey(ctx, req, c.requestKey) {
 			ctx = metadata.AppendToOutgoingContext(ctx, KeyMetadata, NewKey())
 		}
-		for attempt := 1; ; attempt++ {
-			err := invoker(ctx, method, req, reply, cc, callOpts...)
-			if err == nil || attempt >= c.attempts || status.Code(err) != codes.Unavailable {
-				return err
-			}
-			t := time.NewTimer(c.wait(err, attempt))
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return err
-			case <-t.C:
-			}
-		}
+		return rpckey.Retry(ctx, c.attempts,
+			func() error { return invoker(ctx, method, req, reply, cc, callOpts...) },
+			func(err error) bool { return status.Code(err) == codes.Unavailable },
+			c.wait)
 	}
 }
 
@@ -154,17 +135,9 @@ func (c *clientConfig) wait(err error, attempt int) time.Duration {
 			return min(ri.GetRetryDelay().AsDuration(), c.maxBackoff)
 		}
 	}
-	ceiling := min(100*time.Millisecond<<min(attempt-1, 10), c.maxBackoff)
-	return ceiling/2 + rand.N(ceiling/2+1)
+	return rpckey.Backoff(attempt, c.maxBackoff)
 }
 
 // NewKey returns a fresh random key: a UUIDv7 (RFC 9562), whose
 // time-ordered prefix keeps the key table's index compact.
-func NewKey() string {
-	var u [16]byte
-	binary.BigEndian.PutUint64(u[:8], uint64(time.Now().UnixMilli())<<16)
-	if _, err := crand.Read(u[6:]); err != nil {
-		panic(err) // crypto/rand does not fail on supported platforms
-	}
-	return uuid.Format(7, u)
-}
+func NewKey() string { return rpckey.NewKey() }

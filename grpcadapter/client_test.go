@@ -99,7 +99,7 @@ func TestClientKeepsItsKeyAcrossRetries(t *testing.T) {
 func TestClientKeySelection(t *testing.T) {
 	l := &lossy{}
 	var d db
-	for _, x := range dbs(t) {
+	for _, x := range dbs() {
 		if x.name == "sqlite" {
 			d = x
 		}

@@ -36,7 +36,7 @@ type db struct {
 // dbs are the stores the adapter runs on: the sqlx store on SQLite,
 // Postgres (lib/pq and pgx stdlib) and MySQL or MariaDB, and the pgx
 // store.
-func dbs(t *testing.T) []db {
+func dbs() []db {
 	var out []db
 	for _, b := range testdb.Backends() {
 		if b.Server == "tidb" {
@@ -54,7 +54,7 @@ func dbs(t *testing.T) []db {
 // each runs test on every store, in parallel.
 func each(t *testing.T, test func(t *testing.T, d db)) {
 	t.Helper()
-	for _, d := range dbs(t) {
+	for _, d := range dbs() {
 		t.Run(d.name, func(t *testing.T) {
 			t.Parallel()
 			test(t, d)

@@ -9,7 +9,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
+
+	"github.com/exactlyonce/idempotency/protocodec/rpckey"
 )
 
 type config struct {
@@ -34,14 +35,7 @@ func newConfig(opts []Option) *config {
 		retryAfter: time.Second,
 		logger:     slog.New(slog.DiscardHandler),
 	}
-	for _, opt := range opts {
-		if opt == nil {
-			continue
-		}
-		if err := opt(c); err != nil {
-			panic(err)
-		}
-	}
+	rpckey.Apply(c, opts)
 	return c
 }
 
@@ -94,17 +88,7 @@ func WithRequestKey(key func(req proto.Message) string) Option {
 
 // RequestField returns a WithRequestKey function that reads the string
 // field named name (AIP-155's "request_id") of any request that has one.
-func RequestField(name string) func(req proto.Message) string {
-	n := protoreflect.Name(name)
-	return func(req proto.Message) string {
-		m := req.ProtoReflect()
-		f := m.Descriptor().Fields().ByName(n)
-		if f == nil || f.Kind() != protoreflect.StringKind || f.IsList() || f.IsMap() {
-			return ""
-		}
-		return m.Get(f).String()
-	}
-}
+func RequestField(name string) func(req proto.Message) string { return rpckey.RequestField(name) }
 
 // WithKeyRequired refuses a call of a handled method that has no key with
 // InvalidArgument. By default such a call runs in a transaction of its

@@ -15,6 +15,7 @@ import (
 
 	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/protocodec"
+	"github.com/exactlyonce/idempotency/protocodec/rpckey"
 )
 
 // KeyMetadata is the metadata key of an idempotency key (gRPC metadata
@@ -191,37 +192,10 @@ func (i *interceptor[TTx]) withoutKey(ctx context.Context, req any, info *grpc.U
 	return nil, i.fail(ctx, info, err)
 }
 
-// callKey is the call's key, from its metadata or its request; protocodec.ErrNoKey
-// when it has none.
+// callKey is the call's key, from its metadata or its request;
+// protocodec.ErrNoKey when it has none.
 func callKey(ctx context.Context, req proto.Message, fromRequest func(proto.Message) string) (string, error) {
-	values := metadata.ValueFromIncomingContext(ctx, KeyMetadata)
-	if len(values) > 1 {
-		return "", fmt.Errorf("%w: %d idempotency-key values; send one", idempotency.ErrInvalidKey, len(values))
-	}
-	var fromMD, fromReq string
-	if len(values) == 1 {
-		fromMD = values[0]
-		if fromMD == "" {
-			return "", fmt.Errorf("%w: the idempotency-key metadata is empty", idempotency.ErrInvalidKey)
-		}
-	}
-	if fromRequest != nil {
-		fromReq = fromRequest(req)
-	}
-	key := fromMD
-	switch {
-	case fromMD != "" && fromReq != "" && fromMD != fromReq:
-		return "", fmt.Errorf("%w: the idempotency-key metadata and the request's key differ; send one key, or the same in both", idempotency.ErrInvalidKey)
-	case key == "":
-		key = fromReq
-	}
-	if key == "" {
-		return "", protocodec.ErrNoKey
-	}
-	if err := idempotency.ValidateKey(key); err != nil {
-		return "", err
-	}
-	return key, nil
+	return rpckey.CallKey(metadata.ValueFromIncomingContext(ctx, KeyMetadata), req, fromRequest, "idempotency-key metadata", "idempotency-key values")
 }
 
 // StreamServerInterceptor refuses a streaming call that carries an
