@@ -16,6 +16,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -172,6 +173,44 @@ func send(c *http.Client, url string, req Request) Told {
 	var a Answer
 	named := json.Unmarshal(b, &a) == nil && a.Ref == req.Ref
 	return Told{Status: resp.StatusCode, Named: named}
+}
+
+// Reply is the server's answer to one request of Send.
+type Reply struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// Replayed reports whether the answer is a replay of a stored response.
+func (r Reply) Replayed() bool { return r.Header.Get(httpadapter.ReplayedHeader) == "true" }
+
+// Send makes one request to url's /transfers with body as JSON, key as
+// the idempotency key (none when empty) and header as name, value pairs,
+// and returns the answer; it fails t when there is none.
+func Send(t testing.TB, method, url, key, body string, header ...string) Reply {
+	t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), method, url+"/transfers", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set(httpadapter.KeyHeader, key)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Reply{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}
 }
 
 // errInjected is the transports' network error.
