@@ -153,43 +153,7 @@ func TestBehavesAsTheMiddleware(t *testing.T) {
 			})))
 			acct := func(a string) []string { return []string{"X-Account", a} }
 
-			first := post(t, url, "k1", body, acct("alice")...)
-			again := post(t, url, "k1", body, acct("alice")...)
-			if first.Status != 201 || first.Replayed() || again.Status != 201 || !again.Replayed() || again.Body != first.Body {
-				t.Fatalf("fresh then retry: %d/%v then %d/%v %q", first.Status, first.Replayed(), again.Status, again.Replayed(), again.Body)
-			}
-			if r := post(t, url, "k1", body, acct("bob")...); r.Status != 201 || r.Replayed() {
-				t.Fatalf("the same key in another scope: %d replayed=%v, want a fresh 201", r.Status, r.Replayed())
-			}
-			want := []struct {
-				name, key, body, problem string
-				header                   []string
-				status                   int
-			}{
-				{"other body", "k1", `{"ref":"r2","from":1,"to":2,"amount":6}`, httpadapter.ProblemKeyReused, acct("alice"), 422},
-				{"bad key", strings.Repeat("k", 256), body, httpadapter.ProblemKeyInvalid, acct("alice"), 400},
-				{"no scope", "k2", body, httpadapter.ProblemScopeInvalid, nil, 500},
-				{"too large", "k3", `{"ref":"` + strings.Repeat("x", 300) + `"}`, httpadapter.ProblemRequestTooLarge, acct("alice"), 413},
-			}
-			for _, w := range want {
-				r := post(t, url, w.key, w.body, w.header...)
-				if r.Status != w.status || r.Header.Get("Content-Type") != "application/problem+json" || !strings.Contains(r.Body, w.problem) {
-					t.Errorf("%s: %d %s %q, want %d %s", w.name, r.Status, r.Header.Get("Content-Type"), r.Body, w.status, w.problem)
-				}
-			}
-
-			// A twin of a request still running: 409 with Retry-After.
-			done := make(chan transfertest.Reply)
-			go func() { done <- post(t, url, "k4", body, "X-Account", "alice", "X-Hold", "1") }()
-			<-held
-			twin := post(t, url, "k4", body, acct("alice")...)
-			close(release)
-			if r := <-done; r.Status != 201 {
-				t.Errorf("the held request: %d", r.Status)
-			}
-			if twin.Status != 409 || twin.Header.Get("Retry-After") == "" || !strings.Contains(twin.Body, httpadapter.ProblemInProgress) {
-				t.Errorf("the twin: %d Retry-After=%q %q, want 409 in-progress with Retry-After", twin.Status, twin.Header.Get("Retry-After"), twin.Body)
-			}
+			transfertest.CheckAsMiddleware(t, url, body, nil, held, release)
 
 			// No key: the handler still gets its transaction, once.
 			if r := post(t, url, "", `{"ref":"nokey","from":1,"to":2,"amount":1}`, acct("alice")...); r.Status != 201 {
