@@ -4,6 +4,9 @@
 // server and, optionally, on the way to the database, and a check, from
 // the database alone, that every transfer a client was told of happened
 // exactly once and that no money moved twice.
+//
+// Send makes one request to such a handler, and CheckAsMiddleware checks
+// that an adapter keeps httpadapter's keys, scopes, replays and problems.
 package transfertest
 
 import (
