@@ -1,10 +1,8 @@
 package echoadapter
 
 import (
-	"context"
 	"database/sql"
 	"errors"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -87,40 +85,12 @@ func transfer(postgres bool, before func(c echo.Context) error) echo.HandlerFunc
 	}
 }
 
-type reply struct {
-	status int
-	header http.Header
-	body   string
-}
-
-func (r reply) replayed() bool { return r.header.Get(httpadapter.ReplayedHeader) == "true" }
-
-func send(t testing.TB, method, url, key, body string, header ...string) reply {
+func send(t testing.TB, method, url, key, body string, header ...string) transfertest.Reply {
 	t.Helper()
-	req, err := http.NewRequestWithContext(context.Background(), method, url+"/transfers", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if key != "" {
-		req.Header.Set(httpadapter.KeyHeader, key)
-	}
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return reply{status: resp.StatusCode, header: resp.Header, body: string(b)}
+	return transfertest.Send(t, method, url, key, body, header...)
 }
 
-func post(t testing.TB, url, key, body string, header ...string) reply {
+func post(t testing.TB, url, key, body string, header ...string) transfertest.Reply {
 	t.Helper()
 	return send(t, http.MethodPost, url, key, body, header...)
 }
@@ -164,9 +134,9 @@ func TestReturnedErrorNeverCommits(t *testing.T) {
 				naive := openBank(t, name)
 				url := serve(t, echo.WrapMiddleware(httpadapter.Middleware(newStore(t, naive))), h)
 				first, again := post(t, url, "k1", body), post(t, url, "k1", body)
-				if first.status != 200 || first.body != "" || !again.replayed() || naive.Count(t, `SELECT COUNT(*) FROM transfers`) != 1 {
+				if first.Status != 200 || first.Body != "" || !again.Replayed() || naive.Count(t, `SELECT COUNT(*) FROM transfers`) != 1 {
 					t.Fatalf("echo.WrapMiddleware: %d %q then replayed=%v, %d transfers; the issue's committed empty 200 was expected",
-						first.status, first.body, again.replayed(), naive.Count(t, `SELECT COUNT(*) FROM transfers`))
+						first.Status, first.Body, again.Replayed(), naive.Count(t, `SELECT COUNT(*) FROM transfers`))
 				}
 
 				b := openBank(t, name)
@@ -174,8 +144,8 @@ func TestReturnedErrorNeverCommits(t *testing.T) {
 				url = serve(t, Middleware(newStore(t, b)), h)
 				for i := range 2 {
 					r := post(t, url, "k1", body)
-					if r.status != tc.status || r.replayed() || !strings.Contains(r.body, tc.problem) {
-						t.Fatalf("try %d: %d replayed=%v %q, want %d with %s", i, r.status, r.replayed(), r.body, tc.status, tc.problem)
+					if r.Status != tc.status || r.Replayed() || !strings.Contains(r.Body, tc.problem) {
+						t.Fatalf("try %d: %d replayed=%v %q, want %d with %s", i, r.Status, r.Replayed(), r.Body, tc.status, tc.problem)
 					}
 				}
 				if n, k := b.Count(t, `SELECT COUNT(*) FROM transfers`), b.Count(t, `SELECT COUNT(*) FROM idempotency_keys`); n != 0 || k != 0 || runs.Load() != 2 {
@@ -201,8 +171,8 @@ func TestSerializationFailureRunsAgain(t *testing.T) {
 		return err
 	}))
 	r := post(t, url, "k1", body)
-	if r.status != 201 || !strings.Contains(r.body, `"ref":"r1"`) || runs.Load() != 2 {
-		t.Fatalf("%d %q after %d runs; want 201 naming r1 after 2", r.status, r.body, runs.Load())
+	if r.Status != 201 || !strings.Contains(r.Body, `"ref":"r1"`) || runs.Load() != 2 {
+		t.Fatalf("%d %q after %d runs; want 201 naming r1 after 2", r.Status, r.Body, runs.Load())
 	}
 	if n := b.Count(t, `SELECT COUNT(*) FROM transfers`); n != 1 {
 		t.Fatalf("%d transfers, want 1", n)
@@ -236,49 +206,14 @@ func TestBehavesAsTheMiddleware(t *testing.T) {
 			}))
 			acct := func(a string) []string { return []string{"X-Account", a} }
 
-			first := post(t, url, "k1", body, acct("alice")...)
-			again := post(t, url, "k1", body, acct("alice")...)
-			if first.status != 201 || first.replayed() || again.status != 201 || !again.replayed() || again.body != first.body {
-				t.Fatalf("fresh then retry: %d/%v then %d/%v %q", first.status, first.replayed(), again.status, again.replayed(), again.body)
-			}
-			if r := post(t, url, "k1", body, acct("bob")...); r.status != 201 || r.replayed() {
-				t.Fatalf("the same key in another scope: %d replayed=%v, want a fresh 201", r.status, r.replayed())
-			}
-			want := []struct {
-				name, key, body, problem string
-				header                   []string
-				status                   int
-			}{
-				{"other body", "k1", `{"ref":"r2","from":1,"to":2,"amount":6}`, httpadapter.ProblemKeyReused, acct("alice"), 422},
-				{"bad key", strings.Repeat("k", 256), body, httpadapter.ProblemKeyInvalid, acct("alice"), 400},
-				{"no scope", "k2", body, httpadapter.ProblemScopeInvalid, acct(""), 500},
-				{"too large", "k3", `{"ref":"` + strings.Repeat("x", 300) + `"}`, httpadapter.ProblemRequestTooLarge, acct("alice"), 413},
-			}
-			for _, w := range want {
-				r := post(t, url, w.key, w.body, w.header...)
-				if r.status != w.status || r.header.Get("Content-Type") != "application/problem+json" || !strings.Contains(r.body, w.problem) {
-					t.Errorf("%s: %d %s %q, want %d %s", w.name, r.status, r.header.Get("Content-Type"), r.body, w.status, w.problem)
-				}
-			}
+			transfertest.CheckAsMiddleware(t, url, body, acct(""), held, release)
 
-			done := make(chan reply)
-			go func() { done <- post(t, url, "k4", body, "X-Account", "alice", "X-Hold", "1") }()
-			<-held
-			twin := post(t, url, "k4", body, acct("alice")...)
-			close(release)
-			if r := <-done; r.status != 201 {
-				t.Errorf("the held request: %d", r.status)
-			}
-			if twin.status != 409 || twin.header.Get("Retry-After") == "" || !strings.Contains(twin.body, httpadapter.ProblemInProgress) {
-				t.Errorf("the twin: %d Retry-After=%q %q, want 409 in-progress with Retry-After", twin.status, twin.header.Get("Retry-After"), twin.body)
-			}
-
-			if r := post(t, url, "", `{"ref":"nokey","from":1,"to":2,"amount":1}`, acct("alice")...); r.status != 201 {
-				t.Errorf("without a key: %d %q", r.status, r.body)
+			if r := post(t, url, "", `{"ref":"nokey","from":1,"to":2,"amount":1}`, acct("alice")...); r.Status != 201 {
+				t.Errorf("without a key: %d %q", r.Status, r.Body)
 			}
 			// A GET passes through, and its error reaches Echo as usual.
-			if r := send(t, http.MethodGet, url, "k5", "", acct("alice")...); r.status != http.StatusTeapot || !strings.Contains(r.body, "passed through") {
-				t.Errorf("GET: %d %q, want Echo's 418", r.status, r.body)
+			if r := send(t, http.MethodGet, url, "k5", "", acct("alice")...); r.Status != http.StatusTeapot || !strings.Contains(r.Body, "passed through") {
+				t.Errorf("GET: %d %q, want Echo's 418", r.Status, r.Body)
 			}
 			if n := b.Count(t, `SELECT COUNT(*) FROM transfers`); n != 4 {
 				t.Errorf("%d transfers, want 4 (alice's, bob's, the held one, the keyless one)", n)

@@ -49,12 +49,12 @@ func TestSecondAttemptRunsTheHandler(t *testing.T) {
 		var runs counter
 		url := router(t, naive(b.store(t)), transfer(true, conflictOnce(&runs)))
 		r := post(t, url, "k1", body)
-		if r.status != http.StatusOK || r.body != "" || b.count(t, `SELECT COUNT(*) FROM transfers`) != 0 {
+		if r.Status != http.StatusOK || r.Body != "" || b.count(t, `SELECT COUNT(*) FROM transfers`) != 0 {
 			t.Fatalf("naive middleware: %d %q with %d transfers; the issue's empty 200 with none was expected",
-				r.status, r.body, b.count(t, `SELECT COUNT(*) FROM transfers`))
+				r.Status, r.Body, b.count(t, `SELECT COUNT(*) FROM transfers`))
 		}
-		if again := post(t, url, "k1", body); again.status != http.StatusOK || again.body != "" || !again.replayed() {
-			t.Fatalf("naive middleware, retried: %d %q replayed=%v; the stored empty 200 was expected", again.status, again.body, again.replayed())
+		if again := post(t, url, "k1", body); again.Status != http.StatusOK || again.Body != "" || !again.Replayed() {
+			t.Fatalf("naive middleware, retried: %d %q replayed=%v; the stored empty 200 was expected", again.Status, again.Body, again.Replayed())
 		}
 	})
 	t.Run("Wrap", func(t *testing.T) {
@@ -63,14 +63,14 @@ func TestSecondAttemptRunsTheHandler(t *testing.T) {
 		var runs counter
 		url := router(t, Wrap(b.store(t))(transfer(true, conflictOnce(&runs))))
 		r := post(t, url, "k1", body)
-		if r.status != http.StatusCreated || !strings.Contains(r.body, `"ref":"r1"`) {
-			t.Fatalf("Wrap: %d %q, want 201 naming r1", r.status, r.body)
+		if r.Status != http.StatusCreated || !strings.Contains(r.Body, `"ref":"r1"`) {
+			t.Fatalf("Wrap: %d %q, want 201 naming r1", r.Status, r.Body)
 		}
 		if n := b.count(t, `SELECT COUNT(*) FROM transfers`); n != 1 || runs.n["r1"] != 2 {
 			t.Fatalf("%d transfers after %d runs; want 1 transfer, 2 runs", n, runs.n["r1"])
 		}
-		if again := post(t, url, "k1", body); again.status != http.StatusCreated || again.body != r.body || !again.replayed() {
-			t.Fatalf("retry: %d %q replayed=%v; want the stored 201", again.status, again.body, again.replayed())
+		if again := post(t, url, "k1", body); again.Status != http.StatusCreated || again.Body != r.Body || !again.Replayed() {
+			t.Fatalf("retry: %d %q replayed=%v; want the stored 201", again.Status, again.Body, again.Replayed())
 		}
 	})
 }
@@ -112,11 +112,11 @@ func TestAbortNeverCommits(t *testing.T) {
 				}))
 				for i := range 2 {
 					r := post(t, url, "k1", body)
-					if r.status != tc.status || r.replayed() {
-						t.Fatalf("try %d: %d (replayed=%v) %q, want %d", i, r.status, r.replayed(), r.body, tc.status)
+					if r.Status != tc.status || r.Replayed() {
+						t.Fatalf("try %d: %d (replayed=%v) %q, want %d", i, r.Status, r.Replayed(), r.Body, tc.status)
 					}
-					if tc.problem != "" && !strings.Contains(r.body, tc.problem) {
-						t.Fatalf("try %d: %q, want the problem %s", i, r.body, tc.problem)
+					if tc.problem != "" && !strings.Contains(r.Body, tc.problem) {
+						t.Fatalf("try %d: %q, want the problem %s", i, r.Body, tc.problem)
 					}
 				}
 				if n, k := b.count(t, `SELECT COUNT(*) FROM transfers`), b.count(t, `SELECT COUNT(*) FROM idempotency_keys`); n != 0 || k != 0 || runs.Load() != 2 {
@@ -153,47 +153,11 @@ func TestBehavesAsTheMiddleware(t *testing.T) {
 			})))
 			acct := func(a string) []string { return []string{"X-Account", a} }
 
-			first := post(t, url, "k1", body, acct("alice")...)
-			again := post(t, url, "k1", body, acct("alice")...)
-			if first.status != 201 || first.replayed() || again.status != 201 || !again.replayed() || again.body != first.body {
-				t.Fatalf("fresh then retry: %d/%v then %d/%v %q", first.status, first.replayed(), again.status, again.replayed(), again.body)
-			}
-			if r := post(t, url, "k1", body, acct("bob")...); r.status != 201 || r.replayed() {
-				t.Fatalf("the same key in another scope: %d replayed=%v, want a fresh 201", r.status, r.replayed())
-			}
-			want := []struct {
-				name, key, body, problem string
-				header                   []string
-				status                   int
-			}{
-				{"other body", "k1", `{"ref":"r2","from":1,"to":2,"amount":6}`, httpadapter.ProblemKeyReused, acct("alice"), 422},
-				{"bad key", strings.Repeat("k", 256), body, httpadapter.ProblemKeyInvalid, acct("alice"), 400},
-				{"no scope", "k2", body, httpadapter.ProblemScopeInvalid, nil, 500},
-				{"too large", "k3", `{"ref":"` + strings.Repeat("x", 300) + `"}`, httpadapter.ProblemRequestTooLarge, acct("alice"), 413},
-			}
-			for _, w := range want {
-				r := post(t, url, w.key, w.body, w.header...)
-				if r.status != w.status || r.header.Get("Content-Type") != "application/problem+json" || !strings.Contains(r.body, w.problem) {
-					t.Errorf("%s: %d %s %q, want %d %s", w.name, r.status, r.header.Get("Content-Type"), r.body, w.status, w.problem)
-				}
-			}
-
-			// A twin of a request still running: 409 with Retry-After.
-			done := make(chan reply)
-			go func() { done <- post(t, url, "k4", body, "X-Account", "alice", "X-Hold", "1") }()
-			<-held
-			twin := post(t, url, "k4", body, acct("alice")...)
-			close(release)
-			if r := <-done; r.status != 201 {
-				t.Errorf("the held request: %d", r.status)
-			}
-			if twin.status != 409 || twin.header.Get("Retry-After") == "" || !strings.Contains(twin.body, httpadapter.ProblemInProgress) {
-				t.Errorf("the twin: %d Retry-After=%q %q, want 409 in-progress with Retry-After", twin.status, twin.header.Get("Retry-After"), twin.body)
-			}
+			transfertest.CheckAsMiddleware(t, url, body, nil, held, release)
 
 			// No key: the handler still gets its transaction, once.
-			if r := post(t, url, "", `{"ref":"nokey","from":1,"to":2,"amount":1}`, acct("alice")...); r.status != 201 {
-				t.Errorf("without a key: %d %q", r.status, r.body)
+			if r := post(t, url, "", `{"ref":"nokey","from":1,"to":2,"amount":1}`, acct("alice")...); r.Status != 201 {
+				t.Errorf("without a key: %d %q", r.Status, r.Body)
 			}
 			if n := b.count(t, `SELECT COUNT(*) FROM transfers`); n != 4 {
 				t.Errorf("%d transfers, want 4 (alice's, bob's, the held one, the keyless one)", n)

@@ -1,11 +1,8 @@
 package ginadapter
 
 import (
-	"context"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 
@@ -115,37 +112,9 @@ func naive(store *idempotency.Store) gin.HandlerFunc {
 	}
 }
 
-type reply struct {
-	status int
-	header http.Header
-	body   string
-}
-
-func (r reply) replayed() bool { return r.header.Get(httpadapter.ReplayedHeader) == "true" }
-
-func post(t testing.TB, url, key, body string, header ...string) reply {
+func post(t testing.TB, url, key, body string, header ...string) transfertest.Reply {
 	t.Helper()
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, url+"/transfers", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if key != "" {
-		req.Header.Set(httpadapter.KeyHeader, key)
-	}
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return reply{status: resp.StatusCode, header: resp.Header, body: string(b)}
+	return transfertest.Send(t, http.MethodPost, url, key, body, header...)
 }
 
 // counter counts a handler's runs per ref.

@@ -112,15 +112,13 @@ type Verdict struct {
 // sqlx store (idempotency.New) or the pgx store (pgxstore.New). It is safe
 // for concurrent use.
 type Inbox[TTx any] struct {
-	store       *idempotency.TxStore[TTx]
-	maxAttempts int
-	backoff     func(attempt int) time.Duration
-	logger      *slog.Logger
+	store *idempotency.TxStore[TTx]
+	config
 }
 
 type config struct {
 	maxAttempts int
-	backoff     func(int) time.Duration
+	backoff     func(attempt int) time.Duration
 	logger      *slog.Logger
 }
 
@@ -186,7 +184,7 @@ func New[TTx any](store *idempotency.TxStore[TTx], opts ...Option) (*Inbox[TTx],
 			return nil, err
 		}
 	}
-	return &Inbox[TTx]{store: store, maxAttempts: c.maxAttempts, backoff: c.backoff, logger: c.logger}, nil
+	return &Inbox[TTx]{store: store, config: c}, nil
 }
 
 // ErrNoID reports a delivery without a message id: it cannot be told from

@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/exactlyonce/idempotency/internal/testbroker"
 	"github.com/exactlyonce/idempotency/natsinbox"
 )
 
@@ -92,23 +93,7 @@ func benchConsume(b *testing.B, loops int) {
 		}
 		return elapsed
 	}
-	var bareTime, inboxTime time.Duration
-	for round := 0; b.Loop(); round++ {
-		// Each goes first every other round: on a shared machine the load
-		// moves, and neither should always meet the warmer moment.
-		if round%2 == 0 {
-			bareTime += drain(bare)
-			inboxTime += drain(withInbox)
-		} else {
-			inboxTime += drain(withInbox)
-			bareTime += drain(bare)
-		}
-	}
-	msgs := float64(n * b.N)
-	ratio := bareTime.Seconds() / inboxTime.Seconds()
-	b.ReportMetric(msgs/bareTime.Seconds(), "bare-msgs/s")
-	b.ReportMetric(msgs/inboxTime.Seconds(), "inbox-msgs/s")
-	b.ReportMetric(ratio, "inbox/bare")
-	b.Logf("NATS JetStream, pgx store, %d consumers: bare %.0f msgs/s, inbox %.0f msgs/s, inbox/bare %.2f",
-		loops, msgs/bareTime.Seconds(), msgs/inboxTime.Seconds(), ratio)
+	testbroker.Compare(b, fmt.Sprintf("NATS JetStream, pgx store, %d consumers", loops), n,
+		func() time.Duration { return drain(bare) },
+		func() time.Duration { return drain(withInbox) })
 }

@@ -3,22 +3,17 @@ package natsinbox_test
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/exactlyonce/idempotency/inbox"
 	"github.com/exactlyonce/idempotency/internal/inboxfault"
 	"github.com/exactlyonce/idempotency/internal/testbroker"
-	"github.com/exactlyonce/idempotency/internal/testdb"
-	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
 	"github.com/exactlyonce/idempotency/natsinbox"
-	"github.com/exactlyonce/idempotency/pgxstore"
 )
 
 // TestFaults publishes 300 messages and 30 copies of some (keyed by an
@@ -75,33 +70,7 @@ func TestFaultWorker(t *testing.T) {
 		t.Skip("a worker process of TestFaults")
 	}
 	ctx := context.Background()
-	u, err := url.Parse(cfg.BrokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbTarget, err := scratch.Addr("postgres", cfg.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbAddr, natsAddr, err := cfg.Proxies(ctx, dbTarget, u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn, _ := testdb.Rehost(t, "postgres", cfg.DSN, dbAddr)
-	pc, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Statements described by their text, so that the proxy sees COMMIT.
-	pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := pgxstore.New(pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, natsAddr := cfg.Connect(ctx, t)
 	in, err := inbox.New(store, inbox.WithMaxAttempts(0), inbox.WithBackoff(func(int) time.Duration { return 50 * time.Millisecond }))
 	if err != nil {
 		t.Fatal(err)

@@ -37,11 +37,10 @@ type Handler[TTx any] func(ctx context.Context, tx TTx, msg jetstream.Msg) error
 
 // Consumer runs a Handler for JetStream messages through an inbox.
 type Consumer[TTx any] struct {
-	in       *inbox.Inbox[TTx]
-	source   string
-	fn       Handler[TTx]
-	id       func(jetstream.Msg) (string, error)
-	progress time.Duration
+	in     *inbox.Inbox[TTx]
+	source string
+	fn     Handler[TTx]
+	config
 }
 
 type config struct {
@@ -104,7 +103,7 @@ func New[TTx any](in *inbox.Inbox[TTx], source string, fn Handler[TTx], opts ...
 			return nil, err
 		}
 	}
-	return &Consumer[TTx]{in: in, source: source, fn: fn, id: c.id, progress: c.progress}, nil
+	return &Consumer[TTx]{in: in, source: source, fn: fn, config: c}, nil
 }
 
 // MessageHandler returns a jetstream.MessageHandler for Consume that

@@ -97,23 +97,7 @@ func benchConsume(b *testing.B, workers int) {
 		left.Wait()
 		return time.Since(start)
 	}
-	var bareTime, inboxTime time.Duration
-	for round := 0; b.Loop(); round++ {
-		// Each goes first every other round: on a shared machine the load
-		// moves, and neither should always meet the warmer moment.
-		if round%2 == 0 {
-			bareTime += drain(bare)
-			inboxTime += drain(withInbox)
-		} else {
-			inboxTime += drain(withInbox)
-			bareTime += drain(bare)
-		}
-	}
-	msgs := float64(n * b.N)
-	ratio := bareTime.Seconds() / inboxTime.Seconds()
-	b.ReportMetric(msgs/bareTime.Seconds(), "bare-msgs/s")
-	b.ReportMetric(msgs/inboxTime.Seconds(), "inbox-msgs/s")
-	b.ReportMetric(ratio, "inbox/bare")
-	b.Logf("RabbitMQ, pgx store, %d consumers: bare %.0f msgs/s, inbox %.0f msgs/s, inbox/bare %.2f",
-		workers, msgs/bareTime.Seconds(), msgs/inboxTime.Seconds(), ratio)
+	testbroker.Compare(b, fmt.Sprintf("RabbitMQ, pgx store, %d consumers", workers), n,
+		func() time.Duration { return drain(bare) },
+		func() time.Duration { return drain(withInbox) })
 }

@@ -8,14 +8,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/exactlyonce/idempotency/inbox"
 	"github.com/exactlyonce/idempotency/internal/inboxfault"
 	"github.com/exactlyonce/idempotency/internal/testbroker"
-	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
-	"github.com/exactlyonce/idempotency/pgxstore"
 	"github.com/exactlyonce/idempotency/rabbitinbox"
 )
 
@@ -98,36 +95,7 @@ func TestFaultWorker(t *testing.T) {
 		t.Skip("a worker process of TestFaults")
 	}
 	ctx := context.Background()
-	u, err := url.Parse(cfg.BrokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbTarget, err := scratch.Addr("postgres", cfg.DSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dbAddr, amqpAddr, err := cfg.Proxies(ctx, dbTarget, u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dsn, err := scratch.Rehost("postgres", cfg.DSN, dbAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pc, err := pgxpool.ParseConfig(dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Statements described by their text, so that the proxy sees COMMIT.
-	pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := pgxstore.New(pool)
-	if err != nil {
-		t.Fatal(err)
-	}
+	store, amqpAddr := cfg.Connect(ctx, t)
 	in, err := inbox.New(store, inbox.WithMaxAttempts(0), inbox.WithBackoff(func(int) time.Duration { return 20 * time.Millisecond }))
 	if err != nil {
 		t.Fatal(err)
@@ -139,6 +107,10 @@ func TestFaultWorker(t *testing.T) {
 		cfg.MaybeKill(cfg.KillBeforeCommit, "before-commit")
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(cfg.BrokerURL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,11 +41,10 @@ type Handler[TTx any] func(ctx context.Context, tx TTx, d amqp.Delivery) error
 
 // Consumer runs a Handler for RabbitMQ deliveries through an inbox.
 type Consumer[TTx any] struct {
-	in       *inbox.Inbox[TTx]
-	source   string
-	fn       Handler[TTx]
-	id       func(amqp.Delivery) (string, error)
-	maxDelay time.Duration
+	in     *inbox.Inbox[TTx]
+	source string
+	fn     Handler[TTx]
+	config
 }
 
 type config struct {
@@ -104,7 +103,7 @@ func New[TTx any](in *inbox.Inbox[TTx], source string, fn Handler[TTx], opts ...
 			return nil, err
 		}
 	}
-	return &Consumer[TTx]{in: in, source: source, fn: fn, id: c.id, maxDelay: c.maxDelay}, nil
+	return &Consumer[TTx]{in: in, source: source, fn: fn, config: c}, nil
 }
 
 // Run handles deliveries one at a time until ctx ends or the channel

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,7 +27,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/exactlyonce/idempotency"
 	"github.com/exactlyonce/idempotency/internal/faultproxy"
+	"github.com/exactlyonce/idempotency/internal/testdb/scratch"
+	"github.com/exactlyonce/idempotency/pgxstore"
 )
 
 // Config is what a worker does, passed to it in the environment.
@@ -76,10 +83,48 @@ func (c Config) note(event string) {
 	_ = f.Close()
 }
 
-// Proxies starts the worker's proxies to the database and the broker,
+// Connect starts the worker's proxies (see proxies) and returns a store on
+// the Postgres database through its proxy, and the address of the
+// broker's proxy (host:port) to dial instead of BrokerURL's host.
+func (c Config) Connect(ctx context.Context, t testing.TB) (store *idempotency.TxStore[pgx.Tx], brokerAddr string) {
+	t.Helper()
+	u, err := url.Parse(c.BrokerURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbTarget, err := scratch.Addr("postgres", c.DSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dbAddr, brokerAddr, err := c.proxies(ctx, dbTarget, u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dsn, err := scratch.Rehost("postgres", c.DSN, dbAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Statements described by their text, so that the proxy sees COMMIT.
+	pc.ConnConfig.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err = pgxstore.New(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return store, brokerAddr
+}
+
+// proxies starts the worker's proxies to the database and the broker,
 // with the configured chaos, and writes their stats to the worker's file
 // every 100ms until ctx ends.
-func (c Config) Proxies(ctx context.Context, db, broker string) (dbAddr, brokerAddr string, err error) {
+func (c Config) proxies(ctx context.Context, db, broker string) (dbAddr, brokerAddr string, err error) {
 	pdb, err := faultproxy.Start(db)
 	if err != nil {
 		return "", "", err

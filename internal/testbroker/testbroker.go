@@ -7,6 +7,8 @@
 // starts the broker where Docker runs; without Docker the test is skipped
 // with a message that says how to provide one, except under CI=true, where
 // it fails. It imports no broker client, so the core module needs none.
+//
+// Compare is the loop of the inbox adapters' consume benchmarks.
 package testbroker
 
 import (

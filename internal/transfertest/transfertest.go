@@ -4,6 +4,9 @@
 // server and, optionally, on the way to the database, and a check, from
 // the database alone, that every transfer a client was told of happened
 // exactly once and that no money moved twice.
+//
+// Send makes one request to such a handler, and CheckAsMiddleware checks
+// that an adapter keeps httpadapter's keys, scopes, replays and problems.
 package transfertest
 
 import (
@@ -16,6 +19,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -172,6 +176,96 @@ func send(c *http.Client, url string, req Request) Told {
 	var a Answer
 	named := json.Unmarshal(b, &a) == nil && a.Ref == req.Ref
 	return Told{Status: resp.StatusCode, Named: named}
+}
+
+// Reply is the server's answer to one request of Send.
+type Reply struct {
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// Replayed reports whether the answer is a replay of a stored response.
+func (r Reply) Replayed() bool { return r.Header.Get(httpadapter.ReplayedHeader) == "true" }
+
+// Send makes one request to url's /transfers with body as JSON, key as
+// the idempotency key (none when empty) and header as name, value pairs,
+// and returns the answer; it fails t when there is none.
+func Send(t testing.TB, method, url, key, body string, header ...string) Reply {
+	t.Helper()
+	req, err := http.NewRequestWithContext(context.Background(), method, url+"/transfers", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set(httpadapter.KeyHeader, key)
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Reply{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}
+}
+
+// CheckAsMiddleware is what a framework adapter's tests check of a
+// handler at url/transfers wrapped with httpadapter's behaviour: scoped
+// by the X-Account header, at most 256 request bytes, and holding a
+// request with an X-Hold header (it sends on held, then waits for
+// release). body is a transfer's JSON; noScope are the headers of a
+// request the scope function finds no scope in. Fresh, replayed and
+// re-scoped answers, the problems (a reused key, a bad key, no scope, too
+// large) and the in-progress 409 of a twin are checked; keys k1 to k4 are
+// used.
+func CheckAsMiddleware(t testing.TB, url, body string, noScope []string, held <-chan struct{}, release chan<- struct{}) {
+	t.Helper()
+	acct := func(a string) []string { return []string{"X-Account", a} }
+
+	first := Send(t, http.MethodPost, url, "k1", body, acct("alice")...)
+	again := Send(t, http.MethodPost, url, "k1", body, acct("alice")...)
+	if first.Status != 201 || first.Replayed() || again.Status != 201 || !again.Replayed() || again.Body != first.Body {
+		t.Fatalf("fresh then retry: %d/%v then %d/%v %q", first.Status, first.Replayed(), again.Status, again.Replayed(), again.Body)
+	}
+	if r := Send(t, http.MethodPost, url, "k1", body, acct("bob")...); r.Status != 201 || r.Replayed() {
+		t.Fatalf("the same key in another scope: %d replayed=%v, want a fresh 201", r.Status, r.Replayed())
+	}
+	want := []struct {
+		name, key, body, problem string
+		header                   []string
+		status                   int
+	}{
+		{"other body", "k1", `{"ref":"r2","from":1,"to":2,"amount":6}`, httpadapter.ProblemKeyReused, acct("alice"), 422},
+		{"bad key", strings.Repeat("k", 256), body, httpadapter.ProblemKeyInvalid, acct("alice"), 400},
+		{"no scope", "k2", body, httpadapter.ProblemScopeInvalid, noScope, 500},
+		{"too large", "k3", `{"ref":"` + strings.Repeat("x", 300) + `"}`, httpadapter.ProblemRequestTooLarge, acct("alice"), 413},
+	}
+	for _, w := range want {
+		r := Send(t, http.MethodPost, url, w.key, w.body, w.header...)
+		if r.Status != w.status || r.Header.Get("Content-Type") != "application/problem+json" || !strings.Contains(r.Body, w.problem) {
+			t.Errorf("%s: %d %s %q, want %d %s", w.name, r.Status, r.Header.Get("Content-Type"), r.Body, w.status, w.problem)
+		}
+	}
+
+	// A twin of a request still running: 409 with Retry-After.
+	done := make(chan Reply)
+	go func() { done <- Send(t, http.MethodPost, url, "k4", body, "X-Account", "alice", "X-Hold", "1") }()
+	<-held
+	twin := Send(t, http.MethodPost, url, "k4", body, acct("alice")...)
+	close(release)
+	if r := <-done; r.Status != 201 {
+		t.Errorf("the held request: %d", r.Status)
+	}
+	if twin.Status != 409 || twin.Header.Get("Retry-After") == "" || !strings.Contains(twin.Body, httpadapter.ProblemInProgress) {
+		t.Errorf("the twin: %d Retry-After=%q %q, want 409 in-progress with Retry-After", twin.Status, twin.Header.Get("Retry-After"), twin.Body)
+	}
 }
 
 // errInjected is the transports' network error.
