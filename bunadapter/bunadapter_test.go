@@ -21,16 +21,6 @@ import (
 	"github.com/exactlyonce/idempotency/sqlstore"
 )
 
-func backends() []testdb.Backend {
-	var bs []testdb.Backend
-	for _, b := range testdb.Backends() {
-		if b.Server == "" {
-			bs = append(bs, b)
-		}
-	}
-	return bs
-}
-
 func openBun(t testing.TB, kind string, db *sql.DB) *bun.DB {
 	t.Helper()
 	var d schema.Dialect
@@ -105,7 +95,7 @@ func (e *bunEnv) Reopen(t testing.TB, p conformance.Pool) conformance.Env[*sql.T
 // TestConformance runs the behaviour suite through bun on SQLite,
 // Postgres (lib/pq and pgx stdlib) and MySQL or MariaDB.
 func TestConformance(t *testing.T) {
-	for _, b := range backends() {
+	for _, b := range testdb.OwnServers() {
 		conformance.Run(t, harness(b))
 	}
 }
@@ -129,7 +119,7 @@ var errUndo = errors.New("the service layer undoes its transaction")
 // bun's query hooks see fn's insert each time it runs.
 func TestDoTxInRunInTx(t *testing.T) {
 	t.Parallel()
-	for _, b := range backends() {
+	for _, b := range testdb.OwnServers() {
 		t.Run(b.Name, func(t *testing.T) {
 			t.Parallel()
 			e := harness(b).Open(t).(*bunEnv)
@@ -173,7 +163,7 @@ func TestBadInput(t *testing.T) {
 	if _, err := bunadapter.New(nil); err == nil || !strings.Contains(err.Error(), "want an open *bun.DB") {
 		t.Fatalf("New(nil): %v", err)
 	}
-	e := harness(backends()[0]).Open(t).(*bunEnv)
+	e := harness(testdb.OwnServers()[0]).Open(t).(*bunEnv)
 	store := e.NewStore(t)
 	if _, err := bunadapter.DoTx(context.Background(), bun.Tx{}, store, "k", 1, func(context.Context, bun.Tx) (int, error) {
 		t.Error("fn ran without a transaction")

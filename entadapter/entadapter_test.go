@@ -18,16 +18,6 @@ import (
 	"github.com/exactlyonce/idempotency/sqlstore"
 )
 
-func backends() []testdb.Backend {
-	var bs []testdb.Backend
-	for _, b := range testdb.Backends() {
-		if b.Server == "" {
-			bs = append(bs, b)
-		}
-	}
-	return bs
-}
-
 // entDialect is ent's name for a kind of database.
 var entDialect = map[string]string{"postgres": dialect.Postgres, "mysql": dialect.MySQL, "sqlite": dialect.SQLite}
 
@@ -75,7 +65,7 @@ func (e *entEnv) Reopen(t testing.TB, p conformance.Pool) conformance.Env[*sql.T
 // TestConformance runs the behaviour suite through a generated ent client
 // on SQLite, Postgres (lib/pq and pgx stdlib) and MySQL or MariaDB.
 func TestConformance(t *testing.T) {
-	for _, b := range backends() {
+	for _, b := range testdb.OwnServers() {
 		conformance.Run(t, harness(b))
 	}
 }
@@ -85,7 +75,7 @@ func TestConformance(t *testing.T) {
 // error, not ent's panic), and joins a caller's transaction with DoTx.
 func TestClientInTheKeysTransaction(t *testing.T) {
 	t.Parallel()
-	for _, b := range backends() {
+	for _, b := range testdb.OwnServers() {
 		t.Run(b.Name, func(t *testing.T) {
 			t.Parallel()
 			e := harness(b).Open(t).(*entEnv)
@@ -149,7 +139,7 @@ func TestBadInput(t *testing.T) {
 	if _, err := entadapter.New(nil); err == nil || !strings.Contains(err.Error(), "want an open *entsql.Driver") {
 		t.Fatalf("New(nil): %v", err)
 	}
-	e := harness(backends()[0]).Open(t).(*entEnv)
+	e := harness(testdb.OwnServers()[0]).Open(t).(*entEnv)
 	tx, err := e.DB().Begin()
 	if err != nil {
 		t.Fatal(err)

@@ -4,13 +4,14 @@ import (
 	"testing"
 
 	"github.com/exactlyonce/idempotency/internal/conformance"
+	"github.com/exactlyonce/idempotency/internal/testdb"
 )
 
 // TestConformance runs the behaviour suite every driver passes through
 // GORM (see gormEnv): on SQLite, Postgres (lib/pq and pgx stdlib) and
 // MySQL or MariaDB.
 func TestConformance(t *testing.T) {
-	for _, b := range backends() {
+	for _, b := range testdb.OwnServers() {
 		conformance.Run(t, harness(b))
 	}
 }

@@ -28,7 +28,7 @@ func open(t *testing.T, b testdb.Backend, prepare bool) *gorm.DB {
 // each runs f on every backend, with GORM's prepared statements off and on.
 func each(t *testing.T, f func(t *testing.T, b testdb.Backend, prepare bool)) {
 	t.Helper()
-	for _, b := range backends() {
+	for _, b := range testdb.OwnServers() {
 		for _, prepare := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/PrepareStmt=%v", b.Name, prepare), func(t *testing.T) {
 				t.Parallel()
@@ -163,7 +163,7 @@ func TestCallbacksAndHooksRun(t *testing.T) {
 // statements are GORM's prepared ones, run in the key's transaction.
 func TestPreparedStatementsInTheKeysTransaction(t *testing.T) {
 	t.Parallel()
-	for _, b := range backends() {
+	for _, b := range testdb.OwnServers() {
 		t.Run(b.Name, func(t *testing.T) {
 			t.Parallel()
 			gdb := open(t, b, true)
@@ -246,7 +246,7 @@ func TestBadInput(t *testing.T) {
 	if _, err := gormadapter.New(nil); err == nil || !strings.Contains(err.Error(), "want an open *gorm.DB") {
 		t.Fatalf("New(nil): %v", err)
 	}
-	gdb := open(t, backends()[0], false)
+	gdb := open(t, testdb.OwnServers()[0], false)
 	store, err := gormadapter.New(gdb)
 	if err != nil {
 		t.Fatal(err)

@@ -18,18 +18,6 @@ import (
 	"github.com/exactlyonce/idempotency/sqlstore"
 )
 
-// backends are the databases the GORM tests run on: SQLite, Postgres
-// through lib/pq and through pgx's stdlib, MySQL or MariaDB.
-func backends() []testdb.Backend {
-	var bs []testdb.Backend
-	for _, b := range testdb.Backends() {
-		if b.Server == "" {
-			bs = append(bs, b)
-		}
-	}
-	return bs
-}
-
 // openGORM opens GORM on db, a database of b's kind, as an application
 // would with its dialector (gorm.io/driver/...) on a pool it opened.
 func openGORM(t testing.TB, kind string, db *sql.DB, prepare bool) *gorm.DB {

@@ -66,6 +66,19 @@ func Backends() []Backend {
 	}
 }
 
+// OwnServers is Backends without the backends on another kind's server
+// (TiDB, which speaks MySQL's protocol): SQLite, Postgres through lib/pq
+// and pgx, and MySQL or MariaDB.
+func OwnServers() []Backend {
+	var bs []Backend
+	for _, b := range Backends() {
+		if b.Server == "" {
+			bs = append(bs, b)
+		}
+	}
+	return bs
+}
+
 // PgBouncer lists the backends that reach PostgreSQL through PgBouncer in
 // transaction pooling (IDEMPOTENCY_PGBOUNCER_DSN, which bash .ci/pgbouncer
 // starts): pgx with default_query_exec_mode=exec, the setting a PgBouncer
