@@ -81,10 +81,10 @@ import (
 // Dialect implements dialects.Dialect for MySQL 8, MariaDB 10.5+ and TiDB.
 type Dialect struct {
 	claimMariaDB, save, lookup, deleteExpired, prune string
-	upsert                                                   string // MySQL 8's and TiDB's claim
-	claimRead                                                string // its row count and the key's live row
-	deleteExpiredMariaDB                                     string // with no lock wait
-	saveMariaDB, saveTiDB                                    string // only inside a transaction
+	upsert                                           string // MySQL 8's and TiDB's claim
+	claimRead                                        string // its row count and the key's live row
+	deleteExpiredMariaDB                             string // with no lock wait
+	saveMariaDB, saveTiDB                            string // only inside a transaction
 
 	// pad sizes the claimed row's placeholder from the values saved.
 	pad padding
